@@ -1,0 +1,1 @@
+//! Runnable examples for `exactly`: see the `[[example]]` targets.

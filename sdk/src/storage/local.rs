@@ -1,0 +1,317 @@
+//! [`LocalStorage`]: checkpoints in a local directory.
+//!
+//! Layout: `<root>/chk-<id>/<stage>-<subtask>.state` for task states and
+//! `<root>/chk-<id>/_metadata`, written last. Every file is written to a
+//! temporary name, fsynced, renamed into place, and its directory fsynced, so
+//! a crash leaves either the old state or the new one, never half a file.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, PayloadKind};
+use super::{CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageError, TaskStateHandle};
+
+/// The name of the file that completes a checkpoint.
+pub const METADATA_FILE: &str = "_metadata";
+
+/// Checkpoint storage in a local directory: the embedded default.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { action, path, source }
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, then
+/// fsync of the directory.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+    file.write_all(bytes).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory so that renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+impl LocalStorage {
+    /// Storage rooted at `root`; the directory is created on first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStorage { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn checkpoint_dir(&self, id: u64) -> PathBuf {
+        self.root.join(format!("chk-{id:010}"))
+    }
+
+    /// Reads the complete checkpoint or savepoint in directory `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::NotACheckpoint`] when `path` has no metadata file, and
+    /// [`StorageError::Corrupt`] when the metadata does not decode.
+    pub fn open_checkpoint(path: &Path) -> Result<CompletedCheckpoint, StorageError> {
+        let meta_path = path.join(METADATA_FILE);
+        let bytes = match fs::read(&meta_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotACheckpoint {
+                    path: path.to_path_buf(),
+                    reason: format!("it has no {METADATA_FILE} file"),
+                });
+            }
+            Err(e) => return Err(io("read", &meta_path)(e)),
+        };
+        let (codec, payload) = frame::decode(&bytes, PayloadKind::Metadata, &meta_path)?;
+        let metadata: CheckpointMetadata =
+            codec
+                .decode(payload, "checkpoint metadata")
+                .map_err(|e| StorageError::Corrupt {
+                    path: meta_path.clone(),
+                    reason: e.to_string(),
+                })?;
+        Ok(CompletedCheckpoint {
+            path: path.to_path_buf(),
+            metadata,
+        })
+    }
+
+    /// Ids of every `chk-*` directory, ascending.
+    fn checkpoint_ids(&self) -> Result<Vec<u64>, StorageError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("list", &self.root)(e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io("list", &self.root))?;
+            let name = entry.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn is_complete(&self, id: u64) -> bool {
+        self.checkpoint_dir(id).join(METADATA_FILE).exists()
+    }
+}
+
+impl CheckpointStorage for LocalStorage {
+    fn write_task_state(
+        &self,
+        checkpoint_id: u64,
+        stage: usize,
+        subtask: usize,
+        framed: &[u8],
+    ) -> Result<TaskStateHandle, StorageError> {
+        let dir = self.checkpoint_dir(checkpoint_id);
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let file = format!("{stage}-{subtask}.state");
+        write_atomically(&dir.join(&file), framed)?;
+        Ok(TaskStateHandle {
+            stage,
+            subtask,
+            file,
+            bytes: framed.len() as u64,
+        })
+    }
+
+    fn complete(&self, metadata: &CheckpointMetadata, framed: &[u8]) -> Result<CompletedCheckpoint, StorageError> {
+        let dir = self.checkpoint_dir(metadata.checkpoint_id);
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        write_atomically(&dir.join(METADATA_FILE), framed)?;
+        sync_dir(&self.root)?;
+        Ok(CompletedCheckpoint {
+            path: dir,
+            metadata: metadata.clone(),
+        })
+    }
+
+    fn discard(&self, checkpoint_id: u64) -> Result<(), StorageError> {
+        let dir = self.checkpoint_dir(checkpoint_id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("delete", &dir)(e)),
+        }
+    }
+
+    fn latest(&self) -> Result<Option<CompletedCheckpoint>, StorageError> {
+        for id in self.checkpoint_ids()?.into_iter().rev() {
+            if self.is_complete(id) {
+                return Self::open_checkpoint(&self.checkpoint_dir(id)).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn highest_id(&self) -> Result<u64, StorageError> {
+        Ok(self.checkpoint_ids()?.last().copied().unwrap_or(0))
+    }
+
+    fn read_task_state(&self, checkpoint: &CompletedCheckpoint, handle: &TaskStateHandle) -> Result<Vec<u8>, StorageError> {
+        let path = checkpoint.path.join(&handle.file);
+        fs::read(&path).map_err(io("read", &path))
+    }
+
+    fn retain(&self, keep: usize) -> Result<(), StorageError> {
+        let ids = self.checkpoint_ids()?;
+        let complete: Vec<u64> = ids.iter().copied().filter(|&id| self.is_complete(id)).collect();
+        let Some(&newest) = complete.last() else {
+            return Ok(());
+        };
+        let keep_from = complete.len().saturating_sub(keep.max(1));
+        let kept = &complete[keep_from..];
+        for id in ids {
+            let abandoned = id < newest && !kept.contains(&id);
+            if abandoned {
+                self.discard(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn export_savepoint(&self, checkpoint: &CompletedCheckpoint, target: &Path) -> Result<CompletedCheckpoint, StorageError> {
+        if target.exists() {
+            return Err(StorageError::Io {
+                action: "create savepoint",
+                path: target.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the directory already exists"),
+            });
+        }
+        let tmp = target.with_extension("inprogress");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+        let mut files: Vec<&str> = checkpoint.metadata.task_states.iter().map(|h| h.file.as_str()).collect();
+        files.push(METADATA_FILE);
+        for file in files {
+            let from = checkpoint.path.join(file);
+            let bytes = fs::read(&from).map_err(io("read", &from))?;
+            let to = tmp.join(file);
+            let mut out = File::create(&to).map_err(io("create", &to))?;
+            out.write_all(&bytes).map_err(io("write", &to))?;
+            out.sync_all().map_err(io("fsync", &to))?;
+        }
+        sync_dir(&tmp)?;
+        fs::rename(&tmp, target).map_err(io("rename into place", target))?;
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Self::open_checkpoint(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::storage::StageMetadata;
+
+    fn metadata(id: u64, handles: Vec<TaskStateHandle>) -> CheckpointMetadata {
+        CheckpointMetadata {
+            job: "test".into(),
+            checkpoint_id: id,
+            triggered_unix_ms: 0,
+            stages: vec![StageMetadata {
+                name: "s".into(),
+                operators: vec!["op".into()],
+                parallelism: 1,
+            }],
+            task_states: handles,
+        }
+    }
+
+    fn complete(storage: &LocalStorage, id: u64, state: &[u8]) -> CompletedCheckpoint {
+        let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, state);
+        let handle = storage.write_task_state(id, 0, 0, &framed).unwrap();
+        let meta = metadata(id, vec![handle]);
+        let bytes = frame::encode(PayloadKind::Metadata, Codec::Bincode, &Codec::Bincode.encode(&meta, "m").unwrap());
+        storage.complete(&meta, &bytes).unwrap()
+    }
+
+    #[test]
+    fn metadata_written_last_decides_completeness() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        assert!(storage.latest().unwrap().is_none());
+        complete(&storage, 1, b"one");
+        // Checkpoint 2 has a task state but no metadata: not complete.
+        storage
+            .write_task_state(2, 0, 0, &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"two"))
+            .unwrap();
+        let latest = storage.latest().unwrap().unwrap();
+        assert_eq!(latest.id(), 1);
+        assert_eq!(storage.highest_id().unwrap(), 2);
+        let bytes = storage.read_task_state(&latest, &latest.metadata.task_states[0]).unwrap();
+        let (_, payload) = frame::decode(&bytes, PayloadKind::TaskState, Path::new("x")).unwrap();
+        assert_eq!(payload, b"one");
+    }
+
+    #[test]
+    fn retain_keeps_the_newest_and_the_in_progress_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        for id in 1..=5 {
+            complete(&storage, id, b"s");
+        }
+        storage
+            .write_task_state(6, 0, 0, &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"x"))
+            .unwrap();
+        storage.retain(2).unwrap();
+        assert_eq!(storage.checkpoint_ids().unwrap(), vec![4, 5, 6]);
+        assert_eq!(storage.latest().unwrap().unwrap().id(), 5);
+    }
+
+    #[test]
+    fn corrupt_metadata_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        let done = complete(&storage, 3, b"s");
+        let meta = done.path.join(METADATA_FILE);
+        let mut bytes = fs::read(&meta).unwrap();
+        bytes.truncate(bytes.len() - 3);
+        fs::write(&meta, bytes).unwrap();
+        let err = storage.latest().unwrap_err().to_string();
+        assert!(err.contains("chk-0000000003/_metadata"), "{err}");
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn savepoints_are_self_contained_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path().join("checkpoints"));
+        let done = complete(&storage, 7, b"state");
+        let target = dir.path().join("savepoints/sp-1");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let savepoint = storage.export_savepoint(&done, &target).unwrap();
+        storage.discard(7).unwrap();
+        let reopened = LocalStorage::open_checkpoint(&target).unwrap();
+        assert_eq!(reopened.id(), 7);
+        let bytes = storage.read_task_state(&savepoint, &savepoint.metadata.task_states[0]).unwrap();
+        assert!(bytes.ends_with(b"state"));
+        assert!(storage.export_savepoint(&savepoint, &target).is_err(), "overwrote a savepoint");
+        let missing = LocalStorage::open_checkpoint(dir.path()).unwrap_err().to_string();
+        assert!(missing.contains("no _metadata"), "{missing}");
+    }
+}

@@ -1,0 +1,151 @@
+//! Checkpoint storage: where snapshots live and what makes a checkpoint
+//! complete.
+//!
+//! Owns: the [`CheckpointStorage`] trait, the checkpoint metadata format, the
+//! snapshot [`frame`] and the embedded default, [`LocalStorage`] (a local
+//! directory). Does not own when checkpoints are taken or what goes into
+//! them: that is [`crate::runtime::coordinator`].
+//!
+//! A checkpoint is complete once, and only once, its metadata file is
+//! durable; every task state it names was made durable before it.
+
+pub mod frame;
+mod local;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalStorage;
+
+/// Reading or writing checkpoint storage failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An I/O operation failed.
+    #[error("checkpoint storage: cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, such as "write" or "rename".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot file is corrupt, truncated, or from an unsupported format.
+    #[error("corrupt snapshot {}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A path does not hold a complete checkpoint or savepoint.
+    #[error("{} is not a complete checkpoint or savepoint: {reason}", path.display())]
+    NotACheckpoint {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Identifies one subtask's state file inside a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStateHandle {
+    /// Index of the stage in the job graph.
+    pub stage: usize,
+    /// Index of the subtask in the stage.
+    pub subtask: usize,
+    /// File name, relative to the checkpoint directory.
+    pub file: String,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+}
+
+/// The shape of one stage, recorded so that a restore can check that the
+/// checkpoint belongs to this job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMetadata {
+    /// The stage's name: its source or input, then its chained operators.
+    pub name: String,
+    /// The ids of the stateful parts of the stage (source, operators, sink),
+    /// in chain order.
+    pub operators: Vec<String>,
+    /// The stage's parallelism when the checkpoint was taken.
+    pub parallelism: usize,
+}
+
+/// The file written last: its presence makes a checkpoint complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMetadata {
+    /// The job name.
+    pub job: String,
+    /// The checkpoint id (increasing within a checkpoint directory).
+    pub checkpoint_id: u64,
+    /// When the checkpoint was triggered, in milliseconds since the epoch.
+    pub triggered_unix_ms: u64,
+    /// The job graph's stages.
+    pub stages: Vec<StageMetadata>,
+    /// One state file per subtask.
+    pub task_states: Vec<TaskStateHandle>,
+}
+
+/// A complete checkpoint or savepoint that can be restored.
+#[derive(Debug, Clone)]
+pub struct CompletedCheckpoint {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+}
+
+impl CompletedCheckpoint {
+    /// The checkpoint id.
+    pub fn id(&self) -> u64 {
+        self.metadata.checkpoint_id
+    }
+}
+
+/// Durable storage for checkpoints. [`LocalStorage`] is the embedded
+/// default; other backends (object stores) implement the same contract.
+///
+/// All methods block on I/O; the runtime calls them from the blocking pool.
+pub trait CheckpointStorage: Send + Sync + 'static {
+    /// Makes one subtask's framed state durable under checkpoint
+    /// `checkpoint_id` and returns its handle.
+    fn write_task_state(
+        &self,
+        checkpoint_id: u64,
+        stage: usize,
+        subtask: usize,
+        framed: &[u8],
+    ) -> Result<TaskStateHandle, StorageError>;
+
+    /// Makes the metadata durable, which completes the checkpoint. Called
+    /// only after every task state it names was written.
+    fn complete(&self, metadata: &CheckpointMetadata, framed: &[u8]) -> Result<CompletedCheckpoint, StorageError>;
+
+    /// Removes whatever an abandoned checkpoint wrote.
+    fn discard(&self, checkpoint_id: u64) -> Result<(), StorageError>;
+
+    /// The newest complete checkpoint, if any.
+    fn latest(&self) -> Result<Option<CompletedCheckpoint>, StorageError>;
+
+    /// The highest checkpoint id ever started here, complete or not, so that
+    /// a restarted job never reuses an id.
+    fn highest_id(&self) -> Result<u64, StorageError>;
+
+    /// Reads one task state file of `checkpoint`.
+    fn read_task_state(&self, checkpoint: &CompletedCheckpoint, handle: &TaskStateHandle) -> Result<Vec<u8>, StorageError>;
+
+    /// Deletes all but the newest `keep` complete checkpoints, and abandoned
+    /// incomplete ones older than the newest complete checkpoint.
+    fn retain(&self, keep: usize) -> Result<(), StorageError>;
+
+    /// Copies complete checkpoint `checkpoint` to `target`, a directory that
+    /// must not exist yet, as a self-contained savepoint. Storage never
+    /// deletes a savepoint.
+    fn export_savepoint(&self, checkpoint: &CompletedCheckpoint, target: &std::path::Path) -> Result<CompletedCheckpoint, StorageError>;
+}

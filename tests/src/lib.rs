@@ -1,0 +1,1 @@
+//! Workspace-level test suites for `exactly`; the tests live in `tests/`.
