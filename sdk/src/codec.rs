@@ -68,7 +68,11 @@ impl Codec {
     }
 
     /// Encodes `value`; `what` names it in errors.
-    pub fn encode<T: Serialize + ?Sized>(self, value: &T, what: &str) -> Result<Vec<u8>, CodecError> {
+    pub fn encode<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        what: &str,
+    ) -> Result<Vec<u8>, CodecError> {
         let result = match self {
             Codec::Bincode => bincode::serde::encode_to_vec(value, bincode::config::standard())
                 .map_err(|e| e.to_string()),
@@ -91,7 +95,10 @@ impl Codec {
                         if used == bytes.len() {
                             Ok(value)
                         } else {
-                            Err(format!("{} trailing bytes after the value", bytes.len() - used))
+                            Err(format!(
+                                "{} trailing bytes after the value",
+                                bytes.len() - used
+                            ))
                         }
                     })
             }
@@ -140,7 +147,9 @@ mod tests {
     #[test]
     fn decoding_garbage_is_an_error_not_a_panic() {
         for codec in [Codec::Bincode, Codec::Postcard] {
-            let err = codec.decode::<Vec<String>>(&[0xff, 0xff, 0xff, 0xff, 0x0f], "list").unwrap_err();
+            let err = codec
+                .decode::<Vec<String>>(&[0xff, 0xff, 0xff, 0xff, 0x0f], "list")
+                .unwrap_err();
             assert!(err.to_string().contains("cannot decode list"), "{err}");
             let bytes = codec.encode(&(1u32, 2u32), "pair").unwrap();
             let err = codec.decode::<u32>(&bytes, "one").unwrap_err();

@@ -84,7 +84,9 @@ pub enum Error {
     },
 
     /// The job failed more often than its restart strategy allows.
-    #[error("job `{job}` failed {failures} times, more than the restart strategy allows ({max_restarts} restarts); last failure: {last}")]
+    #[error(
+        "job `{job}` failed {failures} times, more than the restart strategy allows ({max_restarts} restarts); last failure: {last}"
+    )]
     RestartsExhausted {
         /// The job name.
         job: String,

@@ -1,14 +1,16 @@
-//! # exactly
-//!
-//! Stateful stream processing with end-to-end exactly-once results, built the
-//! way Apache Flink does it.
 #![doc = include_str!("../../README.md")]
 
 extern crate self as exactly;
 
 pub mod codec;
+pub mod config;
 pub mod error;
+pub mod fault;
+pub mod metrics;
 pub mod operator;
+pub mod pipeline;
+pub(crate) mod runtime;
+pub mod sink;
 pub mod source;
 pub mod state;
 pub mod storage;
@@ -17,7 +19,21 @@ pub mod storage;
 #[path = "macro_support.rs"]
 pub mod __private;
 
+pub use config::{JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, Result};
 pub use exactly_macros::{operator, state};
+pub use metrics::{JobMetrics, MetricsSnapshot};
 pub use operator::{Emitter, Operator, UnkeyedOperator};
+pub use pipeline::{Job, JobHandle, KeyedStream, Stream};
+pub use runtime::chain::Key;
 pub use state::{State, StateSet};
+
+/// The names most pipelines need: `use exactly::prelude::*;`.
+pub mod prelude {
+    pub use crate::config::{JobConfig, RestartStrategy};
+    pub use crate::operator::Emitter;
+    pub use crate::pipeline::{Job, KeyedStream, Stream};
+    pub use crate::sink::{CollectSink, DiscardSink, FileSink, TwoPhaseCommitSink};
+    pub use crate::source::{LineFileSource, Source, VecSource};
+    pub use exactly_macros::{operator, state};
+}

@@ -62,7 +62,11 @@ impl Source for LineFileSource {
         format!("lines({file})")
     }
 
-    async fn open(&mut self, ctx: &SubtaskContext, restored: Vec<LinePosition>) -> Result<(), BoxError> {
+    async fn open(
+        &mut self,
+        ctx: &SubtaskContext,
+        restored: Vec<LinePosition>,
+    ) -> Result<(), BoxError> {
         if ctx.index != 0 {
             return Ok(());
         }
@@ -83,7 +87,11 @@ impl Source for LineFileSource {
         Ok(())
     }
 
-    async fn poll_batch(&mut self, out: &mut Vec<String>, max: usize) -> Result<SourcePoll, BoxError> {
+    async fn poll_batch(
+        &mut self,
+        out: &mut Vec<String>,
+        max: usize,
+    ) -> Result<SourcePoll, BoxError> {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(SourcePoll::Finished);
         };
@@ -97,7 +105,11 @@ impl Source for LineFileSource {
                 )
             })?;
             if read == 0 {
-                return Ok(if out.is_empty() { SourcePoll::Finished } else { SourcePoll::Data });
+                return Ok(if out.is_empty() {
+                    SourcePoll::Finished
+                } else {
+                    SourcePoll::Data
+                });
             }
             self.offset += read as u64;
             let line = self.line.strip_suffix('\n').unwrap_or(&self.line);

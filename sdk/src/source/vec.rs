@@ -57,10 +57,14 @@ impl<T: Clone + Send + Sync + 'static> Source for VecSource<T> {
     type Position = VecPosition;
 
     fn name(&self) -> String {
-        format!("vec({} items)", self.items.len())
+        "vec".to_owned()
     }
 
-    async fn open(&mut self, ctx: &SubtaskContext, restored: Vec<VecPosition>) -> Result<(), BoxError> {
+    async fn open(
+        &mut self,
+        ctx: &SubtaskContext,
+        restored: Vec<VecPosition>,
+    ) -> Result<(), BoxError> {
         self.subtask = ctx.index;
         self.parallelism = ctx.parallelism;
         self.next = ctx.index;

@@ -52,7 +52,11 @@ pub fn encode(kind: PayloadKind, codec: Codec, payload: &[u8]) -> Vec<u8> {
 
 /// Checks the frame of `bytes`, read from `path`, and returns the codec and
 /// the payload.
-pub fn decode<'a>(bytes: &'a [u8], expected: PayloadKind, path: &Path) -> Result<(Codec, &'a [u8]), StorageError> {
+pub fn decode<'a>(
+    bytes: &'a [u8],
+    expected: PayloadKind,
+    path: &Path,
+) -> Result<(Codec, &'a [u8]), StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -64,7 +68,9 @@ pub fn decode<'a>(bytes: &'a [u8], expected: PayloadKind, path: &Path) -> Result
         )));
     }
     if bytes[..8] != MAGIC {
-        return Err(corrupt("missing magic bytes: not a snapshot written by exactly".into()));
+        return Err(corrupt(
+            "missing magic bytes: not a snapshot written by exactly".into(),
+        ));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != FORMAT_VERSION {
@@ -89,7 +95,9 @@ pub fn decode<'a>(bytes: &'a [u8], expected: PayloadKind, path: &Path) -> Result
         )));
     }
     if crc32fast::hash(payload) != crc {
-        return Err(corrupt("payload checksum mismatch (the file is corrupt)".into()));
+        return Err(corrupt(
+            "payload checksum mismatch (the file is corrupt)".into(),
+        ));
     }
     Ok((codec, payload))
 }

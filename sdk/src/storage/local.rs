@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::frame::{self, PayloadKind};
-use super::{CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageError, TaskStateHandle};
+use super::{
+    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageError, TaskStateHandle,
+};
 
 /// The name of the file that completes a checkpoint.
 pub const METADATA_FILE: &str = "_metadata";
@@ -23,7 +25,11 @@ pub struct LocalStorage {
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.to_path_buf();
-    move |source| StorageError::Io { action, path, source }
+    move |source| StorageError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, then
@@ -104,7 +110,11 @@ impl LocalStorage {
         for entry in entries {
             let entry = entry.map_err(io("list", &self.root))?;
             let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_prefix("chk-")).and_then(|n| n.parse().ok()) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("chk-"))
+                .and_then(|n| n.parse().ok())
+            {
                 ids.push(id);
             }
         }
@@ -137,7 +147,11 @@ impl CheckpointStorage for LocalStorage {
         })
     }
 
-    fn complete(&self, metadata: &CheckpointMetadata, framed: &[u8]) -> Result<CompletedCheckpoint, StorageError> {
+    fn complete(
+        &self,
+        metadata: &CheckpointMetadata,
+        framed: &[u8],
+    ) -> Result<CompletedCheckpoint, StorageError> {
         let dir = self.checkpoint_dir(metadata.checkpoint_id);
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         write_atomically(&dir.join(METADATA_FILE), framed)?;
@@ -170,14 +184,22 @@ impl CheckpointStorage for LocalStorage {
         Ok(self.checkpoint_ids()?.last().copied().unwrap_or(0))
     }
 
-    fn read_task_state(&self, checkpoint: &CompletedCheckpoint, handle: &TaskStateHandle) -> Result<Vec<u8>, StorageError> {
+    fn read_task_state(
+        &self,
+        checkpoint: &CompletedCheckpoint,
+        handle: &TaskStateHandle,
+    ) -> Result<Vec<u8>, StorageError> {
         let path = checkpoint.path.join(&handle.file);
         fs::read(&path).map_err(io("read", &path))
     }
 
     fn retain(&self, keep: usize) -> Result<(), StorageError> {
         let ids = self.checkpoint_ids()?;
-        let complete: Vec<u64> = ids.iter().copied().filter(|&id| self.is_complete(id)).collect();
+        let complete: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| self.is_complete(id))
+            .collect();
         let Some(&newest) = complete.last() else {
             return Ok(());
         };
@@ -192,18 +214,30 @@ impl CheckpointStorage for LocalStorage {
         Ok(())
     }
 
-    fn export_savepoint(&self, checkpoint: &CompletedCheckpoint, target: &Path) -> Result<CompletedCheckpoint, StorageError> {
+    fn export_savepoint(
+        &self,
+        checkpoint: &CompletedCheckpoint,
+        target: &Path,
+    ) -> Result<CompletedCheckpoint, StorageError> {
         if target.exists() {
             return Err(StorageError::Io {
                 action: "create savepoint",
                 path: target.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the directory already exists"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the directory already exists",
+                ),
             });
         }
         let tmp = target.with_extension("inprogress");
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        let mut files: Vec<&str> = checkpoint.metadata.task_states.iter().map(|h| h.file.as_str()).collect();
+        let mut files: Vec<&str> = checkpoint
+            .metadata
+            .task_states
+            .iter()
+            .map(|h| h.file.as_str())
+            .collect();
         files.push(METADATA_FILE);
         for file in files {
             let from = checkpoint.path.join(file);
@@ -246,7 +280,11 @@ mod tests {
         let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, state);
         let handle = storage.write_task_state(id, 0, 0, &framed).unwrap();
         let meta = metadata(id, vec![handle]);
-        let bytes = frame::encode(PayloadKind::Metadata, Codec::Bincode, &Codec::Bincode.encode(&meta, "m").unwrap());
+        let bytes = frame::encode(
+            PayloadKind::Metadata,
+            Codec::Bincode,
+            &Codec::Bincode.encode(&meta, "m").unwrap(),
+        );
         storage.complete(&meta, &bytes).unwrap()
     }
 
@@ -258,12 +296,19 @@ mod tests {
         complete(&storage, 1, b"one");
         // Checkpoint 2 has a task state but no metadata: not complete.
         storage
-            .write_task_state(2, 0, 0, &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"two"))
+            .write_task_state(
+                2,
+                0,
+                0,
+                &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"two"),
+            )
             .unwrap();
         let latest = storage.latest().unwrap().unwrap();
         assert_eq!(latest.id(), 1);
         assert_eq!(storage.highest_id().unwrap(), 2);
-        let bytes = storage.read_task_state(&latest, &latest.metadata.task_states[0]).unwrap();
+        let bytes = storage
+            .read_task_state(&latest, &latest.metadata.task_states[0])
+            .unwrap();
         let (_, payload) = frame::decode(&bytes, PayloadKind::TaskState, Path::new("x")).unwrap();
         assert_eq!(payload, b"one");
     }
@@ -276,7 +321,12 @@ mod tests {
             complete(&storage, id, b"s");
         }
         storage
-            .write_task_state(6, 0, 0, &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"x"))
+            .write_task_state(
+                6,
+                0,
+                0,
+                &frame::encode(PayloadKind::TaskState, Codec::Bincode, b"x"),
+            )
             .unwrap();
         storage.retain(2).unwrap();
         assert_eq!(storage.checkpoint_ids().unwrap(), vec![4, 5, 6]);
@@ -308,10 +358,17 @@ mod tests {
         storage.discard(7).unwrap();
         let reopened = LocalStorage::open_checkpoint(&target).unwrap();
         assert_eq!(reopened.id(), 7);
-        let bytes = storage.read_task_state(&savepoint, &savepoint.metadata.task_states[0]).unwrap();
+        let bytes = storage
+            .read_task_state(&savepoint, &savepoint.metadata.task_states[0])
+            .unwrap();
         assert!(bytes.ends_with(b"state"));
-        assert!(storage.export_savepoint(&savepoint, &target).is_err(), "overwrote a savepoint");
-        let missing = LocalStorage::open_checkpoint(dir.path()).unwrap_err().to_string();
+        assert!(
+            storage.export_savepoint(&savepoint, &target).is_err(),
+            "overwrote a savepoint"
+        );
+        let missing = LocalStorage::open_checkpoint(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("no _metadata"), "{missing}");
     }
 }

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalStorage;
+pub(crate) use local::sync_dir;
 
 /// Reading or writing checkpoint storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +126,11 @@ pub trait CheckpointStorage: Send + Sync + 'static {
 
     /// Makes the metadata durable, which completes the checkpoint. Called
     /// only after every task state it names was written.
-    fn complete(&self, metadata: &CheckpointMetadata, framed: &[u8]) -> Result<CompletedCheckpoint, StorageError>;
+    fn complete(
+        &self,
+        metadata: &CheckpointMetadata,
+        framed: &[u8],
+    ) -> Result<CompletedCheckpoint, StorageError>;
 
     /// Removes whatever an abandoned checkpoint wrote.
     fn discard(&self, checkpoint_id: u64) -> Result<(), StorageError>;
@@ -138,7 +143,11 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     fn highest_id(&self) -> Result<u64, StorageError>;
 
     /// Reads one task state file of `checkpoint`.
-    fn read_task_state(&self, checkpoint: &CompletedCheckpoint, handle: &TaskStateHandle) -> Result<Vec<u8>, StorageError>;
+    fn read_task_state(
+        &self,
+        checkpoint: &CompletedCheckpoint,
+        handle: &TaskStateHandle,
+    ) -> Result<Vec<u8>, StorageError>;
 
     /// Deletes all but the newest `keep` complete checkpoints, and abandoned
     /// incomplete ones older than the newest complete checkpoint.
@@ -147,5 +156,9 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// Copies complete checkpoint `checkpoint` to `target`, a directory that
     /// must not exist yet, as a self-contained savepoint. Storage never
     /// deletes a savepoint.
-    fn export_savepoint(&self, checkpoint: &CompletedCheckpoint, target: &std::path::Path) -> Result<CompletedCheckpoint, StorageError>;
+    fn export_savepoint(
+        &self,
+        checkpoint: &CompletedCheckpoint,
+        target: &std::path::Path,
+    ) -> Result<CompletedCheckpoint, StorageError>;
 }

@@ -1,0 +1,375 @@
+//! Job configuration: parallelism, checkpointing, restarts and tuning.
+//!
+//! Owns: [`JobConfig`], its defaults and its validation, which runs when the
+//! job starts so that a bad value is reported before any record is read.
+//! Does not own the protocol that uses the settings
+//! ([`crate::runtime::coordinator`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::fault::FaultHook;
+use crate::storage::{CheckpointStorage, LocalStorage};
+
+/// What the job does when a task fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartStrategy {
+    /// How many times the job may restart before it gives up.
+    pub max_restarts: u32,
+    /// How long to wait before each restart.
+    pub delay: Duration,
+}
+
+impl RestartStrategy {
+    /// Restart up to `max_restarts` times, waiting `delay` before each.
+    pub const fn fixed_delay(max_restarts: u32, delay: Duration) -> Self {
+        RestartStrategy {
+            max_restarts,
+            delay,
+        }
+    }
+
+    /// Never restart: the first failure ends the job.
+    pub const fn none() -> Self {
+        RestartStrategy {
+            max_restarts: 0,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for RestartStrategy {
+    /// Three restarts, one second apart.
+    fn default() -> Self {
+        RestartStrategy::fixed_delay(3, Duration::from_secs(1))
+    }
+}
+
+/// The configuration of a job. Build it with the methods below; every value
+/// is checked when the job starts.
+///
+/// ```
+/// use std::time::Duration;
+/// use exactly::JobConfig;
+///
+/// let config = JobConfig::new()
+///     .parallelism(2)
+///     .checkpoint_interval(Duration::from_millis(500))
+///     .checkpoint_dir("target/doc-example/checkpoints");
+/// ```
+#[derive(Clone)]
+pub struct JobConfig {
+    pub(crate) parallelism: usize,
+    pub(crate) checkpoint_interval: Option<Duration>,
+    pub(crate) checkpoint_timeout: Duration,
+    pub(crate) min_pause: Duration,
+    pub(crate) retained: usize,
+    pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
+    pub(crate) restart: RestartStrategy,
+    pub(crate) batch_size: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) restore_from: Option<PathBuf>,
+    pub(crate) codec: Codec,
+    pub(crate) fault_hook: Option<FaultHook>,
+    pub(crate) progress_interval: Option<Duration>,
+    pub(crate) worker_threads: Option<usize>,
+}
+
+impl fmt::Debug for JobConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobConfig")
+            .field("parallelism", &self.parallelism)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("checkpoint_timeout", &self.checkpoint_timeout)
+            .field("min_pause", &self.min_pause)
+            .field("retained", &self.retained)
+            .field("storage", &self.storage.as_ref().map(|_| "configured"))
+            .field("restart", &self.restart)
+            .field("batch_size", &self.batch_size)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("restore_from", &self.restore_from)
+            .field("codec", &self.codec)
+            .field("fault_hook", &self.fault_hook.as_ref().map(|_| "set"))
+            .field("progress_interval", &self.progress_interval)
+            .field("worker_threads", &self.worker_threads)
+            .finish()
+    }
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            parallelism: 1,
+            checkpoint_interval: None,
+            checkpoint_timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            retained: 3,
+            storage: None,
+            restart: RestartStrategy::default(),
+            batch_size: 1024,
+            queue_capacity: 16,
+            restore_from: None,
+            codec: Codec::default(),
+            fault_hook: None,
+            progress_interval: None,
+            worker_threads: None,
+        }
+    }
+}
+
+impl JobConfig {
+    /// The defaults: parallelism 1, checkpointing off, three restarts one
+    /// second apart, batches of 1024 records, queues of 16 batches, bincode.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The parallelism of sources and of stages that do not set their own.
+    #[must_use]
+    pub fn parallelism(mut self, parallelism: usize) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Enables periodic checkpoints, triggered this often. Needs
+    /// [`checkpoint_dir`](Self::checkpoint_dir) or
+    /// [`checkpoint_storage`](Self::checkpoint_storage).
+    ///
+    /// Without an interval, the job still takes a final checkpoint when its
+    /// input ends (which commits transactional sinks) and savepoints on
+    /// request.
+    #[must_use]
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = Some(interval);
+        self
+    }
+
+    /// A checkpoint not complete after this long is abandoned (default 10
+    /// minutes, as in Flink).
+    #[must_use]
+    pub fn checkpoint_timeout(mut self, timeout: Duration) -> Self {
+        self.checkpoint_timeout = timeout;
+        self
+    }
+
+    /// The least time between the end of one checkpoint and the start of
+    /// the next (default zero).
+    #[must_use]
+    pub fn min_pause_between_checkpoints(mut self, pause: Duration) -> Self {
+        self.min_pause = pause;
+        self
+    }
+
+    /// How many complete checkpoints to keep (default 3).
+    #[must_use]
+    pub fn retained_checkpoints(mut self, count: usize) -> Self {
+        self.retained = count;
+        self
+    }
+
+    /// Keeps checkpoints in this local directory. A job started again with
+    /// the same directory resumes from its newest complete checkpoint.
+    #[must_use]
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Some(Arc::new(LocalStorage::new(dir)));
+        self
+    }
+
+    /// Keeps checkpoints in custom storage.
+    #[must_use]
+    pub fn checkpoint_storage(mut self, storage: impl CheckpointStorage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// What to do when a task fails.
+    #[must_use]
+    pub fn restart_strategy(mut self, strategy: RestartStrategy) -> Self {
+        self.restart = strategy;
+        self
+    }
+
+    /// Records per batch read from a source (default 1024).
+    #[must_use]
+    pub fn batch_size(mut self, records: usize) -> Self {
+        self.batch_size = records;
+        self
+    }
+
+    /// Batches a queue between two tasks holds before the sender waits
+    /// (default 16).
+    #[must_use]
+    pub fn queue_capacity(mut self, batches: usize) -> Self {
+        self.queue_capacity = batches;
+        self
+    }
+
+    /// Starts from this savepoint or checkpoint directory instead of the
+    /// newest checkpoint in the checkpoint directory.
+    #[must_use]
+    pub fn restore_from(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(dir.into());
+        self
+    }
+
+    /// The codec new snapshots are written with (default bincode). Old
+    /// snapshots are read with the codec named in their header.
+    #[must_use]
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Installs a fault-injection hook; see [`crate::fault`].
+    #[must_use]
+    pub fn fault_hook(mut self, hook: FaultHook) -> Self {
+        self.fault_hook = Some(hook);
+        self
+    }
+
+    /// Prints a progress line (records per second, checkpoints) to stderr
+    /// this often.
+    #[must_use]
+    pub fn progress_interval(mut self, every: Duration) -> Self {
+        self.progress_interval = Some(every);
+        self
+    }
+
+    /// Worker threads of the runtime [`crate::Job::run`] creates (default:
+    /// one per core).
+    #[must_use]
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = Some(threads);
+        self
+    }
+
+    /// Whether periodic checkpoints are enabled.
+    pub fn checkpointing_enabled(&self) -> bool {
+        self.checkpoint_interval.is_some()
+    }
+
+    /// The checkpoint interval, if checkpointing is enabled.
+    pub fn checkpoint_interval_value(&self) -> Option<Duration> {
+        self.checkpoint_interval
+    }
+
+    /// The checkpoint timeout.
+    pub fn checkpoint_timeout_value(&self) -> Duration {
+        self.checkpoint_timeout
+    }
+
+    /// The restart strategy.
+    pub fn restart_strategy_value(&self) -> RestartStrategy {
+        self.restart
+    }
+
+    /// Checks every value; called when the job starts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting and what to change.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |value: usize, setting: &str, what: &str| {
+            if value == 0 {
+                Err(Error::config(
+                    setting,
+                    format!("{what} must be at least 1, got 0"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        positive(
+            self.parallelism,
+            "JobConfig::parallelism",
+            "the parallelism",
+        )?;
+        positive(self.batch_size, "JobConfig::batch_size", "the batch size")?;
+        positive(
+            self.queue_capacity,
+            "JobConfig::queue_capacity",
+            "the queue capacity",
+        )?;
+        positive(
+            self.retained,
+            "JobConfig::retained_checkpoints",
+            "the number of retained checkpoints",
+        )?;
+        if let Some(threads) = self.worker_threads {
+            positive(
+                threads,
+                "JobConfig::worker_threads",
+                "the number of worker threads",
+            )?;
+        }
+        if self.checkpoint_interval == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "JobConfig::checkpoint_interval",
+                "the interval must be positive; leave it unset to disable periodic checkpoints",
+            ));
+        }
+        if self.checkpoint_timeout.is_zero() {
+            return Err(Error::config(
+                "JobConfig::checkpoint_timeout",
+                "the timeout must be positive",
+            ));
+        }
+        if self.checkpoint_interval.is_some() && self.storage.is_none() {
+            return Err(Error::config(
+                "JobConfig::checkpoint_interval",
+                "checkpointing is enabled but no checkpoint storage is set; call JobConfig::checkpoint_dir(path)",
+            ));
+        }
+        if self.progress_interval == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "JobConfig::progress_interval",
+                "the interval must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases = [
+            (JobConfig::new().parallelism(0), "JobConfig::parallelism"),
+            (JobConfig::new().batch_size(0), "JobConfig::batch_size"),
+            (
+                JobConfig::new().queue_capacity(0),
+                "JobConfig::queue_capacity",
+            ),
+            (
+                JobConfig::new()
+                    .checkpoint_interval(Duration::ZERO)
+                    .checkpoint_dir("x"),
+                "JobConfig::checkpoint_interval",
+            ),
+            (
+                JobConfig::new().checkpoint_interval(Duration::from_secs(1)),
+                "checkpoint_dir(path)",
+            ),
+            (
+                JobConfig::new().checkpoint_timeout(Duration::ZERO),
+                "JobConfig::checkpoint_timeout",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} does not mention {expected}");
+        }
+        JobConfig::new()
+            .checkpoint_interval(Duration::from_millis(100))
+            .checkpoint_dir("x")
+            .validate()
+            .unwrap();
+    }
+}

@@ -1,0 +1,535 @@
+//! The pipeline builder: [`Job`], [`Stream`] and [`KeyedStream`].
+//!
+//! Owns: the user-facing way to wire sources, operators, `key_by`, `union`
+//! and sinks, and its translation into the runtime's job graph (stages of
+//! chained elements joined by exchanges). Does not own execution: that is
+//! [`crate::runtime`].
+//!
+//! ```no_run
+//! use exactly::prelude::*;
+//!
+//! #[state]
+//! #[derive(Default)]
+//! struct Seen {
+//!     count: u64,
+//! }
+//!
+//! #[operator]
+//! fn split(line: String, out: &mut Emitter<String>) {
+//!     line.split_whitespace().for_each(|w| out.emit(w.to_owned()));
+//! }
+//!
+//! #[operator]
+//! fn count(word: String, #[state] seen: &mut Seen) -> (String, u64) {
+//!     seen.count += 1;
+//!     (word, seen.count)
+//! }
+//!
+//! # fn main() -> exactly::Result<()> {
+//! let job = Job::new("wordcount", JobConfig::new());
+//! job.source(VecSource::new(vec!["a b".to_string(), "b".to_string()]))
+//!     .operator(split)
+//!     .key_by(|word: &String| word.clone())
+//!     .operator(count)
+//!     .sink(DiscardSink::new());
+//! job.run()
+//! # }
+//! ```
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+
+use crate::config::JobConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{JobMetrics, MetricsSnapshot};
+use crate::operator::{Operator, UnkeyedOperator};
+use crate::runtime::chain::{Key, KeyFn, KeyedOperatorPipe, OperatorPipe, PipeFactory};
+use crate::runtime::coordinator::JobCommand;
+use crate::runtime::exchange::{ExchangePipe, GateChannels, Partitioner, key_hash};
+use crate::runtime::executor::Executor;
+use crate::runtime::graph::{GateSpec, JobGraph, StageRunner, StageSpec};
+use crate::runtime::task::{run_gate, run_source};
+use crate::runtime::two_phase_commit::TwoPhaseCommitDriver;
+use crate::sink::TwoPhaseCommitSink;
+use crate::source::Source;
+
+type Graph = Rc<RefCell<JobGraph>>;
+
+/// Completes a stage once its tail is known.
+type Finish<T> = Box<dyn FnOnce(PipeFactory<T>) -> StageRunner>;
+
+/// A streaming job: a name, a configuration, and the pipeline built on it.
+pub struct Job {
+    name: String,
+    config: JobConfig,
+    graph: Graph,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let graph = self.graph.borrow();
+        let stages: Vec<String> = graph.stages.iter().map(|s| s.name()).collect();
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("stages", &stages)
+            .finish()
+    }
+}
+
+impl Job {
+    /// A job named `name` (used in logs and checkpoint metadata).
+    pub fn new(name: impl Into<String>, config: JobConfig) -> Self {
+        Job {
+            name: name.into(),
+            config,
+            graph: Rc::new(RefCell::new(JobGraph::default())),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    /// Adds a source, with the job's default parallelism.
+    pub fn source<S: Source>(&self, source: S) -> Stream<S::Item> {
+        let name = source.name();
+        let id = format!("0:{name}");
+        let stage = add_stage(&self.graph, name, self.config.parallelism, true);
+        self.graph.borrow_mut().stages[stage]
+            .operators
+            .push(id.clone());
+        let prototype = Arc::new(Mutex::new(source));
+        let finish: Finish<S::Item> = Box::new(move |tail| {
+            Box::new(move |env| {
+                let pipe = tail(&env)?;
+                let source = prototype.lock().expect("source prototype poisoned").clone();
+                Ok(Box::pin(run_source(source, id.clone(), env, pipe)))
+            })
+        });
+        Stream::chain(&self.graph, stage, finish)
+    }
+
+    /// Runs the job to completion on a new tokio runtime, restarting it
+    /// from its last checkpoint as the restart strategy allows. Blocks.
+    ///
+    /// # Errors
+    ///
+    /// A bad configuration or pipeline, a checkpoint that cannot be
+    /// restored, or a failure after the restarts are spent.
+    pub fn run(self) -> Result<()> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.config.worker_threads {
+            builder.worker_threads(threads);
+        }
+        let runtime = builder
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Runtime(format!("cannot start the tokio runtime: {e}")))?;
+        runtime.block_on(async move { self.spawn()?.join().await })
+    }
+
+    /// Starts the job on the current tokio runtime and returns a handle to
+    /// watch, stop or savepoint it.
+    ///
+    /// # Errors
+    ///
+    /// A bad configuration or pipeline, or no tokio runtime.
+    pub fn spawn(self) -> Result<JobHandle> {
+        self.config.validate()?;
+        let graph = Rc::try_unwrap(self.graph).map_err(|_| {
+            Error::Pipeline(
+                "a stream of this job was not finished; end every stream with .sink(...)".into(),
+            )
+        })?;
+        let mut graph = graph.into_inner();
+        graph.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Runtime(
+                "Job::spawn needs a tokio runtime; from synchronous code call Job::run".into(),
+            )
+        })?;
+        let (commands_tx, commands_rx) = unbounded_channel();
+        let metrics = Arc::new(JobMetrics::default());
+        let progress = self.config.progress_interval;
+        let executor = Executor {
+            name: self.name.clone(),
+            graph,
+            config: self.config,
+            metrics: Arc::clone(&metrics),
+            commands: commands_rx,
+        };
+        let name = self.name;
+        let reporter_metrics = Arc::clone(&metrics);
+        let task = runtime.spawn(async move {
+            let reporter = progress
+                .map(|every| tokio::spawn(report_progress(name.clone(), every, reporter_metrics)));
+            let result = executor.run().await;
+            if let Some(reporter) = reporter {
+                reporter.abort();
+            }
+            result
+        });
+        Ok(JobHandle {
+            commands: commands_tx,
+            task,
+            metrics,
+        })
+    }
+}
+
+async fn report_progress(job: String, every: Duration, metrics: Arc<JobMetrics>) {
+    let mut last = (Instant::now(), 0u64);
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let m = metrics.snapshot();
+        let now = Instant::now();
+        let rate = (m.records_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, m.records_in);
+        eprintln!(
+            "[{job}] {} records in ({}/s), {} out, {} checkpoints (last #{} in {:.1} ms, {} bytes), {} restarts",
+            m.records_in,
+            rate as u64,
+            m.records_out,
+            m.checkpoints_completed,
+            m.last_checkpoint_id,
+            m.last_checkpoint_micros as f64 / 1000.0,
+            m.last_checkpoint_bytes,
+            m.restarts
+        );
+    }
+}
+
+/// A running job, from [`Job::spawn`].
+#[derive(Debug)]
+pub struct JobHandle {
+    commands: UnboundedSender<JobCommand>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    metrics: Arc<JobMetrics>,
+}
+
+impl JobHandle {
+    /// The job's counters now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Stops the job gracefully: sources stop reading at a final
+    /// checkpoint, which is committed; then the job ends. Started again with
+    /// the same checkpoint directory, it resumes exactly there.
+    pub fn stop(&self) {
+        let _ = self.commands.send(JobCommand::Stop);
+    }
+
+    /// Takes a savepoint: a checkpoint copied to `dir` (which must not
+    /// exist), never deleted by the job. Start from it with
+    /// [`JobConfig::restore_from`].
+    ///
+    /// # Errors
+    ///
+    /// No checkpoint storage, the job already stopping, or a storage error.
+    pub async fn savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(JobCommand::Savepoint {
+                target: dir.into(),
+                reply,
+            })
+            .map_err(|_| Error::Runtime("the job has already ended".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
+    }
+
+    /// Waits for the job to end.
+    ///
+    /// # Errors
+    ///
+    /// Whatever ended the job.
+    pub async fn join(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Runtime(format!("the job's driver task failed: {e}")))?
+    }
+}
+
+fn add_stage(graph: &Graph, head: String, parallelism: usize, is_source: bool) -> usize {
+    let mut graph = graph.borrow_mut();
+    graph.stages.push(StageSpec {
+        parts: vec![head],
+        operators: Vec::new(),
+        parallelism,
+        is_source,
+        runner: None,
+    });
+    graph.stages.len() - 1
+}
+
+/// A stream of `T` records.
+///
+/// Operators added to a stream are chained into the current stage (fused,
+/// no queue between them); `key_by`, `union` and `rebalance` start a new
+/// stage behind an exchange. Every stream must end in a
+/// [`sink`](Stream::sink).
+#[must_use = "a stream does nothing until it ends in .sink(...)"]
+pub struct Stream<T> {
+    graph: Graph,
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Chain { stage: usize, finish: Finish<T> },
+    Union(Vec<Stream<T>>),
+}
+
+impl<T: Send + 'static> Stream<T> {
+    fn chain(graph: &Graph, stage: usize, finish: Finish<T>) -> Self {
+        Stream {
+            graph: Rc::clone(graph),
+            inner: Inner::Chain { stage, finish },
+        }
+    }
+
+    /// The open chains this stream is made of.
+    fn into_chains(self) -> Vec<(usize, Finish<T>)> {
+        match self.inner {
+            Inner::Chain { stage, finish } => vec![(stage, finish)],
+            Inner::Union(members) => members.into_iter().flat_map(Stream::into_chains).collect(),
+        }
+    }
+
+    /// This stream as one chain: a union is first merged through an
+    /// exchange.
+    fn into_chain(self) -> (usize, Finish<T>) {
+        match self.inner {
+            Inner::Chain { stage, finish } => (stage, finish),
+            Inner::Union(_) => self.exchange("union", None).into_chain(),
+        }
+    }
+
+    /// Ends every chain of this stream in an exchange into a new stage.
+    fn exchange(self, head: &str, key: Option<KeyFn<T, u64>>) -> Stream<T> {
+        let graph = Rc::clone(&self.graph);
+        let parallelism = match &self.inner {
+            Inner::Chain { stage, .. } => graph.borrow().stages[*stage].parallelism,
+            Inner::Union(_) => self.first_parallelism(),
+        };
+        let down = add_stage(&graph, head.to_owned(), parallelism, false);
+        let chains = self.into_chains();
+        let gate = {
+            let mut g = graph.borrow_mut();
+            g.gates.push(GateSpec {
+                upstream: chains.iter().map(|(stage, _)| *stage).collect(),
+                downstream: down,
+                create: Box::new(|upstream, downstream, capacity| {
+                    Box::new(GateChannels::<T>::new(upstream, downstream, capacity))
+                }),
+            });
+            g.gates.len() - 1
+        };
+        for (stage, finish) in chains {
+            let key = key.clone();
+            let runner = finish(Box::new(move |env| {
+                let senders = env.gates.get::<T>(gate).senders(env.stage, env.ctx.index);
+                let partitioner = match &key {
+                    Some(key) => Partitioner::Hash(Arc::clone(key)),
+                    None => Partitioner::Rebalance {
+                        next: env.ctx.index,
+                    },
+                };
+                Ok(Box::new(ExchangePipe::new(
+                    senders,
+                    partitioner,
+                    env.task_name(),
+                )))
+            }));
+            graph.borrow_mut().stages[stage].runner = Some(runner);
+        }
+        let finish: Finish<T> = Box::new(move |tail| {
+            Box::new(move |env| {
+                let pipe = tail(&env)?;
+                Ok(Box::pin(run_gate::<T>(gate, env, pipe)))
+            })
+        });
+        Stream::chain(&graph, down, finish)
+    }
+
+    fn first_parallelism(&self) -> usize {
+        match &self.inner {
+            Inner::Chain { stage, .. } => self.graph.borrow().stages[*stage].parallelism,
+            Inner::Union(members) => members
+                .iter()
+                .map(Stream::first_parallelism)
+                .max()
+                .unwrap_or(1),
+        }
+    }
+
+    /// Applies a stateless operator: a function marked `#[operator]`
+    /// without `#[state]` parameters. It is chained into the current stage.
+    pub fn operator<O>(self, op: O) -> Stream<O::Out>
+    where
+        O: UnkeyedOperator<In = T>,
+    {
+        let graph = Rc::clone(&self.graph);
+        let (stage, finish) = self.into_chain();
+        graph.borrow_mut().stages[stage]
+            .parts
+            .push(O::NAME.to_owned());
+        let finish: Finish<O::Out> = Box::new(move |tail: PipeFactory<O::Out>| {
+            finish(Box::new(move |env| {
+                Ok(Box::new(OperatorPipe::new(op, env, tail(env)?)))
+            }))
+        });
+        Stream::chain(&graph, stage, finish)
+    }
+
+    /// Repartitions by key: records with equal keys go to the same subtask
+    /// of the next stage, whose `#[state]` is then scoped per key.
+    pub fn key_by<K, F>(self, key: F) -> KeyedStream<K, T>
+    where
+        K: Key,
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        let key: KeyFn<T, K> = Arc::new(key);
+        let hash_key = Arc::clone(&key);
+        let hash: KeyFn<T, u64> = Arc::new(move |record| key_hash(&hash_key(record)));
+        KeyedStream {
+            stream: self.exchange("key_by", Some(hash)),
+            key,
+        }
+    }
+
+    /// Merges this stream with `other`. The next operator reads both, and
+    /// aligns their checkpoint barriers.
+    pub fn union(self, other: Stream<T>) -> Stream<T> {
+        let graph = Rc::clone(&self.graph);
+        let mut members = match self.inner {
+            Inner::Union(members) => members,
+            chain => vec![Stream {
+                graph: Rc::clone(&graph),
+                inner: chain,
+            }],
+        };
+        members.push(other);
+        Stream {
+            graph,
+            inner: Inner::Union(members),
+        }
+    }
+
+    /// Redistributes batches round robin into a new stage, so that the
+    /// operators after it can have another parallelism.
+    pub fn rebalance(self) -> Stream<T> {
+        self.exchange("rebalance", None)
+    }
+
+    /// Sets the parallelism of the current stage: everything since the
+    /// source or the last `key_by`, `union` or `rebalance`.
+    pub fn parallelism(self, parallelism: usize) -> Stream<T> {
+        let graph = Rc::clone(&self.graph);
+        let (stage, finish) = self.into_chain();
+        set_parallelism(&graph, stage, parallelism);
+        Stream::chain(&graph, stage, finish)
+    }
+
+    /// Ends the stream in a sink, chained into the current stage.
+    pub fn sink<S>(self, sink: S)
+    where
+        S: TwoPhaseCommitSink<Item = T>,
+    {
+        let graph = Rc::clone(&self.graph);
+        let (stage, finish) = self.into_chain();
+        let id = {
+            let mut g = graph.borrow_mut();
+            let spec = &mut g.stages[stage];
+            let id = format!("{}:{}", spec.parts.len(), sink.name());
+            spec.parts.push(sink.name());
+            spec.operators.push(id.clone());
+            id
+        };
+        let prototype = Arc::new(Mutex::new(sink));
+        let runner = finish(Box::new(move |env| {
+            let sink = prototype.lock().expect("sink prototype poisoned").clone();
+            Ok(Box::new(TwoPhaseCommitDriver::new(sink, id.clone(), env)?))
+        }));
+        graph.borrow_mut().stages[stage].runner = Some(runner);
+    }
+}
+
+fn set_parallelism(graph: &Graph, stage: usize, parallelism: usize) {
+    let mut g = graph.borrow_mut();
+    if parallelism == 0 {
+        let name = g.stages[stage].name();
+        g.errors.push(Error::config(
+            format!("parallelism of `{name}`"),
+            "the parallelism must be at least 1, got 0",
+        ));
+    } else {
+        g.stages[stage].parallelism = parallelism;
+    }
+}
+
+/// A stream partitioned by key, from [`Stream::key_by`]. Operators applied
+/// to it keep their `#[state]` per key.
+#[must_use = "a keyed stream does nothing until an operator and a sink follow"]
+pub struct KeyedStream<K, T> {
+    stream: Stream<T>,
+    key: KeyFn<T, K>,
+}
+
+impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
+    /// Applies an operator; its `#[state]` is scoped to the record's key.
+    pub fn operator<O>(self, op: O) -> Stream<O::Out>
+    where
+        O: Operator<In = T>,
+    {
+        let graph = Rc::clone(&self.stream.graph);
+        let (stage, finish) = self.stream.into_chain();
+        let id = {
+            let mut g = graph.borrow_mut();
+            let spec = &mut g.stages[stage];
+            let id = format!("{}:{}", spec.parts.len(), O::NAME);
+            spec.parts.push(O::NAME.to_owned());
+            if !O::STATE_NAMES.is_empty() {
+                spec.operators.push(id.clone());
+            }
+            id
+        };
+        let key = self.key;
+        let finish: Finish<O::Out> = Box::new(move |tail: PipeFactory<O::Out>| {
+            finish(Box::new(move |env| {
+                let down = tail(env)?;
+                if O::STATE_NAMES.is_empty() {
+                    Ok(Box::new(OperatorPipe::new(op, env, down)))
+                } else {
+                    Ok(Box::new(KeyedOperatorPipe::new(
+                        op,
+                        Arc::clone(&key),
+                        id.clone(),
+                        env,
+                        down,
+                    )?))
+                }
+            }))
+        });
+        Stream::chain(&graph, stage, finish)
+    }
+
+    /// Sets the parallelism of the keyed stage.
+    pub fn parallelism(self, parallelism: usize) -> Self {
+        KeyedStream {
+            stream: self.stream.parallelism(parallelism),
+            key: self.key,
+        }
+    }
+}

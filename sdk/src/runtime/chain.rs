@@ -1,0 +1,265 @@
+//! Operator chaining: the push-based pipes a task runs its records through.
+//!
+//! Owns: the [`Pipe`] trait every chained element implements, the pipes for
+//! unkeyed and keyed operators, and the per-task snapshot writer and restore
+//! view. Consecutive operators with no repartition between them are fused
+//! into one task: a batch goes through each [`Pipe`] by a direct call, with
+//! no queue hop, as in Flink's operator chaining.
+//!
+//! Does not own queues between tasks ([`super::exchange`]), sinks
+//! ([`super::two_phase_commit`]) or the task loops ([`super::task`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::env::SubtaskEnv;
+use super::message::Barrier;
+use crate::codec::{Codec, CodecError};
+use crate::error::{Error, Result};
+use crate::operator::{Emitter, Operator};
+
+/// A boxed, sendable future: what [`Pipe`] methods return so that pipes can
+/// be chained as trait objects.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One element of a chain. Each method handles its own part, then passes
+/// the call on to the next element.
+pub(crate) trait Pipe<T>: Send {
+    /// Prepares the element (restore, recovery) before the first record.
+    fn open(&mut self) -> BoxFuture<'_, Result<()>>;
+    /// Processes a batch.
+    fn push(&mut self, batch: Vec<T>) -> BoxFuture<'_, Result<()>>;
+    /// Snapshots the element's state into `snapshot`, then forwards the
+    /// barrier.
+    fn barrier<'a>(
+        &'a mut self,
+        barrier: Barrier,
+        snapshot: &'a mut SnapshotWriter,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Checkpoint `checkpoint_id` (and every one before it) is complete.
+    fn checkpoint_complete(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<()>>;
+    /// The input has ended.
+    fn end(&mut self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Builds the rest of a chain for one subtask.
+pub(crate) type PipeFactory<T> = Box<dyn Fn(&SubtaskEnv) -> Result<Box<dyn Pipe<T>>> + Send + Sync>;
+
+/// Collects the state entries of one task at a barrier.
+#[derive(Debug)]
+pub(crate) struct SnapshotWriter {
+    codec: Codec,
+    pub(crate) entries: Vec<(String, Vec<u8>)>,
+}
+
+impl SnapshotWriter {
+    pub(crate) fn new(codec: Codec) -> Self {
+        SnapshotWriter {
+            codec,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds the state of the element `id`.
+    pub(crate) fn put<S: Serialize + ?Sized>(
+        &mut self,
+        id: &str,
+        value: &S,
+    ) -> Result<(), CodecError> {
+        let bytes = self.codec.encode(value, id)?;
+        self.entries.push((id.to_owned(), bytes));
+        Ok(())
+    }
+}
+
+/// The state one stage had in the checkpoint being restored: the entries of
+/// every old subtask, so that state can be redistributed when the
+/// parallelism changed.
+#[derive(Debug, Default)]
+pub(crate) struct RestoredStage {
+    pub(crate) checkpoint_id: u64,
+    pub(crate) subtasks: Vec<HashMap<String, (Codec, Vec<u8>)>>,
+}
+
+impl RestoredStage {
+    /// Decodes the entry `id` of every old subtask that has one, in subtask
+    /// order.
+    pub(crate) fn decode_all<S: DeserializeOwned>(&self, id: &str) -> Result<Vec<(usize, S)>> {
+        let mut out = Vec::new();
+        for (subtask, entries) in self.subtasks.iter().enumerate() {
+            if let Some((codec, bytes)) = entries.get(id) {
+                let what = format!(
+                    "state `{id}` of subtask {subtask} in checkpoint {}",
+                    self.checkpoint_id
+                );
+                out.push((subtask, codec.decode(bytes, &what)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A stateless operator, chained. (Only operators without `#[state]` run
+/// here; the type system keeps stateful ones on keyed streams.)
+pub(crate) struct OperatorPipe<O: Operator> {
+    op: O,
+    state: O::State,
+    task: String,
+    down: Box<dyn Pipe<O::Out>>,
+}
+
+impl<O: Operator> OperatorPipe<O> {
+    pub(crate) fn new(op: O, env: &SubtaskEnv, down: Box<dyn Pipe<O::Out>>) -> Self {
+        OperatorPipe {
+            op,
+            state: O::State::default(),
+            task: env.task_name(),
+            down,
+        }
+    }
+}
+
+fn operator_error(task: &str, name: &str, source: crate::BoxError) -> Error {
+    Error::Task {
+        task: task.to_owned(),
+        phase: "processing",
+        source: format!("operator `{name}` returned an error: {source}").into(),
+    }
+}
+
+impl<O: Operator> Pipe<O::In> for OperatorPipe<O> {
+    fn open(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.down.open()
+    }
+
+    fn push(&mut self, batch: Vec<O::In>) -> BoxFuture<'_, Result<()>> {
+        let mut out = Emitter::with_capacity(batch.len());
+        for record in batch {
+            if let Err(e) = self.op.process(record, &mut self.state, &mut out) {
+                let err = operator_error(&self.task, O::NAME, e);
+                return Box::pin(async move { Err(err) });
+            }
+        }
+        let out = out.take();
+        if out.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        self.down.push(out)
+    }
+
+    fn barrier<'a>(
+        &'a mut self,
+        barrier: Barrier,
+        snapshot: &'a mut SnapshotWriter,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.down.barrier(barrier, snapshot)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<()>> {
+        self.down.checkpoint_complete(checkpoint_id)
+    }
+
+    fn end(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.down.end()
+    }
+}
+
+/// A key: hashed to choose the subtask that owns it, and stored in
+/// checkpoints with its state.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be used as a key",
+    label = "the key function returns this type",
+    note = "keys must be `Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static`, such as `String`, integers or a `#[derive(Hash, Eq, PartialEq, Clone, Serialize, Deserialize)]` struct"
+)]
+pub trait Key: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static {}
+
+impl<K: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Key for K {}
+
+/// Extracts a record's key.
+pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
+/// An operator with keyed state after `key_by`: one [`Operator::State`] per
+/// key, snapshotted as a map and redistributed by key on restore.
+pub(crate) struct KeyedOperatorPipe<O: Operator, K> {
+    op: O,
+    key: KeyFn<O::In, K>,
+    states: HashMap<K, O::State>,
+    id: String,
+    task: String,
+    down: Box<dyn Pipe<O::Out>>,
+}
+
+impl<O: Operator, K: Key> KeyedOperatorPipe<O, K> {
+    pub(crate) fn new(
+        op: O,
+        key: KeyFn<O::In, K>,
+        id: String,
+        env: &SubtaskEnv,
+        down: Box<dyn Pipe<O::Out>>,
+    ) -> Result<Self> {
+        let mut states = HashMap::new();
+        if let Some(restored) = &env.restored {
+            for (_, old) in restored.decode_all::<HashMap<K, O::State>>(&id)? {
+                states.extend(old.into_iter().filter(|(k, _)| {
+                    super::exchange::key_subtask(k, env.ctx.parallelism) == env.ctx.index
+                }));
+            }
+        }
+        Ok(KeyedOperatorPipe {
+            op,
+            key,
+            states,
+            id,
+            task: env.task_name(),
+            down,
+        })
+    }
+}
+
+impl<O: Operator, K: Key> Pipe<O::In> for KeyedOperatorPipe<O, K> {
+    fn open(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.down.open()
+    }
+
+    fn push(&mut self, batch: Vec<O::In>) -> BoxFuture<'_, Result<()>> {
+        let mut out = Emitter::with_capacity(batch.len());
+        for record in batch {
+            let key = (self.key)(&record);
+            let state = self.states.entry(key).or_default();
+            if let Err(e) = self.op.process(record, state, &mut out) {
+                let err = operator_error(&self.task, O::NAME, e);
+                return Box::pin(async move { Err(err) });
+            }
+        }
+        let out = out.take();
+        if out.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
+        self.down.push(out)
+    }
+
+    fn barrier<'a>(
+        &'a mut self,
+        barrier: Barrier,
+        snapshot: &'a mut SnapshotWriter,
+    ) -> BoxFuture<'a, Result<()>> {
+        if let Err(e) = snapshot.put(&self.id, &self.states) {
+            return Box::pin(async move { Err(e.into()) });
+        }
+        self.down.barrier(barrier, snapshot)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<()>> {
+        self.down.checkpoint_complete(checkpoint_id)
+    }
+
+    fn end(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.down.end()
+    }
+}

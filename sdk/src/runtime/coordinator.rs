@@ -1,0 +1,350 @@
+//! The checkpoint coordinator: Flink's `CheckpointCoordinator`, for one job
+//! attempt.
+//!
+//! Owns: triggering checkpoints (barriers injected at every source subtask
+//! at the configured interval, at most one in flight, with a minimum pause
+//! between the end of one and the start of the next), collecting every
+//! subtask's acknowledgement, making the metadata durable (which completes
+//! the checkpoint), and only then telling every task, through a watch
+//! channel, the id of the newest complete checkpoint. It also expires
+//! checkpoints that exceed the timeout, takes savepoints, and runs the final
+//! checkpoint when every source has finished or a stop was requested.
+//!
+//! Does not own what a task snapshots ([`super::task`]) or how storage
+//! writes ([`crate::storage`]).
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::blocking::BlockingCalls;
+use super::message::Barrier;
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::fault::{FaultPoint, Faults};
+use crate::metrics::JobMetrics;
+use crate::storage::frame::{self, PayloadKind};
+use crate::storage::{CheckpointMetadata, CheckpointStorage, StageMetadata, TaskStateHandle};
+
+/// A command from the coordinator to one source subtask.
+#[derive(Debug)]
+pub(crate) enum SourceCommand {
+    /// Snapshot the position and emit this barrier. With `pause_after`, read
+    /// nothing more: this is the final checkpoint.
+    Trigger { barrier: Barrier, pause_after: bool },
+    /// The final checkpoint is complete: end the stream.
+    Stop,
+}
+
+/// A report from a task to the coordinator.
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    /// The subtask has snapshotted (and, for a sink, pre-committed) for
+    /// `checkpoint`; its state is durable under `handle`.
+    Ack {
+        checkpoint: u64,
+        stage: usize,
+        subtask: usize,
+        handle: Option<TaskStateHandle>,
+    },
+    /// A source subtask has exhausted its input.
+    SourceFinished,
+}
+
+/// A request from the user's [`crate::JobHandle`].
+#[derive(Debug)]
+pub(crate) enum JobCommand {
+    /// Take a savepoint into this directory.
+    Savepoint {
+        target: PathBuf,
+        reply: oneshot::Sender<Result<PathBuf>>,
+    },
+    /// Take a final checkpoint, commit it, and stop.
+    Stop,
+}
+
+/// What every task of an attempt shares with the coordinator.
+#[derive(Clone)]
+pub(crate) struct TaskLink {
+    pub(crate) events: UnboundedSender<TaskEvent>,
+    pub(crate) completed: watch::Receiver<u64>,
+    pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
+    /// The id the next checkpoint of this attempt will have.
+    pub(crate) first_checkpoint: u64,
+}
+
+/// The checkpoint settings the coordinator follows.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckpointPlan {
+    /// `None`: only the final checkpoint and savepoints are taken.
+    pub(crate) interval: Option<Duration>,
+    pub(crate) timeout: Duration,
+    pub(crate) min_pause: Duration,
+    pub(crate) retained: usize,
+}
+
+struct InFlight {
+    id: u64,
+    started: Instant,
+    triggered_unix_ms: u64,
+    acked: HashSet<(usize, usize)>,
+    handles: Vec<TaskStateHandle>,
+    is_final: bool,
+    savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)>,
+}
+
+/// The coordinator of one attempt.
+pub(crate) struct Coordinator {
+    pub(crate) job: String,
+    pub(crate) plan: CheckpointPlan,
+    pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
+    pub(crate) codec: Codec,
+    pub(crate) stages: Vec<StageMetadata>,
+    pub(crate) sources: Vec<UnboundedSender<SourceCommand>>,
+    pub(crate) events: UnboundedReceiver<TaskEvent>,
+    pub(crate) completed: watch::Sender<u64>,
+    pub(crate) expected_acks: usize,
+    pub(crate) next_id: u64,
+    pub(crate) faults: Faults,
+    pub(crate) attempt: u32,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) blocking: BlockingCalls,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Coordinator {
+    fn fault(&self, point: FaultPoint) -> Result<()> {
+        self.faults.check(point, None, self.attempt)
+    }
+
+    /// Runs until every task has finished (all event senders are gone).
+    pub(crate) async fn run(mut self, commands: &mut UnboundedReceiver<JobCommand>) -> Result<()> {
+        let mut in_flight: Option<InFlight> = None;
+        let mut last_trigger = Instant::now();
+        let mut last_done = Instant::now();
+        let mut finishing = false;
+        let mut final_done = false;
+        let mut sources_finished = 0;
+        let mut savepoints: VecDeque<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = VecDeque::new();
+        let mut commands_open = true;
+
+        loop {
+            let deadline = if final_done {
+                None
+            } else if let Some(flight) = &in_flight {
+                Some(flight.started + self.plan.timeout)
+            } else if finishing || !savepoints.is_empty() {
+                Some(Instant::now())
+            } else {
+                self.plan
+                    .interval
+                    .map(|interval| (last_trigger + interval).max(last_done + self.plan.min_pause))
+            };
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    None => {
+                        for (_, reply) in savepoints.drain(..) {
+                            let _ = reply.send(Err(Error::Runtime("the job finished before the savepoint was taken".into())));
+                        }
+                        return Ok(());
+                    }
+                    Some(TaskEvent::SourceFinished) => {
+                        sources_finished += 1;
+                        if sources_finished == self.sources.len() {
+                            finishing = true;
+                        }
+                    }
+                    Some(TaskEvent::Ack { checkpoint, stage, subtask, handle }) => {
+                        let Some(flight) = in_flight.as_mut().filter(|f| f.id == checkpoint) else {
+                            continue;
+                        };
+                        if !flight.acked.insert((stage, subtask)) {
+                            tracing::warn!(checkpoint, stage, subtask, "ignoring a repeated acknowledgement");
+                            continue;
+                        }
+                        flight.handles.extend(handle);
+                        if flight.acked.len() == self.expected_acks {
+                            let flight = in_flight.take().expect("checked above");
+                            let is_final = flight.is_final;
+                            self.complete(flight).await?;
+                            last_done = Instant::now();
+                            if is_final {
+                                final_done = true;
+                                for source in &self.sources {
+                                    let _ = source.send(SourceCommand::Stop);
+                                }
+                            }
+                        }
+                    }
+                },
+                command = commands.recv(), if commands_open => match command {
+                    None => commands_open = false,
+                    Some(JobCommand::Stop) => finishing = true,
+                    Some(JobCommand::Savepoint { target, reply }) => {
+                        if self.storage.is_none() {
+                            let _ = reply.send(Err(Error::config(
+                                "checkpoint_dir",
+                                "savepoints need checkpoint storage: call JobConfig::checkpoint_dir(path)",
+                            )));
+                        } else if final_done {
+                            let _ = reply.send(Err(Error::Runtime("the job is stopping; no further savepoint can be taken".into())));
+                        } else {
+                            savepoints.push_back((target, reply));
+                        }
+                    }
+                },
+                () = sleep => {
+                    if let Some(flight) = in_flight.take() {
+                        self.expire(flight).await;
+                        last_done = Instant::now();
+                    } else {
+                        let savepoint = savepoints.pop_front();
+                        last_trigger = Instant::now();
+                        in_flight = Some(self.trigger(finishing, savepoint)?);
+                    }
+                }
+            }
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        is_final: bool,
+        savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)>,
+    ) -> Result<InFlight> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.fault(FaultPoint::CheckpointTriggered { checkpoint: id })?;
+        tracing::debug!(job = %self.job, checkpoint = id, is_final, "triggering checkpoint");
+        let barrier = Barrier { checkpoint_id: id };
+        for source in &self.sources {
+            // A source that is gone has failed; its task reports the error.
+            let _ = source.send(SourceCommand::Trigger {
+                barrier,
+                pause_after: is_final,
+            });
+        }
+        Ok(InFlight {
+            id,
+            started: Instant::now(),
+            triggered_unix_ms: unix_ms(),
+            acked: HashSet::new(),
+            handles: Vec::new(),
+            is_final,
+            savepoint,
+        })
+    }
+
+    async fn expire(&mut self, flight: InFlight) {
+        tracing::warn!(
+            job = %self.job,
+            checkpoint = flight.id,
+            "checkpoint expired after {:?} with {} of {} acknowledgements; raise JobConfig::checkpoint_timeout if this repeats",
+            self.plan.timeout,
+            flight.acked.len(),
+            self.expected_acks
+        );
+        JobMetrics::add(&self.metrics.checkpoints_expired, 1);
+        if let Some((_, reply)) = flight.savepoint {
+            let _ = reply.send(Err(Error::Runtime(format!(
+                "savepoint checkpoint {} expired after {:?}",
+                flight.id, self.plan.timeout
+            ))));
+        }
+        if let Some(storage) = self.storage.clone() {
+            let id = flight.id;
+            let result = self
+                .blocking
+                .run("discard checkpoint", move || storage.discard(id))
+                .await;
+            if let Err(e) = result
+                .map_err(|m| m.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                tracing::warn!(checkpoint = id, "could not remove expired checkpoint: {e}");
+            }
+        }
+    }
+
+    async fn complete(&mut self, flight: InFlight) -> Result<()> {
+        let id = flight.id;
+        self.fault(FaultPoint::BeforeCheckpointComplete { checkpoint: id })?;
+        let bytes: u64 = flight.handles.iter().map(|h| h.bytes).sum();
+        let mut completed = None;
+        if let Some(storage) = self.storage.clone() {
+            let metadata = CheckpointMetadata {
+                job: self.job.clone(),
+                checkpoint_id: id,
+                triggered_unix_ms: flight.triggered_unix_ms,
+                stages: self.stages.clone(),
+                task_states: flight.handles,
+            };
+            let payload = self.codec.encode(&metadata, "checkpoint metadata")?;
+            let framed = frame::encode(PayloadKind::Metadata, self.codec, &payload);
+            let store = storage.clone();
+            let done = self
+                .blocking
+                .run("write checkpoint metadata", move || {
+                    store.complete(&metadata, &framed)
+                })
+                .await
+                .map_err(Error::Runtime)??;
+            completed = Some(done);
+        }
+        self.fault(FaultPoint::AfterCheckpointComplete { checkpoint: id })?;
+        self.completed.send_replace(id);
+
+        let took = flight.started.elapsed();
+        JobMetrics::add(&self.metrics.checkpoints_completed, 1);
+        JobMetrics::set(&self.metrics.last_checkpoint_id, id);
+        JobMetrics::set(
+            &self.metrics.last_checkpoint_micros,
+            took.as_micros() as u64,
+        );
+        JobMetrics::set(&self.metrics.last_checkpoint_bytes, bytes);
+        tracing::debug!(job = %self.job, checkpoint = id, ?took, bytes, "checkpoint complete");
+
+        if let (Some(storage), Some(done)) = (self.storage.clone(), completed) {
+            let retained = self.plan.retained;
+            let savepoint = flight.savepoint;
+            let result = self
+                .blocking
+                .run("retain and export checkpoints", move || {
+                    let exported = savepoint.map(|(target, reply)| {
+                        let result = storage
+                            .export_savepoint(&done, &target)
+                            .map(|sp| sp.path)
+                            .map_err(Error::from);
+                        (result, reply)
+                    });
+                    (storage.retain(retained), exported)
+                })
+                .await
+                .map_err(Error::Runtime)?;
+            let (retain, exported) = result;
+            if let Err(e) = retain {
+                tracing::warn!(job = %self.job, "could not delete old checkpoints: {e}");
+            }
+            if let Some((result, reply)) = exported {
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! What a subtask is given when the runtime builds it for one attempt.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::blocking::BlockingCalls;
+use super::chain::RestoredStage;
+use super::coordinator::{SourceCommand, TaskLink};
+use super::exchange::GateRegistry;
+use crate::codec::Codec;
+use crate::error::Result;
+use crate::fault::{FaultPoint, Faults};
+use crate::metrics::JobMetrics;
+use crate::source::SubtaskContext;
+
+/// Everything one subtask needs to build its chain and run.
+pub(crate) struct SubtaskEnv {
+    pub(crate) ctx: SubtaskContext,
+    pub(crate) stage: usize,
+    pub(crate) codec: Codec,
+    pub(crate) batch_size: usize,
+    /// The stage's state in the checkpoint being restored, if any.
+    pub(crate) restored: Option<Arc<RestoredStage>>,
+    pub(crate) gates: Arc<GateRegistry>,
+    pub(crate) blocking: BlockingCalls,
+    pub(crate) faults: Faults,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) link: TaskLink,
+    /// Barrier triggers from the coordinator; only source subtasks get one.
+    pub(crate) commands: Option<UnboundedReceiver<SourceCommand>>,
+}
+
+impl SubtaskEnv {
+    /// `stage-name[index]`, as used in errors and logs.
+    pub(crate) fn task_name(&self) -> String {
+        format!("{}[{}]", self.ctx.stage, self.ctx.index)
+    }
+
+    /// The id of the checkpoint being restored.
+    pub(crate) fn restored_checkpoint(&self) -> Option<u64> {
+        self.restored.as_ref().map(|r| r.checkpoint_id)
+    }
+
+    /// Runs the fault hook at `point` for this task.
+    pub(crate) fn fault(&self, point: FaultPoint) -> Result<()> {
+        self.faults
+            .check(point, Some(&self.task_name()), self.ctx.attempt)
+    }
+}

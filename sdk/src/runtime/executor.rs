@@ -1,0 +1,347 @@
+//! Running a job: attempts, restore, and the restart strategy.
+//!
+//! Owns: choosing the checkpoint an attempt restores (the newest complete
+//! one, or the savepoint the user named), checking it belongs to this job,
+//! loading its state, building every subtask, running them with the
+//! coordinator, and on a failure stopping them all, waiting for their
+//! blocking calls to return, and restarting after the configured delay.
+//! Does not own the checkpoint protocol ([`super::coordinator`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::blocking::{BlockingCalls, panic_message};
+use super::chain::{BoxFuture, RestoredStage};
+use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, TaskLink};
+use super::env::SubtaskEnv;
+use super::exchange::GateRegistry;
+use super::graph::JobGraph;
+use crate::config::JobConfig;
+use crate::error::{Error, Result};
+use crate::fault::Faults;
+use crate::metrics::JobMetrics;
+use crate::source::SubtaskContext;
+use crate::storage::frame::{self, PayloadKind};
+use crate::storage::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StageMetadata};
+
+/// A job ready to run.
+pub(crate) struct Executor {
+    pub(crate) name: String,
+    pub(crate) graph: JobGraph,
+    pub(crate) config: JobConfig,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) commands: UnboundedReceiver<JobCommand>,
+}
+
+/// Whether a failure may be retried.
+enum Failure {
+    /// A restart cannot help (for example a corrupt checkpoint).
+    Fatal(Error),
+    Retry(Error),
+}
+
+impl Executor {
+    /// Runs attempts until the job finishes or the restart strategy gives up.
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let storage = self.config.storage.clone();
+        let stages: Vec<StageMetadata> = self.graph.stages.iter().map(|s| s.metadata()).collect();
+        let explicit = match &self.config.restore_from {
+            Some(path) => Some(LocalStorage::open_checkpoint(path)?),
+            None => None,
+        };
+        let run_first_id = highest_id(&storage)
+            .await?
+            .max(explicit.as_ref().map_or(0, |c| c.id()))
+            + 1;
+        let mut failures = 0u32;
+        loop {
+            let restore = match (&storage, &explicit) {
+                (Some(storage), explicit) => {
+                    let latest = latest(storage).await?;
+                    match (latest, explicit) {
+                        (Some(latest), Some(_)) if latest.id() >= run_first_id => Some(latest),
+                        (_, Some(explicit)) => Some(explicit.clone()),
+                        (latest, None) => latest,
+                    }
+                }
+                (None, explicit) => explicit.clone(),
+            };
+            match self.attempt(failures, restore, &stages).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(e)) => {
+                    failures += 1;
+                    let strategy = self.config.restart;
+                    if failures > strategy.max_restarts {
+                        return Err(Error::RestartsExhausted {
+                            job: self.name.clone(),
+                            failures,
+                            max_restarts: strategy.max_restarts,
+                            last: Box::new(e),
+                        });
+                    }
+                    JobMetrics::add(&self.metrics.restarts, 1);
+                    tracing::warn!(
+                        job = %self.name,
+                        "job failed ({e}); restart {failures} of {} in {:?}, from the last complete checkpoint",
+                        strategy.max_restarts,
+                        strategy.delay
+                    );
+                    tokio::time::sleep(strategy.delay).await;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &mut self,
+        attempt: u32,
+        restore: Option<CompletedCheckpoint>,
+        stages: &[StageMetadata],
+    ) -> Result<(), Failure> {
+        let codec = self.config.codec;
+        let restored = match &restore {
+            Some(checkpoint) => {
+                let checkpoint = checkpoint.clone();
+                let expected = stages.to_vec();
+                tokio::task::spawn_blocking(move || load_checkpoint(&checkpoint, &expected))
+                    .await
+                    .map_err(|e| {
+                        Failure::Fatal(Error::Runtime(format!(
+                            "loading the checkpoint failed: {e}"
+                        )))
+                    })?
+                    .map_err(Failure::Fatal)?
+            }
+            None => vec![None; stages.len()],
+        };
+        if let Some(checkpoint) = &restore {
+            tracing::info!(job = %self.name, checkpoint = checkpoint.id(), path = %checkpoint.path.display(), "restoring");
+        }
+        let storage = self.config.storage.clone();
+        let first_checkpoint = highest_id(&storage)
+            .await
+            .map_err(Failure::Fatal)?
+            .max(restore.as_ref().map_or(0, |c| c.id()))
+            + 1;
+
+        let mut gates = GateRegistry::default();
+        for gate in &self.graph.gates {
+            let upstream: Vec<(usize, usize)> = gate
+                .upstream
+                .iter()
+                .map(|&s| (s, self.graph.stages[s].parallelism))
+                .collect();
+            let downstream = self.graph.stages[gate.downstream].parallelism;
+            gates.gates.push((gate.create)(
+                &upstream,
+                downstream,
+                self.config.queue_capacity,
+            ));
+        }
+        let gates = Arc::new(gates);
+
+        let (events_tx, events_rx) = unbounded_channel();
+        let (completed_tx, completed_rx) = watch::channel(restore.as_ref().map_or(0, |c| c.id()));
+        let link = TaskLink {
+            events: events_tx,
+            completed: completed_rx,
+            storage: storage.clone(),
+            first_checkpoint,
+        };
+        let blocking = BlockingCalls::default();
+        let faults = Faults(self.config.fault_hook.clone());
+
+        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut names = HashMap::new();
+        let mut sources = Vec::new();
+        let mut expected_acks = 0;
+        for (index, stage) in self.graph.stages.iter().enumerate() {
+            let runner = stage
+                .runner
+                .as_ref()
+                .expect("validated before the first attempt");
+            for subtask in 0..stage.parallelism {
+                let commands = if stage.is_source {
+                    let (tx, rx) = unbounded_channel();
+                    sources.push(tx);
+                    Some(rx)
+                } else {
+                    None
+                };
+                let env = SubtaskEnv {
+                    ctx: SubtaskContext {
+                        job: self.name.clone(),
+                        stage: stage.name(),
+                        index: subtask,
+                        parallelism: stage.parallelism,
+                        attempt,
+                    },
+                    stage: index,
+                    codec,
+                    batch_size: self.config.batch_size,
+                    restored: restored[index].clone(),
+                    gates: Arc::clone(&gates),
+                    blocking: blocking.clone(),
+                    faults: faults.clone(),
+                    metrics: Arc::clone(&self.metrics),
+                    link: link.clone(),
+                    commands,
+                };
+                let name = env.task_name();
+                let future: BoxFuture<'static, Result<()>> = runner(env).map_err(Failure::Fatal)?;
+                let handle = tasks.spawn(future);
+                names.insert(handle.id(), name);
+                expected_acks += 1;
+            }
+        }
+        drop(link);
+
+        let coordinator = Coordinator {
+            job: self.name.clone(),
+            plan: CheckpointPlan {
+                interval: self.config.checkpoint_interval,
+                timeout: self.config.checkpoint_timeout,
+                min_pause: self.config.min_pause,
+                retained: self.config.retained,
+            },
+            storage,
+            codec,
+            stages: stages.to_vec(),
+            sources,
+            events: events_rx,
+            completed: completed_tx,
+            expected_acks,
+            next_id: first_checkpoint,
+            faults,
+            attempt,
+            metrics: Arc::clone(&self.metrics),
+            blocking: blocking.clone(),
+        };
+
+        let outcome = {
+            let coordinator = coordinator.run(&mut self.commands);
+            tokio::pin!(coordinator);
+            let mut coordinator_done = false;
+            loop {
+                tokio::select! {
+                    result = &mut coordinator, if !coordinator_done => {
+                        coordinator_done = true;
+                        if let Err(e) = result {
+                            break Err(e);
+                        }
+                    }
+                    joined = tasks.join_next_with_id() => match joined {
+                        None if coordinator_done => break Ok(()),
+                        None => {}
+                        Some(Ok((_, Ok(())))) => {}
+                        Some(Ok((_, Err(e)))) => break Err(e),
+                        Some(Err(e)) => {
+                            let task = names.get(&e.id()).cloned().unwrap_or_else(|| "unknown task".into());
+                            let message = if e.is_panic() {
+                                format!("panicked: {}", panic_message(e.into_panic().as_ref()))
+                            } else {
+                                "was cancelled".into()
+                            };
+                            break Err(Error::Task { task, phase: "processing", source: message.into() });
+                        }
+                    }
+                }
+            }
+        };
+        if outcome.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        blocking.wait_idle().await;
+        outcome.map_err(Failure::Retry)
+    }
+}
+
+async fn highest_id(storage: &Option<Arc<dyn CheckpointStorage>>) -> Result<u64> {
+    let Some(storage) = storage.clone() else {
+        return Ok(0);
+    };
+    tokio::task::spawn_blocking(move || storage.highest_id())
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?
+        .map_err(Error::from)
+}
+
+async fn latest(storage: &Arc<dyn CheckpointStorage>) -> Result<Option<CompletedCheckpoint>> {
+    let storage = Arc::clone(storage);
+    tokio::task::spawn_blocking(move || storage.latest())
+        .await
+        .map_err(|e| Error::Runtime(e.to_string()))?
+        .map_err(Error::from)
+}
+
+/// Checks that `checkpoint` was taken by a job with these stages, and reads
+/// every stage's state.
+fn load_checkpoint(
+    checkpoint: &CompletedCheckpoint,
+    expected: &[StageMetadata],
+) -> Result<Vec<Option<Arc<RestoredStage>>>> {
+    let id = checkpoint.id();
+    let mismatch = |message: String| Error::Restore {
+        checkpoint: id,
+        path: checkpoint.path.clone(),
+        message,
+    };
+    let found = &checkpoint.metadata.stages;
+    if found.len() != expected.len() {
+        return Err(mismatch(format!(
+            "it was taken by a job with {} stages, this job has {}; start from an empty checkpoint directory or restore a matching savepoint",
+            found.len(),
+            expected.len()
+        )));
+    }
+    for (i, (old, new)) in found.iter().zip(expected).enumerate() {
+        if old.name != new.name || old.operators != new.operators {
+            return Err(mismatch(format!(
+                "stage {i} was `{}` with state {:?}, this job has `{}` with state {:?}",
+                old.name, old.operators, new.name, new.operators
+            )));
+        }
+    }
+    let mut stages: Vec<RestoredStage> = found
+        .iter()
+        .map(|s| RestoredStage {
+            checkpoint_id: id,
+            subtasks: vec![HashMap::new(); s.parallelism],
+        })
+        .collect();
+    for handle in &checkpoint.metadata.task_states {
+        let path = checkpoint.path.join(&handle.file);
+        let bytes = std::fs::read(&path).map_err(|source| crate::storage::StorageError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let (codec, payload) = frame::decode(&bytes, PayloadKind::TaskState, &path)?;
+        let entries: Vec<(String, Vec<u8>)> = codec.decode(payload, "task state").map_err(|e| {
+            crate::storage::StorageError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let stage = stages.get_mut(handle.stage).ok_or_else(|| {
+            mismatch(format!(
+                "state file {} names stage {} which does not exist",
+                handle.file, handle.stage
+            ))
+        })?;
+        let slot = stage.subtasks.get_mut(handle.subtask).ok_or_else(|| {
+            mismatch(format!(
+                "state file {} names subtask {} beyond the stage's parallelism",
+                handle.file, handle.subtask
+            ))
+        })?;
+        slot.extend(entries.into_iter().map(|(k, v)| (k, (codec, v))));
+    }
+    Ok(stages.into_iter().map(|s| Some(Arc::new(s))).collect())
+}

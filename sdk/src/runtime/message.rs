@@ -1,0 +1,20 @@
+//! What flows on the queues between tasks: record batches, checkpoint
+//! barriers, and the end-of-stream marker.
+
+/// A checkpoint barrier: every record before it belongs to checkpoint
+/// `checkpoint_id`, every record after it to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Barrier {
+    pub(crate) checkpoint_id: u64,
+}
+
+/// One item on an inter-task queue.
+#[derive(Debug)]
+pub(crate) enum Message<T> {
+    /// A batch of records, in order.
+    Batch(Vec<T>),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// The upstream subtask has finished; nothing follows.
+    End,
+}

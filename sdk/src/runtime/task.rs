@@ -1,0 +1,249 @@
+//! The task loops: a source subtask, or a subtask fed by an exchange, runs
+//! its chain until the input ends.
+//!
+//! Owns: reading the head (source or [`InputGate`]), handing batches to the
+//! chain, taking the task's snapshot at a barrier (source position first,
+//! then every chained element in order), making it durable and
+//! acknowledging it to the coordinator, and passing checkpoint-complete
+//! notifications to the chain. Does not own the protocol decisions (when to
+//! trigger, when a checkpoint is complete): [`super::coordinator`].
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::alignment::{GateEvent, InputGate};
+use super::chain::{Pipe, SnapshotWriter};
+use super::coordinator::{SourceCommand, TaskEvent};
+use super::env::SubtaskEnv;
+use super::message::Barrier;
+use crate::error::{Error, Result};
+use crate::fault::FaultPoint;
+use crate::metrics::JobMetrics;
+use crate::source::{Source, SourcePoll};
+use crate::storage::frame::{self, PayloadKind};
+
+/// How long an idle source waits before polling again, unless a command
+/// arrives first.
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+
+fn task_error(env: &SubtaskEnv, phase: &'static str) -> impl FnOnce(crate::BoxError) -> Error {
+    let task = env.task_name();
+    move |source| Error::Task {
+        task,
+        phase,
+        source,
+    }
+}
+
+fn coordinator_gone(env: &SubtaskEnv) -> Error {
+    task_error(env, "talking to the checkpoint coordinator")("the coordinator stopped".into())
+}
+
+/// Makes the task's snapshot durable and acknowledges the checkpoint.
+async fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> Result<()> {
+    let checkpoint = barrier.checkpoint_id;
+    let handle = match &env.link.storage {
+        Some(storage) if !snapshot.entries.is_empty() => {
+            let payload = env.codec.encode(&snapshot.entries, "task state")?;
+            let framed = frame::encode(PayloadKind::TaskState, env.codec, &payload);
+            let (storage, stage, subtask) = (storage.clone(), env.stage, env.ctx.index);
+            let written = env
+                .blocking
+                .run("write task state", move || {
+                    storage.write_task_state(checkpoint, stage, subtask, &framed)
+                })
+                .await
+                .map_err(|m| task_error(env, "writing task state")(m.into()))??;
+            Some(written)
+        }
+        _ => None,
+    };
+    env.link
+        .events
+        .send(TaskEvent::Ack {
+            checkpoint,
+            stage: env.stage,
+            subtask: env.ctx.index,
+            handle,
+        })
+        .map_err(|_| coordinator_gone(env))
+}
+
+/// Whether a source keeps reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceMode {
+    Reading,
+    /// The input is exhausted; barriers are still answered.
+    Finished,
+    /// The final checkpoint's barrier was emitted; waiting for the stop.
+    Draining,
+    Stopped,
+}
+
+/// Runs one source subtask and its chain.
+pub(crate) async fn run_source<S: Source>(
+    mut source: S,
+    source_id: String,
+    mut env: SubtaskEnv,
+    mut pipe: Box<dyn Pipe<S::Item>>,
+) -> Result<()> {
+    let restored = match &env.restored {
+        Some(stage) => stage
+            .decode_all::<S::Position>(&source_id)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect(),
+        None => Vec::new(),
+    };
+    source
+        .open(&env.ctx, restored)
+        .await
+        .map_err(task_error(&env, "opening the source"))?;
+    pipe.open().await?;
+    let mut commands = env
+        .commands
+        .take()
+        .expect("source subtasks get a command queue");
+    let mut completed = env.link.completed.clone();
+    let mut mode = SourceMode::Reading;
+    let mut batch = Vec::with_capacity(env.batch_size);
+
+    let handle = async |command: SourceCommand,
+                        source: &mut S,
+                        pipe: &mut Box<dyn Pipe<S::Item>>,
+                        mode: &mut SourceMode,
+                        env: &SubtaskEnv|
+           -> Result<()> {
+        match command {
+            SourceCommand::Trigger {
+                barrier,
+                pause_after,
+            } => {
+                let mut snapshot = SnapshotWriter::new(env.codec);
+                snapshot.put(&source_id, &source.position())?;
+                pipe.barrier(barrier, &mut snapshot).await?;
+                acknowledge(env, barrier, snapshot).await?;
+                if pause_after {
+                    *mode = SourceMode::Draining;
+                }
+            }
+            SourceCommand::Stop => {
+                let last = *env.link.completed.borrow();
+                pipe.checkpoint_complete(last).await?;
+                pipe.end().await?;
+                *mode = SourceMode::Stopped;
+            }
+        }
+        Ok(())
+    };
+
+    loop {
+        loop {
+            match commands.try_recv() {
+                Ok(command) => handle(command, &mut source, &mut pipe, &mut mode, &env).await?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(coordinator_gone(&env)),
+            }
+            if mode == SourceMode::Stopped {
+                return Ok(());
+            }
+        }
+        if completed.has_changed().unwrap_or(false) {
+            let id = *completed.borrow_and_update();
+            source
+                .checkpoint_complete(id)
+                .await
+                .map_err(task_error(&env, "checkpoint-complete notification"))?;
+            pipe.checkpoint_complete(id).await?;
+        }
+        let wait = match mode {
+            SourceMode::Reading => {
+                match source
+                    .poll_batch(&mut batch, env.batch_size)
+                    .await
+                    .map_err(task_error(&env, "reading the source"))?
+                {
+                    SourcePoll::Data => {
+                        if !batch.is_empty() {
+                            JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
+                            let full =
+                                std::mem::replace(&mut batch, Vec::with_capacity(env.batch_size));
+                            pipe.push(full).await?;
+                        }
+                        None
+                    }
+                    SourcePoll::Idle => Some(IDLE_WAIT),
+                    SourcePoll::Finished => {
+                        mode = SourceMode::Finished;
+                        env.link
+                            .events
+                            .send(TaskEvent::SourceFinished)
+                            .map_err(|_| coordinator_gone(&env))?;
+                        None
+                    }
+                }
+            }
+            SourceMode::Finished | SourceMode::Draining => Some(Duration::MAX),
+            SourceMode::Stopped => return Ok(()),
+        };
+        if let Some(wait) = wait {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => handle(command, &mut source, &mut pipe, &mut mode, &env).await?,
+                    None => return Err(coordinator_gone(&env)),
+                },
+                _ = completed.changed(), if wait == Duration::MAX => {}
+                _ = tokio::time::sleep(wait), if wait != Duration::MAX => {}
+            }
+            if mode == SourceMode::Stopped {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs one subtask fed by exchange `gate`, and its chain.
+pub(crate) async fn run_gate<T: Send + 'static>(
+    gate: usize,
+    env: SubtaskEnv,
+    mut pipe: Box<dyn Pipe<T>>,
+) -> Result<()> {
+    let mut input = InputGate::new(env.gates.get::<T>(gate).take_receivers(env.ctx.index));
+    pipe.open().await?;
+    let mut completed = env.link.completed.clone();
+    let mut coordinator_alive = true;
+    loop {
+        let event = tokio::select! {
+            biased;
+            changed = completed.changed(), if coordinator_alive => {
+                if changed.is_err() {
+                    coordinator_alive = false;
+                } else {
+                    let id = *completed.borrow_and_update();
+                    pipe.checkpoint_complete(id).await?;
+                }
+                continue;
+            }
+            event = input.next() => event.map_err(|e| task_error(&env, "reading inputs")(e.into()))?,
+        };
+        match event {
+            GateEvent::Batch(batch) => {
+                if let Some(checkpoint) = input.aligning() {
+                    env.fault(FaultPoint::DuringAlignment { checkpoint })?;
+                }
+                pipe.push(batch).await?;
+            }
+            GateEvent::Barrier(barrier) => {
+                let mut snapshot = SnapshotWriter::new(env.codec);
+                pipe.barrier(barrier, &mut snapshot).await?;
+                acknowledge(&env, barrier, snapshot).await?;
+            }
+            GateEvent::End => {
+                let last = *completed.borrow();
+                pipe.checkpoint_complete(last).await?;
+                return pipe.end().await;
+            }
+        }
+    }
+}
