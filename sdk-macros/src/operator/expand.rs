@@ -1,0 +1,257 @@
+//! The code `#[operator]` generates.
+//!
+//! Owns: the unit struct named after the function, its `call` associated
+//! function (the original function, renamed and without `#[state]`
+//! markers), the `Operator`/`UnkeyedOperator` impls, and the fallback
+//! emitted when the signature has errors.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, ItemFn, LitStr, Type};
+
+use super::signature::{Analysis, Role, Shape};
+
+/// Where an attribute of the function goes in the expansion.
+enum Placement {
+    /// On the unit struct: docs and `#[deprecated]`, which describe the
+    /// operator as users name it.
+    Struct,
+    /// On the `call` function: everything that affects the body or the
+    /// signature (`#[inline]`, `#[must_use]`, `#[expect]`, ...).
+    Call,
+    /// On both: lint levels, so that they hold for the whole expansion.
+    Both,
+    /// On every generated item: `#[cfg]`.
+    Everywhere,
+}
+
+fn placement(attr: &Attribute) -> Placement {
+    let path = attr.path();
+    if path.is_ident("doc") || path.is_ident("deprecated") {
+        Placement::Struct
+    } else if path.is_ident("cfg") {
+        Placement::Everywhere
+    } else if ["allow", "warn", "deny", "forbid"]
+        .iter()
+        .any(|lint| path.is_ident(lint))
+    {
+        Placement::Both
+    } else {
+        Placement::Call
+    }
+}
+
+/// The function's attributes, sorted by where they go.
+struct Attrs<'a> {
+    on_struct: Vec<&'a Attribute>,
+    on_call: Vec<&'a Attribute>,
+    on_impls: Vec<&'a Attribute>,
+}
+
+impl<'a> Attrs<'a> {
+    fn sort(attrs: &'a [Attribute]) -> Self {
+        let mut sorted = Attrs {
+            on_struct: Vec::new(),
+            on_call: Vec::new(),
+            on_impls: Vec::new(),
+        };
+        for attr in attrs {
+            match placement(attr) {
+                Placement::Struct => sorted.on_struct.push(attr),
+                Placement::Call => sorted.on_call.push(attr),
+                Placement::Both => {
+                    sorted.on_struct.push(attr);
+                    sorted.on_call.push(attr);
+                }
+                Placement::Everywhere => {
+                    sorted.on_struct.push(attr);
+                    sorted.on_impls.push(attr);
+                }
+            }
+        }
+        sorted
+    }
+}
+
+/// The unit struct and its `call` function, shared by the full expansion and
+/// the fallback.
+fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
+    let ItemFn {
+        vis, sig, block, ..
+    } = function;
+    let ident = &sig.ident;
+    let mut call_sig = sig.clone();
+    call_sig.ident = Ident::new("call", ident.span());
+    let Attrs {
+        on_struct,
+        on_call,
+        on_impls,
+    } = attrs;
+    quote! {
+        #(#on_struct)*
+        #[allow(non_camel_case_types)]
+        #[derive(
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::fmt::Debug,
+            ::core::default::Default
+        )]
+        #vis struct #ident;
+
+        #(#on_impls)*
+        impl #ident {
+            /// Calls the operator function directly, e.g. from a unit test.
+            #(#on_call)*
+            #vis #call_sig #block
+        }
+    }
+}
+
+/// The full expansion, for a signature without errors.
+pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) -> TokenStream {
+    let attrs = Attrs::sort(&function.attrs);
+    let struct_and_call = struct_and_call(function, &attrs);
+    let on_impls = &attrs.on_impls;
+    let ident = &function.sig.ident;
+    let unit = || Type::Verbatim(quote!(()));
+    let input = analysis.input.clone().unwrap_or_else(unit);
+    let output = analysis.output.clone().unwrap_or_else(unit);
+    let state_types = analysis.states.iter().map(|state| &state.ty);
+    let state_names = analysis
+        .states
+        .iter()
+        .map(|state| LitStr::new(&state.name.unraw().to_string(), state.name.span()));
+    let state_bindings: Vec<Ident> = (0..analysis.states.len())
+        .map(|index| format_ident!("__state{index}"))
+        .collect();
+    let state_param = if state_bindings.is_empty() {
+        quote!(_state)
+    } else {
+        quote!(state)
+    };
+    let unpack_state = if state_bindings.is_empty() {
+        quote!()
+    } else {
+        quote!(let (#(#state_bindings,)*) = state;)
+    };
+    let shape = analysis.shape.unwrap_or(Shape::Emit);
+    let args = analysis.roles.iter().map(|role| match role {
+        Role::Input if shape == Shape::Filter => quote!(&input),
+        Role::Input => quote!(input),
+        Role::State(index) => state_bindings[*index].to_token_stream(),
+        Role::Emitter => quote!(out),
+    });
+    let mut call = quote!(Self::call(#(#args),*));
+    if let Some(error) = &analysis.error {
+        let into_box_error =
+            quote_spanned!(error.span()=> ::exactly::__private::OperatorError::into_box_error);
+        call = quote! {
+            match #call {
+                ::core::result::Result::Ok(value) => value,
+                ::core::result::Result::Err(error) => {
+                    return ::core::result::Result::Err(#into_box_error(error));
+                }
+            }
+        };
+    }
+    let body = match shape {
+        Shape::Emit => quote!(#call;),
+        Shape::Map => quote! {
+            let value = #call;
+            out.emit(value);
+        },
+        Shape::Filter => quote! {
+            let keep: bool = #call;
+            if keep {
+                out.emit(input);
+            }
+        },
+        Shape::FilterMap => quote! {
+            if let ::core::option::Option::Some(value) = #call {
+                out.emit(value);
+            }
+        },
+    };
+    let unkeyed = analysis.states.is_empty().then(|| {
+        quote! {
+            #(#on_impls)*
+            impl ::exactly::UnkeyedOperator for #ident {}
+        }
+    });
+    quote! {
+        #struct_and_call
+
+        #(#on_impls)*
+        impl ::exactly::Operator for #ident {
+            type In = #input;
+            type Out = #output;
+            type State = (#(#state_types,)*);
+            const NAME: &'static str = #name;
+            const STATE_NAMES: &'static [&'static str] = &[#(#state_names),*];
+
+            #[inline]
+            fn process(
+                &self,
+                input: Self::In,
+                #state_param: &mut Self::State,
+                out: &mut ::exactly::Emitter<Self::Out>,
+            ) -> ::core::result::Result<(), ::exactly::BoxError> {
+                #unpack_state
+                #body
+                ::core::result::Result::Ok(())
+            }
+        }
+
+        #unkeyed
+    }
+}
+
+/// The expansion for a signature with errors: keeps the function's name
+/// defined, with the types that could be read, so that code using the
+/// operator does not report follow-on errors. The function's body is still
+/// compiled, so genuine errors in it are reported too.
+pub(super) fn fallback(function: &ItemFn, analysis: &Analysis, name: &LitStr) -> TokenStream {
+    if analysis.is_method {
+        // Inside an `impl` block, where a struct may not go: keep the method.
+        let ItemFn {
+            attrs,
+            vis,
+            sig,
+            block,
+        } = function;
+        return quote!(#(#attrs)* #vis #sig #block);
+    }
+    let attrs = Attrs::sort(&function.attrs);
+    let struct_and_call = struct_and_call(function, &attrs);
+    let on_impls = &attrs.on_impls;
+    let ident = &function.sig.ident;
+    let unit = || Type::Verbatim(quote!(()));
+    let input = analysis.input.clone().unwrap_or_else(unit);
+    let output = analysis.output.clone().unwrap_or_else(unit);
+    quote! {
+        #struct_and_call
+
+        #(#on_impls)*
+        impl ::exactly::Operator for #ident {
+            type In = #input;
+            type Out = #output;
+            type State = ();
+            const NAME: &'static str = #name;
+            const STATE_NAMES: &'static [&'static str] = &[];
+
+            fn process(
+                &self,
+                _input: Self::In,
+                _state: &mut Self::State,
+                _out: &mut ::exactly::Emitter<Self::Out>,
+            ) -> ::core::result::Result<(), ::exactly::BoxError> {
+                ::core::result::Result::Ok(())
+            }
+        }
+
+        #(#on_impls)*
+        impl ::exactly::UnkeyedOperator for #ident {}
+    }
+}
