@@ -79,3 +79,7 @@ impl<E: Into<BoxError>> OperatorError for E {
         self.into()
     }
 }
+
+/// Fails to compile, on `T`'s tokens, unless `T` is a `#[state]` struct. The
+/// wording is [`crate::State`]'s own.
+pub const fn assert_state<T: crate::State>() {}

@@ -89,6 +89,9 @@ fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
         on_call,
         on_impls,
     } = attrs;
+    // Spanned at the function's name, so that diagnostics about the
+    // operator's traits point there rather than at the attribute.
+    let definition = quote_spanned!(ident.span()=> #vis struct #ident;);
     quote! {
         #(#on_struct)*
         #[allow(non_camel_case_types)]
@@ -98,7 +101,7 @@ fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
             ::core::fmt::Debug,
             ::core::default::Default
         )]
-        #vis struct #ident;
+        #definition
 
         #(#on_impls)*
         impl #ident {
@@ -118,7 +121,17 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
     let unit = || Type::Verbatim(quote!(()));
     let input = analysis.input.clone().unwrap_or_else(unit);
     let output = analysis.output.clone().unwrap_or_else(unit);
-    let state_types = analysis.states.iter().map(|state| &state.ty);
+    let state_types: Vec<&Type> = analysis.states.iter().map(|state| &state.ty).collect();
+    // A state type that is not a `#[state]` struct is reported once, on the
+    // parameter's type, by these assertions. The impl's where-clause states
+    // the same bounds behind a dummy higher-ranked lifetime, which rustc
+    // does not check where it is written, so that `type State` is not
+    // reported a second time, on the attribute.
+    let state_assertions = state_types
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> ::exactly::__private::assert_state::<#ty>();));
+    let state_bounds = (!state_types.is_empty())
+        .then(|| quote!(where #(for<'__state> #state_types: ::exactly::State,)*));
     let state_names = analysis
         .states
         .iter()
@@ -145,13 +158,14 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
     });
     let mut call = quote!(Self::call(#(#args),*));
     if let Some(error) = &analysis.error {
-        let into_box_error =
-            quote_spanned!(error.span()=> ::exactly::__private::OperatorError::into_box_error);
+        let into_box_error = quote_spanned! {error.span()=>
+            ::exactly::__private::OperatorError::into_box_error(error)
+        };
         call = quote! {
             match #call {
                 ::core::result::Result::Ok(value) => value,
                 ::core::result::Result::Err(error) => {
-                    return ::core::result::Result::Err(#into_box_error(error));
+                    return ::core::result::Result::Err(#into_box_error);
                 }
             }
         };
@@ -184,7 +198,7 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
         #struct_and_call
 
         #(#on_impls)*
-        impl ::exactly::Operator for #ident {
+        impl ::exactly::Operator for #ident #state_bounds {
             type In = #input;
             type Out = #output;
             type State = (#(#state_types,)*);
@@ -205,6 +219,11 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
         }
 
         #unkeyed
+
+        #(#on_impls)*
+        const _: () = {
+            #(#state_assertions)*
+        };
     }
 }
 

@@ -17,7 +17,7 @@
 //! A return type spelled `Result<R, E>` is always fallible: the error is
 //! returned from `process` (failing the task), and `R` is read as above.
 
-use quote::ToTokens;
+use quote::{ToTokens, quote_spanned};
 use syn::ext::IdentExt;
 use syn::{Attribute, FnArg, Ident, Meta, Pat, PatIdent, PatType, ReturnType, Signature, Type};
 
@@ -130,7 +130,15 @@ pub(super) fn analyze(cx: &mut Ctxt, sig: &mut Signature) -> Analysis {
             emitter = Some(emitter_output(cx, &param.ty));
             analysis.roles.push(Role::Emitter);
         } else {
-            if input.is_some() {
+            if is_mut_reference(&param.ty) {
+                let name = param.pat.to_token_stream();
+                cx.error_spanned_by(
+                    &param.ty,
+                    format!(
+                        "`{name}` is taken by `&mut`, but only `#[state]` parameters and the emitter are: if `{name}` is the operator's state, mark it `#[state] {name}: &mut T`; if it is the input record, take it by value"
+                    ),
+                );
+            } else if input.is_some() {
                 cx.error_spanned_by(&*param, second_input_message(&function, &param.pat));
             } else {
                 input = input_param(cx, param);
@@ -263,7 +271,7 @@ fn is_state_marker(attr: &Attribute) -> bool {
 }
 
 /// Reads a `#[state] name: &mut T` parameter.
-fn state_param(cx: &mut Ctxt, param: &PatType, states: &[StateParam]) -> Option<StateParam> {
+fn state_param(cx: &mut Ctxt, param: &mut PatType, states: &[StateParam]) -> Option<StateParam> {
     let name = match &*param.pat {
         Pat::Ident(PatIdent {
             by_ref: None,
@@ -310,6 +318,8 @@ fn state_param(cx: &mut Ctxt, param: &PatType, states: &[StateParam]) -> Option<
                 "duplicate state name `{key}`: each `#[state]` parameter needs its own name, which identifies it in checkpoints"
             ),
         );
+        // Unbind the duplicate so that rustc does not report it again.
+        *param.pat = Pat::Verbatim(quote_spanned!(name.span()=> _));
         return None;
     }
     if states.len() == MAX_STATES {
@@ -322,6 +332,11 @@ fn state_param(cx: &mut Ctxt, param: &PatType, states: &[StateParam]) -> Option<
         return None;
     }
     Some(StateParam { name, ty: ty? })
+}
+
+/// Whether a parameter's type is `&mut T`.
+fn is_mut_reference(ty: &Type) -> bool {
+    matches!(types::ungroup(ty), Type::Reference(reference) if reference.mutability.is_some())
 }
 
 /// Whether a parameter's type is an emitter, by the spelling `Emitter` of
@@ -351,11 +366,7 @@ fn emitter_output(cx: &mut Ctxt, ty: &Type) -> Option<Type> {
     }
     let segment = types::last_segment(&reference.elem)?;
     match types::type_args(segment).as_slice() {
-        [output] => {
-            let output = (*output).clone();
-            report_unowned(cx, &output, "output");
-            Some(output)
-        }
+        [output] => report_unowned(cx, output, "output").then(|| (*output).clone()),
         _ => {
             cx.error_spanned_by(
                 &reference.elem,
@@ -369,17 +380,6 @@ fn emitter_output(cx: &mut Ctxt, ty: &Type) -> Option<Type> {
 /// Reads the input parameter: `A`, or `&A` for a filter.
 fn input_param(cx: &mut Ctxt, param: &PatType) -> Option<Input> {
     let (ty, by_ref) = match types::ungroup(&param.ty) {
-        Type::Reference(reference) if reference.mutability.is_some() => {
-            let name = param.pat.to_token_stream();
-            cx.error_spanned_by(
-                &param.ty,
-                format!(
-                    "the input record is passed by value, not `&mut`: take it as `{name}: {}`; if `{name}` is the operator's state, mark it `#[state]`",
-                    reference.elem.to_token_stream()
-                ),
-            );
-            return None;
-        }
         Type::Reference(reference) => ((*reference.elem).clone(), Some((*param.ty).clone())),
         other => (other.clone(), None),
     };

@@ -24,7 +24,10 @@ fn parse(line: String) -> Result<i64, std::num::ParseIntError> {
 #[exactly::operator]
 fn digits(line: String, out: &mut Emitter<u32>) -> Result<(), String> {
     for c in line.chars() {
-        out.emit(c.to_digit(10).ok_or_else(|| format!("`{c}` is not a digit"))?);
+        out.emit(
+            c.to_digit(10)
+                .ok_or_else(|| format!("`{c}` is not a digit"))?,
+        );
     }
     Ok(())
 }
@@ -32,7 +35,11 @@ fn digits(line: String, out: &mut Emitter<u32>) -> Result<(), String> {
 /// Filter: `Result<bool, E>`.
 #[exactly::operator]
 fn positive(n: &i64) -> Result<bool, Negative> {
-    if *n < 0 { Err(Negative(*n)) } else { Ok(*n > 0) }
+    if *n < 0 {
+        Err(Negative(*n))
+    } else {
+        Ok(*n > 0)
+    }
 }
 
 /// Filter-map: `Result<Option<B>, E>`, with a `BoxError`.

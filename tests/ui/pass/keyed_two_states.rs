@@ -35,7 +35,9 @@ fn main() {
     let mut state: <stats as Operator>::State = Default::default();
     let mut out = Emitter::new();
     for word in ["to", "bee", "or"] {
-        stats.process(word.to_owned(), &mut state, &mut out).unwrap();
+        stats
+            .process(word.to_owned(), &mut state, &mut out)
+            .unwrap();
     }
     assert_eq!(
         out.take(),

@@ -1,0 +1,6 @@
+#[exactly::operator]
+fn log(line: String) {
+    println!("{line}");
+}
+
+fn main() {}

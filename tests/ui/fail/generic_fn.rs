@@ -1,0 +1,6 @@
+#[exactly::operator]
+fn identity<T: Send + 'static>(record: T) -> T {
+    record
+}
+
+fn main() {}

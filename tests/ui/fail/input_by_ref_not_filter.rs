@@ -1,0 +1,6 @@
+#[exactly::operator]
+fn length(word: &String) -> usize {
+    word.len()
+}
+
+fn main() {}

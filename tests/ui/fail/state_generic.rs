@@ -1,0 +1,7 @@
+#[exactly::state]
+#[derive(Default)]
+struct Latest<T> {
+    value: Option<T>,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[exactly::state]
+struct Count {
+    count: u64,
+}
+
+fn main() {}

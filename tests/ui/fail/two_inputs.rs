@@ -1,0 +1,6 @@
+#[exactly::operator]
+fn join(left: String, right: String) -> String {
+    left + &right
+}
+
+fn main() {}
