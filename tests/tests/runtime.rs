@@ -1,0 +1,394 @@
+//! End-to-end behaviour of the runtime: graceful stop and resume,
+//! rescaling, savepoints, corrupt snapshots, bounded restarts, failed
+//! commits, configuration mistakes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use exactly::prelude::*;
+use exactly::{BoxError, Error};
+
+const KEYS: u64 = 7;
+
+#[state]
+#[derive(Default)]
+struct Count {
+    n: u64,
+}
+
+/// Slows each record down so that a job is still running when the test
+/// stops it or takes a savepoint.
+#[operator]
+fn slow(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(200));
+    x
+}
+
+#[operator]
+fn count(x: u64, #[state] c: &mut Count) -> (u64, u64) {
+    c.n += 1;
+    (x % KEYS, c.n)
+}
+
+#[operator]
+fn always_fails(_x: u64) -> Result<u64, String> {
+    Err("the database is down".into())
+}
+
+fn config(dir: &Path) -> JobConfig {
+    JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(20))
+        .checkpoint_dir(dir)
+        .restart_strategy(RestartStrategy::fixed_delay(2, Duration::ZERO))
+        .batch_size(16)
+        .worker_threads(2)
+}
+
+/// source -> slow -> key_by(x % 7) -> count -> sink.
+fn wordcount_like(
+    config: JobConfig,
+    records: u64,
+    keyed_parallelism: usize,
+    sink: CollectSink<(u64, u64)>,
+) -> Job {
+    let job = Job::new("runtime-test", config);
+    job.source(VecSource::new((0..records).collect::<Vec<u64>>()))
+        .operator(slow)
+        .key_by(|x: &u64| x % KEYS)
+        .parallelism(keyed_parallelism)
+        .operator(count)
+        .sink(sink);
+    job
+}
+
+/// Every key's updates must be exactly 1..=n, once each.
+fn assert_exactly_once(committed: &[(u64, u64)], records: u64) {
+    let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
+    for &(key, n) in committed {
+        by_key.entry(key).or_default().push(n);
+    }
+    for key in 0..KEYS {
+        let expected = (0..records).filter(|x| x % KEYS == key).count() as u64;
+        let mut seen = by_key.remove(&key).unwrap_or_default();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=expected).collect::<Vec<_>>(), "key {key}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Spawns the job, waits for two completed checkpoints, stops it
+/// gracefully, and returns how many records it had read.
+fn run_then_stop(job: Job) -> u64 {
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.stop();
+        let read = handle.metrics().records_in;
+        handle.join().await.unwrap();
+        read
+    })
+}
+
+#[test]
+fn a_graceful_stop_resumes_exactly_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let records = 3000;
+    run_then_stop(wordcount_like(config(dir.path()), records, 2, sink.clone()));
+    let after_stop = sink.committed().len() as u64;
+    assert!(
+        after_stop > 0 && after_stop < records,
+        "stopped after {after_stop} of {records}"
+    );
+    wordcount_like(config(dir.path()), records, 2, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
+}
+
+#[test]
+fn keyed_state_follows_its_keys_when_the_parallelism_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let records = 3000;
+    run_then_stop(wordcount_like(config(dir.path()), records, 2, sink.clone()));
+    wordcount_like(config(dir.path()), records, 3, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
+}
+
+#[test]
+fn a_savepoint_is_kept_and_restores_into_a_new_checkpoint_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let savepoint = dir.path().join("savepoint-1");
+    let sink = CollectSink::new();
+    let records = 3000;
+    let job = wordcount_like(config(&dir.path().join("first")), records, 2, sink.clone());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let taken = handle.savepoint(&savepoint).await.unwrap();
+        assert_eq!(taken, savepoint);
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+    assert!(savepoint.join("_metadata").exists());
+    // The first run committed past the savepoint; a restore from it
+    // replays from the savepoint, into a fresh sink.
+    let replay = CollectSink::new();
+    let from_savepoint = config(&dir.path().join("second")).restore_from(&savepoint);
+    let job = wordcount_like(from_savepoint, records, 2, replay.clone());
+    job.run().unwrap();
+    let replayed = replay.committed();
+    assert!(
+        (replayed.len() as u64) < records,
+        "the restore did not start at the savepoint"
+    );
+    // The savepoint's pre-committed transactions were committed (by the
+    // first run or on restore) exactly once in total, and the key counts
+    // continue from the savepoint's state.
+    let mut all = sink.committed();
+    let last_of_first: HashMap<u64, u64> =
+        replayed.iter().fold(HashMap::new(), |mut m, &(k, n)| {
+            let e = m.entry(k).or_insert(n);
+            *e = (*e).min(n);
+            m
+        });
+    all.retain(|(k, n)| last_of_first.get(k).is_none_or(|first| n < first));
+    all.extend(replayed);
+    assert_exactly_once(&all, records);
+    assert!(
+        savepoint.join("_metadata").exists(),
+        "the savepoint was deleted"
+    );
+}
+
+#[test]
+fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run_then_stop(wordcount_like(
+        config(dir.path()),
+        3000,
+        2,
+        CollectSink::new(),
+    ));
+    let latest = exactly::storage::CheckpointStorage::latest(&exactly::storage::LocalStorage::new(
+        dir.path(),
+    ))
+    .unwrap()
+    .unwrap();
+    let state = latest.path.join(&latest.metadata.task_states[0].file);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&state, bytes).unwrap();
+    let err = wordcount_like(config(dir.path()), 3000, 2, CollectSink::new())
+        .run()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&state.display().to_string()), "{text}");
+    assert!(text.contains("checksum"), "{text}");
+
+    std::fs::write(latest.path.join("_metadata"), b"EXACTLY\0 short").unwrap();
+    let err = wordcount_like(config(dir.path()), 3000, 2, CollectSink::new())
+        .run()
+        .unwrap_err();
+    assert!(err.to_string().contains("_metadata"), "{err}");
+}
+
+#[test]
+fn restarts_stop_after_the_configured_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new("failing", config(dir.path()));
+    job.source(VecSource::new(vec![1u64, 2, 3]))
+        .operator(always_fails)
+        .sink(DiscardSink::new());
+    let err = job.run().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RestartsExhausted {
+                failures: 3,
+                max_restarts: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("always_fails") && text.contains("the database is down"),
+        "{text}"
+    );
+}
+
+/// Wraps a [`CollectSink`] and fails its first `fail_commits` commits.
+#[derive(Clone)]
+struct FlakyCommits {
+    inner: CollectSink<u64>,
+    fail_commits: Arc<AtomicU32>,
+}
+
+impl TwoPhaseCommitSink for FlakyCommits {
+    type Item = u64;
+    type Transaction = exactly::sink::CollectTransaction<u64>;
+
+    fn name(&self) -> String {
+        "flaky".into()
+    }
+    fn open(&mut self, ctx: &exactly::sink::SinkContext) -> Result<(), BoxError> {
+        self.inner.open(ctx)
+    }
+    fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<Self::Transaction, BoxError> {
+        self.inner.begin_transaction(checkpoint_id)
+    }
+    fn write(&mut self, txn: &mut Self::Transaction, batch: Vec<u64>) -> Result<(), BoxError> {
+        self.inner.write(txn, batch)
+    }
+    fn pre_commit(&mut self, txn: &mut Self::Transaction) -> Result<(), BoxError> {
+        self.inner.pre_commit(txn)
+    }
+    fn commit(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        if self.fail_commits.load(Ordering::SeqCst) > 0 {
+            self.fail_commits.fetch_sub(1, Ordering::SeqCst);
+            return Err("the broker said no".into());
+        }
+        self.inner.commit(txn)
+    }
+    fn abort(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.inner.abort(txn)
+    }
+}
+
+#[test]
+fn a_failed_commit_is_never_dropped() {
+    let records: Vec<u64> = (0..2000).collect();
+    // Two failed commits: the job restarts and commits them on restore.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FlakyCommits {
+        inner: CollectSink::new(),
+        fail_commits: Arc::new(AtomicU32::new(2)),
+    };
+    let job = Job::new("flaky", config(dir.path()));
+    job.source(VecSource::new(records.clone()))
+        .operator(slow)
+        .sink(sink.clone());
+    job.run().unwrap();
+    let mut committed = sink.inner.committed();
+    committed.sort_unstable();
+    assert_eq!(committed, records);
+
+    // Commits that always fail: the job stops with an error naming the
+    // transaction and its checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FlakyCommits {
+        inner: CollectSink::new(),
+        fail_commits: Arc::new(AtomicU32::new(u32::MAX)),
+    };
+    let job = Job::new("broken", config(dir.path()));
+    job.source(VecSource::new(records))
+        .operator(slow)
+        .sink(sink);
+    let err = job.run().unwrap_err();
+    let Error::RestartsExhausted { last, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(matches!(**last, Error::Commit { .. }), "{last:?}");
+    let text = last.to_string();
+    assert!(
+        text.contains("commit of transaction CollectTransaction")
+            && text.contains("for checkpoint"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the broker said no") && text.contains("committed again on restore"),
+        "{text}"
+    );
+}
+
+#[test]
+fn configuration_and_pipeline_mistakes_are_reported_at_start() {
+    let no_dir = Job::new(
+        "a",
+        JobConfig::new().checkpoint_interval(Duration::from_secs(1)),
+    );
+    no_dir
+        .source(VecSource::new(vec![1u64]))
+        .sink(DiscardSink::new());
+    assert!(
+        no_dir
+            .run()
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoint_dir")
+    );
+
+    let zero = Job::new("b", JobConfig::new());
+    zero.source(VecSource::new(vec![1u64]))
+        .parallelism(0)
+        .sink(DiscardSink::new());
+    let err = zero.run().unwrap_err().to_string();
+    assert!(
+        err.contains("parallelism of `vec`") && err.contains("at least 1"),
+        "{err}"
+    );
+
+    let open_stream = Job::new("c", JobConfig::new());
+    let _unfinished = open_stream
+        .source(VecSource::new(vec![1u64]))
+        .operator(slow);
+    let err = open_stream.run().unwrap_err().to_string();
+    assert!(err.contains("end every stream with .sink"), "{err}");
+
+    let nothing = Job::new("d", JobConfig::new());
+    assert!(nothing.run().unwrap_err().to_string().contains("no source"));
+}
+
+#[test]
+fn a_changed_pipeline_does_not_restore_a_foreign_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    run_then_stop(wordcount_like(
+        config(dir.path()),
+        3000,
+        2,
+        CollectSink::new(),
+    ));
+    let changed = Job::new("runtime-test", config(dir.path()));
+    changed
+        .source(VecSource::new((0..10u64).collect::<Vec<_>>()))
+        .key_by(|x: &u64| *x)
+        .operator(count)
+        .sink(CollectSink::new());
+    let err = changed.run().unwrap_err().to_string();
+    assert!(
+        err.contains("cannot restore checkpoint") && err.contains("stage 0 was `vec -> slow`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_checkpointing_a_bounded_job_commits_when_its_input_ends() {
+    let sink = CollectSink::new();
+    let job = Job::new("bounded", JobConfig::new().parallelism(2));
+    job.source(VecSource::new((0..500u64).collect::<Vec<_>>()))
+        .key_by(|x: &u64| x % KEYS)
+        .operator(count)
+        .sink(sink.clone());
+    job.run().unwrap();
+    assert_exactly_once(&sink.committed(), 500);
+}
