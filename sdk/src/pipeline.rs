@@ -133,7 +133,7 @@ impl Job {
             .enable_all()
             .build()
             .map_err(|e| Error::Runtime(format!("cannot start the tokio runtime: {e}")))?;
-        runtime.block_on(async move { self.spawn()?.join().await })
+        runtime.block_on(async move { self.spawn()?.join().await.map(drop) })
     }
 
     /// Starts the job on the current tokio runtime and returns a handle to
@@ -250,15 +250,16 @@ impl JobHandle {
             .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
     }
 
-    /// Waits for the job to end.
+    /// Waits for the job to end and returns its final counters.
     ///
     /// # Errors
     ///
     /// Whatever ended the job.
-    pub async fn join(self) -> Result<()> {
+    pub async fn join(self) -> Result<MetricsSnapshot> {
         self.task
             .await
-            .map_err(|e| Error::Runtime(format!("the job's driver task failed: {e}")))?
+            .map_err(|e| Error::Runtime(format!("the job's driver task failed: {e}")))??;
+        Ok(self.metrics.snapshot())
     }
 }
 
