@@ -92,6 +92,14 @@ fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
     // Spanned at the function's name, so that diagnostics about the
     // operator's traits point there rather than at the attribute.
     let definition = quote_spanned!(ident.span()=> #vis struct #ident;);
+    // The function's name now names a unit struct, which a `let` or closure
+    // parameter of the same name would match against instead of binding.
+    // A local item of that name shadows the struct in the body.
+    let body = quote! {{
+        #[allow(dead_code)]
+        fn #ident() {}
+        #block
+    }};
     quote! {
         #(#on_struct)*
         #[allow(non_camel_case_types)]
@@ -106,8 +114,15 @@ fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
         #(#on_impls)*
         impl #ident {
             /// Calls the operator function directly, e.g. from a unit test.
+            // The operator contract dictates how the record is passed: by
+            // value, or by reference for a filter of `In = String`, say.
+            #[allow(
+                clippy::needless_pass_by_value,
+                clippy::ptr_arg,
+                clippy::trivially_copy_pass_by_ref
+            )]
             #(#on_call)*
-            #vis #call_sig #block
+            #vis #call_sig #body
         }
     }
 }
@@ -232,8 +247,10 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
 /// operator does not report follow-on errors. The function's body is still
 /// compiled, so genuine errors in it are reported too.
 pub(super) fn fallback(function: &ItemFn, analysis: &Analysis, name: &LitStr) -> TokenStream {
-    if analysis.is_method {
-        // Inside an `impl` block, where a struct may not go: keep the method.
+    if analysis.keep_function {
+        // A method sits in an `impl` block, where a struct may not go; a
+        // parameter with the function's name would not bind if the name
+        // were a struct. Keep the function as written.
         let ItemFn {
             attrs,
             vis,

@@ -64,6 +64,10 @@ pub(super) enum Shape {
 pub(super) struct Analysis {
     /// Whether the function takes `self`, i.e. is a method.
     pub(super) is_method: bool,
+    /// Whether the fallback must keep the function as written rather than
+    /// turn its name into a struct: inside an `impl` block (a method), or
+    /// when a parameter has the function's name.
+    pub(super) keep_function: bool,
     /// Each typed parameter's role, in parameter order.
     pub(super) roles: Vec<Role>,
     /// The `#[state]` parameters, in parameter order.
@@ -106,14 +110,26 @@ pub(super) fn analyze(cx: &mut Ctxt, sig: &mut Signature) -> Analysis {
         let param = match arg {
             FnArg::Receiver(receiver) => {
                 analysis.is_method = true;
+                analysis.keep_function = true;
                 cx.error_spanned_by(
-                    &receiver.self_token,
+                    receiver.self_token,
                     "`#[operator]` applies to free functions, not methods: move the function out of the `impl` block and pass what it needs from `self` as `#[state]` or as part of the record",
                 );
                 continue;
             }
             FnArg::Typed(param) => param,
         };
+        if let Pat::Ident(binding) = &*param.pat
+            && binding.ident == function
+        {
+            analysis.keep_function = true;
+            cx.error_spanned_by(
+                &binding.ident,
+                format!(
+                    "parameter `{function}` has the name of its operator: `#[operator]` turns `{function}` into a unit struct, which the parameter would match against instead of binding; rename the parameter"
+                ),
+            );
+        }
         if take_state_marker(cx, &mut param.attrs) {
             let index = analysis.states.len();
             if let Some(state) = state_param(cx, param, &analysis.states) {

@@ -25,6 +25,7 @@ pub fn missing(n: u64) -> u64 {
 
 /// A keyword as the name.
 #[exactly::operator]
+#[must_use]
 pub const fn r#type(n: u8) -> u8 {
     n
 }
@@ -39,6 +40,8 @@ mod private {
     }
 }
 
+const SEVEN: u8 = r#type::call(7);
+
 fn main() {
     let _ = double::call(2);
     let mut out = Emitter::new();
@@ -46,7 +49,6 @@ fn main() {
     assert_eq!(out.take(), vec![42]);
 
     assert_eq!(<r#type as Operator>::NAME, "type");
-    const SEVEN: u8 = r#type::call(7);
     assert_eq!(SEVEN, 7);
 
     assert_eq!(private::negate::call(3), -3);

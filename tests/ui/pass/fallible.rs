@@ -48,7 +48,7 @@ fn halve(n: u32) -> Result<Option<u32>, exactly::BoxError> {
     if n > 100 {
         return Err("too large".into());
     }
-    Ok((n % 2 == 0).then_some(n / 2))
+    Ok(n.is_multiple_of(2).then_some(n / 2))
 }
 
 fn main() {

@@ -21,7 +21,9 @@ fn stats(
     out: &mut Emitter<(String, u64, usize)>,
     #[state] longest: &mut Longest,
 ) {
-    counts.count += 1;
+    // A local named like the operator binds as usual.
+    let stats = counts.count + 1;
+    counts.count = stats;
     if word.len() > longest.0.len() {
         longest.0.clone_from(&word);
     }

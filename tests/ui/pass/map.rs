@@ -22,6 +22,7 @@ fn main() {
     assert_eq!(<length as Operator>::NAME, "length");
     assert!(<length as Operator>::STATE_NAMES.is_empty());
     assert_unkeyed(length);
-    let _copy: length = length;
-    assert_eq!(format!("{:?}", length::default()), "length");
+    let copied: length = length;
+    assert_eq!(format!("{copied:?}"), "length");
+    assert_eq!(format!("{:?}", <length as Default>::default()), "length");
 }

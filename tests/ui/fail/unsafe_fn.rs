@@ -1,0 +1,6 @@
+#[exactly::operator]
+unsafe fn first_byte(line: String) -> u8 {
+    unsafe { *line.as_ptr() }
+}
+
+fn main() {}
