@@ -39,7 +39,7 @@ fn count(word: String, #[state] c: &mut WordCount) -> (String, u64) {
 
 #[operator]
 fn every_hundredth(update: &(String, u64)) -> bool {
-    update.1 % 100 == 0
+    update.1.is_multiple_of(100)
 }
 
 fn words(n: usize) -> Vec<String> {
@@ -67,7 +67,7 @@ fn hand_written(words: &[String]) -> (Duration, usize) {
         let c = counts.entry(word.clone()).or_default();
         *c += 1;
         let update = (word, *c);
-        if update.1 % 100 == 0 {
+        if update.1.is_multiple_of(100) {
             kept += 1;
         }
         black_box(update);

@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use tokio::sync::mpsc::{Sender, channel};
 
-    fn gate(n: usize) -> (Vec<Sender<Message<u32>>>, InputGate<u32>) {
+    fn new_gate(n: usize) -> (Vec<Sender<Message<u32>>>, InputGate<u32>) {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| channel(16)).unzip();
         (senders, InputGate::new(receivers))
     }
@@ -172,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_after_a_barrier_wait_for_the_other_inputs() {
-        let (tx, mut gate) = gate(2);
+        let (tx, mut gate) = new_gate(2);
         tx[0].send(barrier(1)).await.unwrap();
         tx[0].send(Message::Batch(vec![10])).await.unwrap();
         tx[1].send(Message::Batch(vec![1])).await.unwrap();
@@ -188,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_input_is_not_read_while_aligning() {
-        let (tx, mut gate) = gate(2);
+        let (tx, mut gate) = new_gate(2);
         tx[0].send(barrier(4)).await.unwrap();
         tx[0].send(Message::Batch(vec![7])).await.unwrap();
         let waited = tokio::time::timeout(std::time::Duration::from_millis(50), gate.next()).await;
@@ -203,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ended_input_does_not_block_alignment() {
-        let (tx, mut gate) = gate(3);
+        let (tx, mut gate) = new_gate(3);
         tx[2].send(Message::End).await.unwrap();
         tx[0].send(barrier(2)).await.unwrap();
         tx[1].send(barrier(2)).await.unwrap();
@@ -214,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn end_of_the_last_unaligned_input_completes_alignment() {
-        let (tx, mut gate) = gate(2);
+        let (tx, mut gate) = new_gate(2);
         tx[0].send(barrier(3)).await.unwrap();
         tx[1].send(Message::Batch(vec![5])).await.unwrap();
         tx[1].send(Message::End).await.unwrap();
@@ -224,11 +224,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_vanished_upstream_and_a_skipped_barrier_are_errors() {
-        let (tx, mut gate) = gate(2);
+        let (tx, mut gate) = new_gate(2);
         drop(tx);
         assert!(matches!(gate.next().await, Err(GateError::Disconnected(_))));
 
-        let (tx, mut gate) = gate(2);
+        let (tx, mut gate) = new_gate(2);
         tx[0].send(barrier(1)).await.unwrap();
         tx[1].send(barrier(2)).await.unwrap();
         let err = gate.next().await.unwrap_err();

@@ -36,12 +36,15 @@ pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
     hasher.finish()
 }
 
+/// The receiving ends of one downstream subtask, in upstream order.
+type Inbox<T> = Vec<Receiver<Message<T>>>;
+
 /// The queues of one exchange: `senders[upstream][downstream]` and, for
 /// each downstream subtask, its receivers in upstream order.
 pub(crate) struct GateChannels<T> {
     upstream: Vec<(usize, usize)>,
     senders: Vec<Vec<Sender<Message<T>>>>,
-    receivers: Mutex<Vec<Option<Vec<Receiver<Message<T>>>>>>,
+    receivers: Mutex<Vec<Option<Inbox<T>>>>,
 }
 
 impl<T: Send + 'static> GateChannels<T> {
@@ -50,7 +53,7 @@ impl<T: Send + 'static> GateChannels<T> {
     pub(crate) fn new(upstream: &[(usize, usize)], downstream: usize, capacity: usize) -> Self {
         let total: usize = upstream.iter().map(|&(_, p)| p).sum();
         let mut senders = vec![Vec::with_capacity(downstream); total];
-        let mut receivers: Vec<Vec<Receiver<Message<T>>>> =
+        let mut receivers: Vec<Inbox<T>> =
             (0..downstream).map(|_| Vec::with_capacity(total)).collect();
         for row in &mut senders {
             for inbox in &mut receivers {
@@ -80,7 +83,7 @@ impl<T: Send + 'static> GateChannels<T> {
     }
 
     /// The queues into downstream subtask `subtask`; each can be taken once.
-    pub(crate) fn take_receivers(&self, subtask: usize) -> Vec<Receiver<Message<T>>> {
+    pub(crate) fn take_receivers(&self, subtask: usize) -> Inbox<T> {
         self.receivers.lock().expect("exchange registry poisoned")[subtask]
             .take()
             .expect("receivers taken twice")
@@ -236,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn hash_partitioning_agrees_with_key_subtask_and_barriers_reach_everyone() {
         let channels = GateChannels::<u32>::new(&[(0, 1)], 3, 8);
-        let hash: KeyFn<u32, u64> = Arc::new(|x| key_hash(x));
+        let hash: KeyFn<u32, u64> = Arc::new(key_hash::<u32>);
         let mut pipe =
             ExchangePipe::new(channels.senders(0, 0), Partitioner::Hash(hash), "t".into());
         pipe.push((0..30).collect()).await.unwrap();
