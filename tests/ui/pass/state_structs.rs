@@ -27,6 +27,14 @@ pub struct Session {
 #[derive(Default, Debug, PartialEq)]
 pub struct Total(pub u64, pub Vec<(String, i32)>);
 
+/// `#[derive]` may also come before `#[state]`.
+#[derive(Default, Debug, PartialEq)]
+#[exactly::state]
+pub struct DeriveFirst {
+    /// A value.
+    pub value: i64,
+}
+
 /// A unit struct.
 #[exactly::state]
 #[derive(Default, Debug, PartialEq)]
@@ -57,4 +65,5 @@ fn main() {
     let total = Total(3, vec![("a".to_owned(), -1)]);
     round_trip(&total, &Total(3, vec![("a".to_owned(), -1)]));
     round_trip(&Marker, &Marker);
+    round_trip(&DeriveFirst { value: -4 }, &DeriveFirst { value: -4 });
 }
