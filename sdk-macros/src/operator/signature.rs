@@ -98,14 +98,80 @@ enum Value {
     Other(Type),
 }
 
+/// The parameters as read, before the return type is known.
+#[derive(Default)]
+struct Params {
+    /// The input parameter, if it was found and is valid.
+    input: Option<Input>,
+    /// Whether a parameter was taken as the input, valid or not (a `&mut`
+    /// parameter without `#[state]` is not).
+    has_input: bool,
+    /// `Some` if there is an emitter parameter, holding its output type if
+    /// that is valid.
+    emitter: Option<Option<Type>>,
+}
+
 /// Analyses the signature, recording every problem in `cx`, and removes the
 /// `#[state]` markers from its parameters.
 pub(super) fn analyze(cx: &mut Ctxt, sig: &mut Signature) -> Analysis {
     check_qualifiers(cx, sig);
     let mut analysis = Analysis::default();
-    let mut input: Option<Input> = None;
-    let mut emitter: Option<Option<Type>> = None;
+    let params = read_params(cx, sig, &mut analysis);
+    let function = &sig.ident;
+    if !params.has_input && !analysis.is_method {
+        cx.error_spanned_by(
+            function,
+            format!(
+                "`{function}` has no input parameter: an operator takes the record it processes as a plain parameter, e.g. `fn {function}(record: String, ...)`"
+            ),
+        );
+    }
+    let value = read_return(cx, &sig.output, &mut analysis.error);
+    let by_ref = params.input.as_ref().and_then(|input| input.by_ref.clone());
+    analysis.input = params.input.map(|input| input.ty);
+    let (shape, output) = match (params.emitter, value) {
+        (Some(emitter_output), Some(Value::Unit)) => (Some(Shape::Emit), emitter_output),
+        (Some(_), Some(Value::Bool(ty) | Value::Option(ty) | Value::Other(ty))) => {
+            cx.error_spanned_by(
+                ty,
+                "an operator with an emitter returns `()` (or `Result<(), E>`): emit outputs with `out.emit(value)`, or remove the emitter and return the one output",
+            );
+            (None, None)
+        }
+        (None, Some(Value::Unit)) => {
+            cx.error_spanned_by(
+                function,
+                format!(
+                    "`{function}` emits nothing: add an emitter parameter `out: &mut Emitter<T>` and call `out.emit(value)`, or return a value"
+                ),
+            );
+            (None, None)
+        }
+        (None, Some(Value::Bool(_))) if by_ref.is_some() => {
+            (Some(Shape::Filter), analysis.input.clone())
+        }
+        (None, Some(Value::Bool(ty) | Value::Other(ty))) => (Some(Shape::Map), Some(ty)),
+        (None, Some(Value::Option(ty))) => (Some(Shape::FilterMap), Some(ty)),
+        (_, None) => (None, None),
+    };
+    if let (Some(reference), Some(shape)) = (&by_ref, shape)
+        && shape != Shape::Filter
+    {
+        cx.error_spanned_by(
+            reference,
+            "only a filter (`fn keep(record: &T) -> bool`) takes its input by reference: take the record by value, `record: T`",
+        );
+    }
+    analysis.shape = shape;
+    analysis.output = output;
+    analysis
+}
+
+/// Sorts the parameters into input, `#[state]` parameters and emitter,
+/// filling in `analysis.roles`, `analysis.states` and the method flags.
+fn read_params(cx: &mut Ctxt, sig: &mut Signature, analysis: &mut Analysis) -> Params {
     let function = sig.ident.clone();
+    let mut params = Params::default();
     for arg in &mut sig.inputs {
         let param = match arg {
             FnArg::Receiver(receiver) => {
@@ -137,13 +203,13 @@ pub(super) fn analyze(cx: &mut Ctxt, sig: &mut Signature) -> Analysis {
             }
             analysis.roles.push(Role::State(index));
         } else if is_emitter(&param.ty) {
-            if emitter.is_some() {
+            if params.emitter.is_some() {
                 cx.error_spanned_by(
                     &*param,
                     "an operator has one output: only one `&mut Emitter<T>` parameter is allowed",
                 );
             }
-            emitter = Some(emitter_output(cx, &param.ty));
+            params.emitter = Some(emitter_output(cx, &param.ty));
             analysis.roles.push(Role::Emitter);
         } else {
             if is_mut_reference(&param.ty) {
@@ -154,66 +220,16 @@ pub(super) fn analyze(cx: &mut Ctxt, sig: &mut Signature) -> Analysis {
                         "`{name}` is taken by `&mut`, but only `#[state]` parameters and the emitter are: if `{name}` is the operator's state, mark it `#[state] {name}: &mut T`; if it is the input record, take it by value"
                     ),
                 );
-            } else if input.is_some() {
+            } else if params.has_input {
                 cx.error_spanned_by(&*param, second_input_message(&function, &param.pat));
             } else {
-                input = input_param(cx, param);
+                params.input = input_param(cx, param);
+                params.has_input = true;
             }
             analysis.roles.push(Role::Input);
         }
     }
-    let has_input = analysis
-        .roles
-        .iter()
-        .any(|role| matches!(role, Role::Input));
-    if !has_input && !analysis.is_method {
-        cx.error_spanned_by(
-            &sig.ident,
-            format!(
-                "`{function}` has no input parameter: an operator takes the record it processes as a plain parameter, e.g. `fn {function}(record: String, ...)`"
-            ),
-        );
-    }
-    let emitter_output = emitter.clone().flatten();
-    let value = read_return(cx, &sig.output, &mut analysis.error);
-    let by_ref = input.as_ref().and_then(|input| input.by_ref.clone());
-    analysis.input = input.map(|input| input.ty);
-    let (shape, output) = match (emitter, value) {
-        (Some(_), Some(Value::Unit)) => (Some(Shape::Emit), emitter_output),
-        (Some(_), Some(Value::Bool(ty) | Value::Option(ty) | Value::Other(ty))) => {
-            cx.error_spanned_by(
-                ty,
-                "an operator with an emitter returns `()` (or `Result<(), E>`): emit outputs with `out.emit(value)`, or remove the emitter and return the one output",
-            );
-            (None, None)
-        }
-        (None, Some(Value::Unit)) => {
-            cx.error_spanned_by(
-                &sig.ident,
-                format!(
-                    "`{function}` emits nothing: add an emitter parameter `out: &mut Emitter<T>` and call `out.emit(value)`, or return a value"
-                ),
-            );
-            (None, None)
-        }
-        (None, Some(Value::Bool(ty))) if by_ref.is_some() => {
-            (Some(Shape::Filter), analysis.input.clone().or(Some(ty)))
-        }
-        (None, Some(Value::Bool(ty) | Value::Other(ty))) => (Some(Shape::Map), Some(ty)),
-        (None, Some(Value::Option(ty))) => (Some(Shape::FilterMap), Some(ty)),
-        (_, None) => (None, None),
-    };
-    if let (Some(reference), Some(shape)) = (&by_ref, shape)
-        && shape != Shape::Filter
-    {
-        cx.error_spanned_by(
-            reference,
-            "only a filter (`fn keep(record: &T) -> bool`) takes its input by reference: take the record by value, `record: T`",
-        );
-    }
-    analysis.shape = shape;
-    analysis.output = output;
-    analysis
+    params
 }
 
 /// Rejects the function qualifiers an operator cannot have. `const` is
