@@ -348,3 +348,168 @@ impl Coordinator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    struct Harness {
+        source: UnboundedReceiver<SourceCommand>,
+        events: UnboundedSender<TaskEvent>,
+        completed: watch::Receiver<u64>,
+        metrics: Arc<JobMetrics>,
+        _commands: UnboundedSender<JobCommand>,
+        task: tokio::task::JoinHandle<Result<()>>,
+    }
+
+    /// A coordinator with one source subtask and `acks` subtasks in all.
+    fn start(
+        plan: CheckpointPlan,
+        acks: usize,
+        storage: Option<Arc<dyn CheckpointStorage>>,
+    ) -> Harness {
+        let (source_tx, source) = unbounded_channel();
+        let (events, events_rx) = unbounded_channel();
+        let (completed_tx, completed) = watch::channel(0);
+        let (commands_tx, mut commands) = unbounded_channel();
+        let metrics = Arc::new(JobMetrics::default());
+        let coordinator = Coordinator {
+            job: "test".into(),
+            plan,
+            storage,
+            codec: Codec::Bincode,
+            stages: Vec::new(),
+            sources: vec![source_tx],
+            events: events_rx,
+            completed: completed_tx,
+            expected_acks: acks,
+            next_id: 1,
+            faults: Faults::default(),
+            attempt: 0,
+            metrics: Arc::clone(&metrics),
+            blocking: BlockingCalls::default(),
+        };
+        let task = tokio::spawn(async move { coordinator.run(&mut commands).await });
+        Harness {
+            source,
+            events,
+            completed,
+            metrics,
+            _commands: commands_tx,
+            task,
+        }
+    }
+
+    fn plan(interval_ms: u64, timeout_ms: u64, pause_ms: u64) -> CheckpointPlan {
+        CheckpointPlan {
+            interval: Some(Duration::from_millis(interval_ms)),
+            timeout: Duration::from_millis(timeout_ms),
+            min_pause: Duration::from_millis(pause_ms),
+            retained: 2,
+        }
+    }
+
+    async fn next_trigger(h: &mut Harness) -> (u64, bool) {
+        match h.source.recv().await {
+            Some(SourceCommand::Trigger {
+                barrier,
+                pause_after,
+            }) => (barrier.checkpoint_id, pause_after),
+            other => panic!("expected a trigger, got {other:?}"),
+        }
+    }
+
+    fn ack(h: &Harness, checkpoint: u64, subtask: usize) {
+        h.events
+            .send(TaskEvent::Ack {
+                checkpoint,
+                stage: 0,
+                subtask,
+                handle: None,
+            })
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_checkpoint_in_flight_and_complete_only_after_every_ack() {
+        let mut h = start(plan(100, 10_000, 0), 2, None);
+        let started = Instant::now();
+        assert_eq!(next_trigger(&mut h).await, (1, false));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(
+            h.source.try_recv().is_err(),
+            "a second checkpoint started while one was in flight"
+        );
+        ack(&h, 1, 0);
+        ack(&h, 1, 0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *h.completed.borrow(),
+            0,
+            "completed before every subtask acknowledged"
+        );
+        ack(&h, 1, 1);
+        h.completed.changed().await.unwrap();
+        assert_eq!(*h.completed.borrow(), 1);
+        assert_eq!(next_trigger(&mut h).await.0, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_min_pause_separates_the_end_of_one_checkpoint_from_the_next() {
+        let mut h = start(plan(10, 10_000, 250), 1, None);
+        assert_eq!(next_trigger(&mut h).await.0, 1);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        ack(&h, 1, 0);
+        h.completed.changed().await.unwrap();
+        let done = Instant::now();
+        assert_eq!(next_trigger(&mut h).await.0, 2);
+        assert_eq!(done.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_checkpoint_is_abandoned_and_its_late_acks_ignored() {
+        let mut h = start(plan(50, 300, 0), 1, None);
+        assert_eq!(next_trigger(&mut h).await.0, 1);
+        let triggered = Instant::now();
+        assert_eq!(next_trigger(&mut h).await.0, 2);
+        assert!(triggered.elapsed() >= Duration::from_millis(300));
+        assert_eq!(h.metrics.snapshot().checkpoints_expired, 1);
+        ack(&h, 1, 0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *h.completed.borrow(),
+            0,
+            "a late acknowledgement completed an expired checkpoint"
+        );
+        ack(&h, 2, 0);
+        h.completed.changed().await.unwrap();
+        assert_eq!(*h.completed.borrow(), 2);
+    }
+
+    #[tokio::test]
+    async fn metadata_is_durable_before_anyone_hears_of_completion_and_finishing_stops_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
+        let plan = CheckpointPlan {
+            interval: None,
+            ..plan(1, 60_000, 0)
+        };
+        let mut h = start(plan, 1, Some(Arc::clone(&storage)));
+        h.events.send(TaskEvent::SourceFinished).unwrap();
+        assert_eq!(
+            next_trigger(&mut h).await,
+            (1, true),
+            "the final checkpoint pauses the source"
+        );
+        assert!(storage.latest().unwrap().is_none());
+        ack(&h, 1, 0);
+        h.completed.changed().await.unwrap();
+        assert_eq!(storage.latest().unwrap().expect("metadata written").id(), 1);
+        assert!(matches!(h.source.recv().await, Some(SourceCommand::Stop)));
+        drop(h.events);
+        h.task.await.unwrap().unwrap();
+    }
+}

@@ -48,3 +48,37 @@ impl SubtaskEnv {
             .check(point, Some(&self.task_name()), self.ctx.attempt)
     }
 }
+
+#[cfg(test)]
+impl SubtaskEnv {
+    /// An environment for unit tests of one chain element: subtask 0 of 1,
+    /// no storage, no coordinator behind the link.
+    pub(crate) fn for_tests(restored: Option<Arc<RestoredStage>>, first_checkpoint: u64) -> Self {
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let (_, completed) = tokio::sync::watch::channel(0);
+        SubtaskEnv {
+            ctx: SubtaskContext {
+                job: "test".into(),
+                stage: "stage".into(),
+                index: 0,
+                parallelism: 1,
+                attempt: 0,
+            },
+            stage: 0,
+            codec: Codec::Bincode,
+            batch_size: 16,
+            restored,
+            gates: Arc::new(GateRegistry::default()),
+            blocking: BlockingCalls::default(),
+            faults: Faults::default(),
+            metrics: Arc::new(JobMetrics::default()),
+            link: TaskLink {
+                events,
+                completed,
+                storage: None,
+                first_checkpoint,
+            },
+            commands: None,
+        }
+    }
+}

@@ -276,3 +276,190 @@ impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
         Box::pin(self.finish())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::codec::Codec;
+    use crate::runtime::chain::RestoredStage;
+
+    /// A sink that logs every call; a transaction is the checkpoint id it
+    /// was begun for.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        log: Arc<Mutex<Vec<String>>>,
+        failing_commits: Arc<AtomicU32>,
+    }
+
+    impl Recorder {
+        fn note(&self, entry: String) {
+            self.log.lock().unwrap().push(entry);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+    }
+
+    impl TwoPhaseCommitSink for Recorder {
+        type Item = u32;
+        type Transaction = u64;
+
+        fn name(&self) -> String {
+            "recorder".into()
+        }
+        fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<u64, crate::BoxError> {
+            self.note(format!("begin {checkpoint_id}"));
+            Ok(checkpoint_id)
+        }
+        fn write(&mut self, txn: &mut u64, batch: Vec<u32>) -> Result<(), crate::BoxError> {
+            self.note(format!("write {txn} {batch:?}"));
+            Ok(())
+        }
+        fn pre_commit(&mut self, txn: &mut u64) -> Result<(), crate::BoxError> {
+            self.note(format!("pre-commit {txn}"));
+            Ok(())
+        }
+        fn commit(&mut self, txn: u64) -> Result<(), crate::BoxError> {
+            if self.failing_commits.load(Ordering::SeqCst) > 0 {
+                self.failing_commits.fetch_sub(1, Ordering::SeqCst);
+                self.note(format!("commit {txn} failed"));
+                return Err("fenced".into());
+            }
+            self.note(format!("commit {txn}"));
+            Ok(())
+        }
+        fn abort(&mut self, txn: u64) -> Result<(), crate::BoxError> {
+            self.note(format!("abort {txn}"));
+            Ok(())
+        }
+        fn recover_and_commit(&mut self, txn: u64) -> Result<(), crate::BoxError> {
+            self.note(format!("recover-commit {txn}"));
+            Ok(())
+        }
+        fn recover_and_abort(&mut self, txn: u64) -> Result<(), crate::BoxError> {
+            self.note(format!("recover-abort {txn}"));
+            Ok(())
+        }
+    }
+
+    async fn barrier(driver: &mut TwoPhaseCommitDriver<Recorder>, id: u64) -> SnapshotWriter {
+        let mut snapshot = SnapshotWriter::new(Codec::Bincode);
+        driver
+            .barrier(Barrier { checkpoint_id: id }, &mut snapshot)
+            .await
+            .unwrap();
+        snapshot
+    }
+
+    #[tokio::test]
+    async fn a_late_notification_commits_every_pending_transaction_up_to_it_in_order() {
+        let sink = Recorder::default();
+        let env = SubtaskEnv::for_tests(None, 1);
+        let mut driver =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        driver.open().await.unwrap();
+        driver.push(vec![1, 2]).await.unwrap();
+        barrier(&mut driver, 1).await;
+        driver.push(vec![3]).await.unwrap();
+        barrier(&mut driver, 2).await;
+        barrier(&mut driver, 3).await;
+        assert_eq!(
+            sink.take(),
+            [
+                "begin 1",
+                "write 1 [1, 2]",
+                "pre-commit 1",
+                "begin 2",
+                "write 2 [3]",
+                "pre-commit 2",
+                "begin 3",
+                "pre-commit 3",
+                "begin 4"
+            ]
+        );
+        driver.checkpoint_complete(2).await.unwrap();
+        assert_eq!(sink.take(), ["commit 1", "commit 2"]);
+        driver.checkpoint_complete(2).await.unwrap();
+        driver.checkpoint_complete(1).await.unwrap();
+        assert!(
+            sink.take().is_empty(),
+            "a repeated notification committed again"
+        );
+        driver.checkpoint_complete(3).await.unwrap();
+        driver.end().await.unwrap();
+        assert_eq!(sink.take(), ["commit 3", "abort 4"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_an_error_and_the_transaction_stays_pending() {
+        let sink = Recorder::default();
+        sink.failing_commits.store(1, Ordering::SeqCst);
+        let env = SubtaskEnv::for_tests(None, 5);
+        let mut driver =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        driver.open().await.unwrap();
+        barrier(&mut driver, 5).await;
+        let err = driver.checkpoint_complete(5).await.unwrap_err();
+        let Error::Commit {
+            checkpoint,
+            transaction,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!((*checkpoint, transaction.as_str()), (5, "5"));
+        assert!(err.to_string().contains("fenced"), "{err}");
+        assert_eq!(env.metrics.snapshot().commit_failures, 1);
+        driver.checkpoint_complete(5).await.unwrap();
+        assert_eq!(
+            sink.take(),
+            [
+                "begin 5",
+                "pre-commit 5",
+                "begin 6",
+                "commit 5 failed",
+                "commit 5"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_commits_the_pending_transactions_and_aborts_the_open_one() {
+        let sink = Recorder::default();
+        let env = SubtaskEnv::for_tests(None, 1);
+        let mut driver =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        driver.open().await.unwrap();
+        barrier(&mut driver, 1).await;
+        let snapshot = barrier(&mut driver, 2).await;
+        sink.take();
+
+        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
+            .entries
+            .into_iter()
+            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
+            .collect();
+        let restored = Arc::new(RestoredStage {
+            checkpoint_id: 2,
+            subtasks: vec![entries],
+        });
+        let env = SubtaskEnv::for_tests(Some(restored), 4);
+        let mut recovered =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        recovered.open().await.unwrap();
+        assert_eq!(
+            sink.take(),
+            [
+                "recover-commit 1",
+                "recover-commit 2",
+                "recover-abort 3",
+                "begin 4"
+            ]
+        );
+    }
+}
