@@ -75,7 +75,11 @@ fn hand_written(words: &[String]) -> (Duration, usize) {
     (started.elapsed(), kept)
 }
 
-fn pipeline(words: &[String], checkpoints: &std::path::Path) -> (Duration, MetricsSnapshot) {
+fn pipeline(
+    words: &[String],
+    checkpoints: &std::path::Path,
+    threads: usize,
+) -> (Duration, MetricsSnapshot) {
     let _ = std::fs::remove_dir_all(checkpoints);
     let config = JobConfig::new()
         .checkpoint_interval(Duration::from_millis(100))
@@ -88,7 +92,11 @@ fn pipeline(words: &[String], checkpoints: &std::path::Path) -> (Duration, Metri
         .operator(count)
         .operator(every_hundredth)
         .sink(DiscardSink::new());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
     let started = Instant::now();
     let metrics = runtime.block_on(async { job.spawn().unwrap().join().await.unwrap() });
     (started.elapsed(), metrics)
@@ -129,26 +137,38 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let input = words(n);
     println!("## Keyed word count, {n} records, 3 operators, checkpoints every 100 ms\n");
-    println!("| round | hand-written loop | exactly pipeline | ratio | checkpoints |");
-    println!("|---|---|---|---|---|");
-    let mut ratios = Vec::new();
+    println!(
+        "| round | hand-written loop (1 thread) | pipeline, 2 worker threads | ratio | pipeline, 1 worker thread | ratio | checkpoints (2 / 1 threads) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let (mut two, mut one) = (Vec::new(), Vec::new());
     for round in 1..=3 {
         let (hand, kept) = hand_written(&input);
-        let (piped, metrics) = pipeline(&input, &dir.path().join("pipeline"));
+        let (piped, metrics) = pipeline(&input, &dir.path().join("pipeline"), 2);
+        let (single, single_metrics) = pipeline(&input, &dir.path().join("pipeline"), 1);
         black_box(kept);
-        let hand_rate = n as f64 / hand.as_secs_f64();
-        let pipe_rate = n as f64 / piped.as_secs_f64();
-        ratios.push(pipe_rate / hand_rate);
+        let rate = |took: Duration| n as f64 / took.as_secs_f64();
+        let (hand_rate, pipe_rate, single_rate) = (rate(hand), rate(piped), rate(single));
+        two.push(pipe_rate / hand_rate);
+        one.push(single_rate / hand_rate);
         println!(
-            "| {round} | {:.2} M rec/s | {:.2} M rec/s | {:.0} % | {} |",
+            "| {round} | {:.2} M rec/s | {:.2} M rec/s | {:.0} % | {:.2} M rec/s | {:.0} % | {} / {} |",
             hand_rate / 1e6,
             pipe_rate / 1e6,
             100.0 * pipe_rate / hand_rate,
-            metrics.checkpoints_completed
+            single_rate / 1e6,
+            100.0 * single_rate / hand_rate,
+            metrics.checkpoints_completed,
+            single_metrics.checkpoints_completed
         );
     }
-    ratios.sort_by(f64::total_cmp);
-    println!("\nmedian ratio: {:.0} %\n", 100.0 * ratios[1]);
+    two.sort_by(f64::total_cmp);
+    one.sort_by(f64::total_cmp);
+    println!(
+        "\nmedian ratio to the hand-written loop: {:.0} % with 2 worker threads, {:.0} % with 1\n",
+        100.0 * two[1],
+        100.0 * one[1]
+    );
 
     let keys = 1_000_000u64;
     println!("## Checkpoint of a keyed state of {keys} entries\n");
