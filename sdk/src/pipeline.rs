@@ -49,7 +49,7 @@ use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{JobMetrics, MetricsSnapshot};
 use crate::operator::{Operator, UnkeyedOperator};
-use crate::runtime::chain::{Key, KeyFn, KeyedOperatorPipe, OperatorPipe, PipeFactory};
+use crate::runtime::chain::{Key, KeyFn, OperatorPipe, PipeFactory};
 use crate::runtime::coordinator::JobCommand;
 use crate::runtime::exchange::{ExchangePipe, GateChannels, Partitioner, key_hash};
 use crate::runtime::executor::Executor;
@@ -388,7 +388,7 @@ impl<T: Send + 'static> Stream<T> {
             .push(O::NAME.to_owned());
         let finish: Finish<O::Out> = Box::new(move |tail: PipeFactory<O::Out>| {
             finish(Box::new(move |env| {
-                Ok(Box::new(OperatorPipe::new(op, env, tail(env)?)))
+                Ok(Box::new(OperatorPipe::unkeyed(op, env, tail(env)?)))
             }))
         });
         Stream::chain(&graph, stage, finish)
@@ -511,9 +511,9 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
             finish(Box::new(move |env| {
                 let down = tail(env)?;
                 if O::STATE_NAMES.is_empty() {
-                    Ok(Box::new(OperatorPipe::new(op, env, down)))
+                    Ok(Box::new(OperatorPipe::unkeyed(op, env, down)))
                 } else {
-                    Ok(Box::new(KeyedOperatorPipe::new(
+                    Ok(Box::new(OperatorPipe::keyed(
                         op,
                         Arc::clone(&key),
                         id.clone(),

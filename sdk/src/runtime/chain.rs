@@ -105,71 +105,6 @@ impl RestoredStage {
     }
 }
 
-/// A stateless operator, chained. (Only operators without `#[state]` run
-/// here; the type system keeps stateful ones on keyed streams.)
-pub(crate) struct OperatorPipe<O: Operator> {
-    op: O,
-    state: O::State,
-    task: String,
-    down: Box<dyn Pipe<O::Out>>,
-}
-
-impl<O: Operator> OperatorPipe<O> {
-    pub(crate) fn new(op: O, env: &SubtaskEnv, down: Box<dyn Pipe<O::Out>>) -> Self {
-        OperatorPipe {
-            op,
-            state: O::State::default(),
-            task: env.task_name(),
-            down,
-        }
-    }
-}
-
-fn operator_error(task: &str, name: &str, source: crate::BoxError) -> Error {
-    Error::Task {
-        task: task.to_owned(),
-        phase: "processing",
-        source: format!("operator `{name}` returned an error: {source}").into(),
-    }
-}
-
-impl<O: Operator> Pipe<O::In> for OperatorPipe<O> {
-    fn open(&mut self) -> BoxFuture<'_, Result<()>> {
-        self.down.open()
-    }
-
-    fn push(&mut self, batch: Vec<O::In>) -> BoxFuture<'_, Result<()>> {
-        let mut out = Emitter::with_capacity(batch.len());
-        for record in batch {
-            if let Err(e) = self.op.process(record, &mut self.state, &mut out) {
-                let err = operator_error(&self.task, O::NAME, e);
-                return Box::pin(async move { Err(err) });
-            }
-        }
-        let out = out.take();
-        if out.is_empty() {
-            return Box::pin(async { Ok(()) });
-        }
-        self.down.push(out)
-    }
-
-    fn barrier<'a>(
-        &'a mut self,
-        barrier: Barrier,
-        snapshot: &'a mut SnapshotWriter,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.down.barrier(barrier, snapshot)
-    }
-
-    fn checkpoint_complete(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<()>> {
-        self.down.checkpoint_complete(checkpoint_id)
-    }
-
-    fn end(&mut self) -> BoxFuture<'_, Result<()>> {
-        self.down.end()
-    }
-}
-
 /// A key: hashed to choose the subtask that owns it, and stored in
 /// checkpoints with its state.
 #[diagnostic::on_unimplemented(
@@ -184,19 +119,52 @@ impl<K: Hash + Eq + Clone + Send + Sync + Serialize + DeserializeOwned + 'static
 /// Extracts a record's key.
 pub(crate) type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
-/// An operator with keyed state after `key_by`: one [`Operator::State`] per
-/// key, snapshotted as a map and redistributed by key on restore.
-pub(crate) struct KeyedOperatorPipe<O: Operator, K> {
+/// Where an operator's `#[state]` lives.
+enum Scope<O: Operator, K> {
+    /// No `#[state]`: one (empty) state value for the subtask.
+    Unkeyed(O::State),
+    /// After `key_by`: one state value per key, snapshotted as a map under
+    /// `id` and redistributed by key on restore.
+    Keyed {
+        key: KeyFn<O::In, K>,
+        states: HashMap<K, O::State>,
+        id: String,
+    },
+}
+
+/// A chained operator. Stateless operators run unkeyed; operators with
+/// `#[state]` run keyed, which the builder's types enforce.
+pub(crate) struct OperatorPipe<O: Operator, K> {
     op: O,
-    key: KeyFn<O::In, K>,
-    states: HashMap<K, O::State>,
-    id: String,
+    scope: Scope<O, K>,
     task: String,
     down: Box<dyn Pipe<O::Out>>,
 }
 
-impl<O: Operator, K: Key> KeyedOperatorPipe<O, K> {
-    pub(crate) fn new(
+fn operator_error(task: &str, name: &str, source: crate::BoxError) -> Error {
+    Error::Task {
+        task: task.to_owned(),
+        phase: "processing",
+        source: format!("operator `{name}` returned an error: {source}").into(),
+    }
+}
+
+impl<O: Operator> OperatorPipe<O, ()> {
+    /// An operator without keyed state.
+    pub(crate) fn unkeyed(op: O, env: &SubtaskEnv, down: Box<dyn Pipe<O::Out>>) -> Self {
+        OperatorPipe {
+            op,
+            scope: Scope::Unkeyed(O::State::default()),
+            task: env.task_name(),
+            down,
+        }
+    }
+}
+
+impl<O: Operator, K: Key> OperatorPipe<O, K> {
+    /// An operator whose state is scoped per key; restores the keys this
+    /// subtask owns from every old subtask's snapshot.
+    pub(crate) fn keyed(
         op: O,
         key: KeyFn<O::In, K>,
         id: String,
@@ -211,37 +179,41 @@ impl<O: Operator, K: Key> KeyedOperatorPipe<O, K> {
                 }));
             }
         }
-        Ok(KeyedOperatorPipe {
+        Ok(OperatorPipe {
             op,
-            key,
-            states,
-            id,
+            scope: Scope::Keyed { key, states, id },
             task: env.task_name(),
             down,
         })
     }
+
+    fn process(&mut self, batch: Vec<O::In>) -> Result<Vec<O::Out>> {
+        let mut out = Emitter::with_capacity(batch.len());
+        let result = match &mut self.scope {
+            Scope::Unkeyed(state) => batch
+                .into_iter()
+                .try_for_each(|record| self.op.process(record, state, &mut out)),
+            Scope::Keyed { key, states, .. } => batch.into_iter().try_for_each(|record| {
+                let state = states.entry(key(&record)).or_default();
+                self.op.process(record, state, &mut out)
+            }),
+        };
+        result.map_err(|e| operator_error(&self.task, O::NAME, e))?;
+        Ok(out.take())
+    }
 }
 
-impl<O: Operator, K: Key> Pipe<O::In> for KeyedOperatorPipe<O, K> {
+impl<O: Operator, K: Key> Pipe<O::In> for OperatorPipe<O, K> {
     fn open(&mut self) -> BoxFuture<'_, Result<()>> {
         self.down.open()
     }
 
     fn push(&mut self, batch: Vec<O::In>) -> BoxFuture<'_, Result<()>> {
-        let mut out = Emitter::with_capacity(batch.len());
-        for record in batch {
-            let key = (self.key)(&record);
-            let state = self.states.entry(key).or_default();
-            if let Err(e) = self.op.process(record, state, &mut out) {
-                let err = operator_error(&self.task, O::NAME, e);
-                return Box::pin(async move { Err(err) });
-            }
+        match self.process(batch) {
+            Ok(out) if out.is_empty() => Box::pin(async { Ok(()) }),
+            Ok(out) => self.down.push(out),
+            Err(e) => Box::pin(async move { Err(e) }),
         }
-        let out = out.take();
-        if out.is_empty() {
-            return Box::pin(async { Ok(()) });
-        }
-        self.down.push(out)
     }
 
     fn barrier<'a>(
@@ -249,7 +221,9 @@ impl<O: Operator, K: Key> Pipe<O::In> for KeyedOperatorPipe<O, K> {
         barrier: Barrier,
         snapshot: &'a mut SnapshotWriter,
     ) -> BoxFuture<'a, Result<()>> {
-        if let Err(e) = snapshot.put(&self.id, &self.states) {
+        if let Scope::Keyed { states, id, .. } = &self.scope
+            && let Err(e) = snapshot.put(id, states)
+        {
             return Box::pin(async move { Err(e.into()) });
         }
         self.down.barrier(barrier, snapshot)

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{SinkContext, TwoPhaseCommitSink};
 use crate::error::BoxError;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, io, sync_dir};
 
 const STAGING: &str = ".staging";
 
@@ -181,19 +181,6 @@ fn parse_part_name(file: &str) -> Option<(usize, u64)> {
     let subtask = parts.next()?.parse().ok()?;
     let checkpoint = parts.next()?.parse().ok()?;
     Some((subtask, checkpoint))
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    crate::storage::sync_dir(dir)
 }
 
 impl<T: Send + 'static> TwoPhaseCommitSink for FileSink<T> {

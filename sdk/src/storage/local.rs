@@ -23,7 +23,8 @@ pub struct LocalStorage {
     root: PathBuf,
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+/// Wraps an I/O error with what was being done and to which path.
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.to_path_buf();
     move |source| StorageError::Io {
         action,
