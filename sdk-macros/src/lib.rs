@@ -44,7 +44,7 @@ use proc_macro::TokenStream;
 /// used in task names, logs and checkpoint ids (by default the function's
 /// name).
 ///
-/// ```ignore
+/// ```text
 /// #[exactly::operator]
 /// pub fn count(word: String, #[state] counts: &mut WordCount, out: &mut Emitter<(String, u64)>) {
 ///     counts.count += 1;
@@ -63,7 +63,7 @@ pub fn operator(args: TokenStream, item: TokenStream) -> TokenStream {
 /// implement `Default`, which is the state of a key seen for the first time,
 /// and every field must be serializable, or be marked `#[serde(skip)]`.
 ///
-/// ```ignore
+/// ```text
 /// #[exactly::state]
 /// #[derive(Default)]
 /// struct WordCount {
