@@ -10,7 +10,8 @@
 //! 3. bincode against postcard on that state: encoded size, encode and
 //!    decode throughput.
 //!
-//! Set `BENCH_WORDS` to change the number of records (default 4 million).
+//! Set `BENCH_WORDS` to change the number of records (default 4 million),
+//! and `BENCH_ONLY=throughput` to run only part 1 (for profiling).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -170,6 +171,9 @@ fn main() {
         100.0 * one[1]
     );
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "throughput") {
+        return;
+    }
     let keys = 1_000_000u64;
     println!("## Checkpoint of a keyed state of {keys} entries\n");
     let metrics = big_state_checkpoint(keys, &dir.path().join("state"));
