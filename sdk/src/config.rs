@@ -247,26 +247,6 @@ impl JobConfig {
         self
     }
 
-    /// Whether periodic checkpoints are enabled.
-    pub fn checkpointing_enabled(&self) -> bool {
-        self.checkpoint_interval.is_some()
-    }
-
-    /// The checkpoint interval, if checkpointing is enabled.
-    pub fn checkpoint_interval_value(&self) -> Option<Duration> {
-        self.checkpoint_interval
-    }
-
-    /// The checkpoint timeout.
-    pub fn checkpoint_timeout_value(&self) -> Duration {
-        self.checkpoint_timeout
-    }
-
-    /// The restart strategy.
-    pub fn restart_strategy_value(&self) -> RestartStrategy {
-        self.restart
-    }
-
     /// Checks every value; called when the job starts.
     ///
     /// # Errors

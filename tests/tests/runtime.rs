@@ -392,3 +392,19 @@ fn without_checkpointing_a_bounded_job_commits_when_its_input_ends() {
     job.run().unwrap();
     assert_exactly_once(&sink.committed(), 500);
 }
+
+#[test]
+fn rebalance_spreads_a_stream_over_a_new_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let job = Job::new("rebalance", config(dir.path()));
+    job.source(VecSource::new((0..2000u64).collect::<Vec<_>>()))
+        .rebalance()
+        .parallelism(3)
+        .operator(slow)
+        .sink(sink.clone());
+    job.run().unwrap();
+    let mut committed = sink.committed();
+    committed.sort_unstable();
+    assert_eq!(committed, (0..2000).collect::<Vec<_>>());
+}
