@@ -33,6 +33,16 @@ pub enum Error {
     #[error("invalid pipeline: {0}")]
     Pipeline(String),
 
+    /// A source's or sink's start-up check failed; nothing was read.
+    #[error("preflight check of `{element}` failed: {source}")]
+    Preflight {
+        /// The source or sink, as named in the pipeline.
+        element: String,
+        /// What the check found.
+        #[source]
+        source: BoxError,
+    },
+
     /// Reading or writing checkpoint storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod metrics;
 pub mod operator;
 pub mod pipeline;
+pub mod preflight;
 pub(crate) mod runtime;
 pub mod sink;
 pub mod source;

@@ -102,11 +102,21 @@ impl Job {
     pub fn source<S: Source>(&self, source: S) -> Stream<S::Item> {
         let name = source.name();
         let id = format!("0:{name}");
-        let stage = add_stage(&self.graph, name, self.config.parallelism, true);
+        let stage = add_stage(&self.graph, name.clone(), self.config.parallelism, true);
         self.graph.borrow_mut().stages[stage]
             .operators
             .push(id.clone());
         let prototype = Arc::new(Mutex::new(source));
+        let checked = Arc::clone(&prototype);
+        self.graph.borrow_mut().preflight.push((
+            format!("source {name}"),
+            Box::new(move |settings| {
+                checked
+                    .lock()
+                    .expect("source prototype poisoned")
+                    .preflight(settings)
+            }),
+        ));
         let finish: Finish<S::Item> = Box::new(move |tail| {
             Box::new(move |env| {
                 let pipe = tail(&env)?;
@@ -450,15 +460,26 @@ impl<T: Send + 'static> Stream<T> {
     {
         let graph = Rc::clone(&self.graph);
         let (stage, finish) = self.into_chain();
+        let name = sink.name();
         let id = {
             let mut g = graph.borrow_mut();
             let spec = &mut g.stages[stage];
-            let id = format!("{}:{}", spec.parts.len(), sink.name());
-            spec.parts.push(sink.name());
+            let id = format!("{}:{name}", spec.parts.len());
+            spec.parts.push(name.clone());
             spec.operators.push(id.clone());
             id
         };
         let prototype = Arc::new(Mutex::new(sink));
+        let checked = Arc::clone(&prototype);
+        graph.borrow_mut().preflight.push((
+            format!("sink {name}"),
+            Box::new(move |settings| {
+                checked
+                    .lock()
+                    .expect("sink prototype poisoned")
+                    .preflight(settings)
+            }),
+        ));
         let runner = finish(Box::new(move |env| {
             let sink = prototype.lock().expect("sink prototype poisoned").clone();
             Ok(Box::new(TwoPhaseCommitDriver::new(sink, id.clone(), env)?))

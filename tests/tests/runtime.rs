@@ -408,3 +408,83 @@ fn rebalance_spreads_a_stream_over_a_new_parallelism() {
     committed.sort_unstable();
     assert_eq!(committed, (0..2000).collect::<Vec<_>>());
 }
+
+/// A sink that refuses to run without checkpoints and claims a name.
+#[derive(Clone)]
+struct Picky {
+    claim: &'static str,
+}
+
+impl TwoPhaseCommitSink for Picky {
+    type Item = u64;
+    type Transaction = ();
+
+    fn name(&self) -> String {
+        format!("picky({})", self.claim)
+    }
+    fn preflight(
+        &self,
+        settings: &exactly::preflight::JobSettings,
+    ) -> Result<exactly::preflight::PreflightReport, BoxError> {
+        if settings.checkpoint_interval.is_none() {
+            return Err(
+                "this sink commits on checkpoints: set JobConfig::checkpoint_interval".into(),
+            );
+        }
+        Ok(exactly::preflight::PreflightReport::new()
+            .notice("remember to read with isolation.level=read_committed")
+            .claim(format!("prefix {}", self.claim)))
+    }
+    fn begin_transaction(&mut self, _checkpoint_id: u64) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn write(&mut self, _txn: &mut (), _batch: Vec<u64>) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, _txn: &mut ()) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn commit(&mut self, _txn: ()) -> Result<(), BoxError> {
+        Ok(())
+    }
+    fn abort(&mut self, _txn: ()) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn preflight_checks_run_before_any_record_is_read() {
+    let unchecked = Job::new("no-checkpoints", JobConfig::new());
+    unchecked
+        .source(VecSource::new(vec![1u64]))
+        .sink(Picky { claim: "a" });
+    let err = unchecked.run().unwrap_err();
+    assert!(matches!(err, Error::Preflight { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "preflight check of `sink picky(a)` failed: this sink commits on checkpoints: set JobConfig::checkpoint_interval"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let twice = Job::new("same-prefix", config(dir.path()));
+    let a = twice.source(VecSource::new(vec![1u64]));
+    let b = twice.source(VecSource::new(vec![2u64]));
+    a.sink(Picky { claim: "orders" });
+    b.sink(Picky { claim: "orders" });
+    let err = twice.run().unwrap_err().to_string();
+    assert!(
+        err.contains("prefix orders")
+            && err.contains("both `sink picky(orders)` and `sink picky(orders)`"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).map_or(true, |mut d| d.next().is_none()),
+        "the job ran despite a failed preflight"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let fine = Job::new("fine", config(dir.path()));
+    fine.source(VecSource::new(vec![1u64, 2]))
+        .sink(Picky { claim: "x" });
+    fine.run().unwrap();
+}

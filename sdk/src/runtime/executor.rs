@@ -24,6 +24,7 @@ use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::metrics::JobMetrics;
+use crate::preflight::{self, JobSettings};
 use crate::source::SubtaskContext;
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StageMetadata};
@@ -53,6 +54,7 @@ impl Executor {
             Some(path) => Some(LocalStorage::open_checkpoint(path)?),
             None => None,
         };
+        self.preflight().await?;
         let run_first_id = highest_id(&storage)
             .await?
             .max(explicit.as_ref().map_or(0, |c| c.id()))
@@ -95,6 +97,25 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Runs every source's and sink's start-up check and prints their
+    /// notices to stderr.
+    async fn preflight(&mut self) -> Result<()> {
+        let settings = JobSettings {
+            job: self.name.clone(),
+            checkpoint_interval: self.config.checkpoint_interval,
+            checkpoint_timeout: self.config.checkpoint_timeout,
+            restart: self.config.restart,
+        };
+        let checks = std::mem::take(&mut self.graph.preflight);
+        let notices = tokio::task::spawn_blocking(move || preflight::run(&checks, &settings))
+            .await
+            .map_err(|e| Error::Runtime(format!("a preflight check panicked: {e}")))??;
+        for notice in notices {
+            eprintln!("[{}] notice: {notice}", self.name);
+        }
+        Ok(())
     }
 
     async fn attempt(

@@ -10,6 +10,7 @@ use super::chain::BoxFuture;
 use super::env::SubtaskEnv;
 use super::exchange::GateFactory;
 use crate::error::{Error, Result};
+use crate::preflight::PreflightCheck;
 use crate::storage::StageMetadata;
 
 /// Builds one subtask of a stage for an attempt: returns its task future.
@@ -56,6 +57,8 @@ pub(crate) struct JobGraph {
     pub(crate) stages: Vec<StageSpec>,
     pub(crate) gates: Vec<GateSpec>,
     pub(crate) errors: Vec<Error>,
+    /// The start-up checks of every source and sink, by element name.
+    pub(crate) preflight: Vec<(String, PreflightCheck)>,
 }
 
 impl JobGraph {

@@ -47,6 +47,7 @@ pub use discard::DiscardSink;
 pub use file::{FileSink, FileTransaction};
 
 use crate::error::BoxError;
+use crate::preflight::{JobSettings, PreflightReport};
 use crate::source::SubtaskContext;
 
 /// What a sink subtask learns when it opens.
@@ -76,6 +77,19 @@ pub trait TwoPhaseCommitSink: Clone + Send + 'static {
 
     /// A short human-readable name, such as `file(out/)`.
     fn name(&self) -> String;
+
+    /// Checks, once when the job starts and before any record is read, that
+    /// the sink can keep its guarantee with these settings (for example that
+    /// its transaction timeout outlasts a checkpoint). May block; it runs on
+    /// the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// Stops the job before it starts, with [`crate::Error::Preflight`].
+    fn preflight(&self, settings: &JobSettings) -> Result<PreflightReport, BoxError> {
+        let _ = settings;
+        Ok(PreflightReport::new())
+    }
 
     /// Prepares the subtask, before any recovery call.
     ///

@@ -18,6 +18,7 @@ pub use lines::{LineFileSource, LinePosition};
 pub use vec::{VecPosition, VecSource};
 
 use crate::error::BoxError;
+use crate::preflight::{JobSettings, PreflightReport};
 
 /// Which parallel instance of a stage a source, operator or sink runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,18 @@ pub trait Source: Clone + Send + 'static {
 
     /// A short human-readable name, such as `lines(words.txt)`.
     fn name(&self) -> String;
+
+    /// Checks, once when the job starts and before any record is read, that
+    /// the source can run with these settings (for example that its topics
+    /// exist). May block; it runs on the blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// Stops the job before it starts, with [`crate::Error::Preflight`].
+    fn preflight(&self, settings: &JobSettings) -> Result<PreflightReport, BoxError> {
+        let _ = settings;
+        Ok(PreflightReport::new())
+    }
 
     /// Prepares the subtask. `restored` holds the positions every subtask of
     /// the restored checkpoint had (empty on a fresh start), so that a source
