@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use exactly::prelude::*;
+use exactly::source::Source as _;
 use exactly::{BoxError, Error};
 
 const KEYS: u64 = 7;
@@ -487,4 +488,74 @@ fn preflight_checks_run_before_any_record_is_read() {
     fine.source(VecSource::new(vec![1u64, 2]))
         .sink(Picky { claim: "x" });
     fine.run().unwrap();
+}
+
+/// A [`VecSource`] that records every checkpoint-complete notification.
+#[derive(Clone)]
+struct Reporting {
+    inner: VecSource<u64>,
+    heard: Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+}
+
+impl Source for Reporting {
+    type Item = u64;
+    type Position = exactly::source::VecPosition;
+
+    fn name(&self) -> String {
+        "reporting".into()
+    }
+    async fn open(
+        &mut self,
+        ctx: &exactly::source::SubtaskContext,
+        restored: Vec<Self::Position>,
+    ) -> Result<(), BoxError> {
+        self.inner.open(ctx, restored).await
+    }
+    async fn poll_batch(
+        &mut self,
+        out: &mut Vec<u64>,
+        max: usize,
+    ) -> Result<exactly::source::SourcePoll, BoxError> {
+        self.inner.poll_batch(out, max.min(4)).await
+    }
+    fn position(&self) -> Self::Position {
+        self.inner.position()
+    }
+    async fn checkpoint_complete(
+        &mut self,
+        checkpoint_id: u64,
+        position: &Self::Position,
+    ) -> Result<(), BoxError> {
+        self.heard
+            .lock()
+            .unwrap()
+            .push((checkpoint_id, position.next));
+        Ok(())
+    }
+}
+
+#[test]
+fn sources_hear_the_position_each_completed_checkpoint_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = Reporting {
+        inner: VecSource::new((0..400u64).collect::<Vec<_>>()),
+        heard: Arc::clone(&heard),
+    };
+    let job = Job::new("reporting", config(dir.path()));
+    job.source(source).operator(slow).sink(DiscardSink::new());
+    job.run().unwrap();
+    let heard = heard.lock().unwrap().clone();
+    assert!(heard.len() >= 2, "{heard:?}");
+    assert!(
+        heard
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard.last().unwrap().1,
+        400,
+        "the final checkpoint covers every record: {heard:?}"
+    );
 }

@@ -8,6 +8,7 @@
 //! notifications to the chain. Does not own the protocol decisions (when to
 //! trigger, when a checkpoint is complete): [`super::coordinator`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
@@ -109,10 +110,14 @@ pub(crate) async fn run_source<S: Source>(
     let mut mode = SourceMode::Reading;
     let mut batch = Vec::with_capacity(env.batch_size);
 
+    // Positions taken at barriers whose checkpoints are not known complete.
+    let mut positions: BTreeMap<u64, S::Position> = BTreeMap::new();
+
     let handle = async |command: SourceCommand,
                         source: &mut S,
                         pipe: &mut Box<dyn Pipe<S::Item>>,
                         mode: &mut SourceMode,
+                        positions: &mut BTreeMap<u64, S::Position>,
                         env: &SubtaskEnv|
            -> Result<()> {
         match command {
@@ -120,8 +125,10 @@ pub(crate) async fn run_source<S: Source>(
                 barrier,
                 pause_after,
             } => {
+                let position = source.position();
                 let mut snapshot = SnapshotWriter::new(env.codec);
-                snapshot.put(&source_id, &source.position())?;
+                snapshot.put(&source_id, &position)?;
+                positions.insert(barrier.checkpoint_id, position);
                 pipe.barrier(barrier, &mut snapshot).await?;
                 acknowledge(env, barrier, snapshot).await?;
                 if pause_after {
@@ -130,7 +137,7 @@ pub(crate) async fn run_source<S: Source>(
             }
             SourceCommand::Stop => {
                 let last = *env.link.completed.borrow();
-                pipe.checkpoint_complete(last).await?;
+                notify_complete(last, source, positions, pipe, env).await?;
                 pipe.end().await?;
                 *mode = SourceMode::Stopped;
             }
@@ -141,7 +148,17 @@ pub(crate) async fn run_source<S: Source>(
     loop {
         loop {
             match commands.try_recv() {
-                Ok(command) => handle(command, &mut source, &mut pipe, &mut mode, &env).await?,
+                Ok(command) => {
+                    handle(
+                        command,
+                        &mut source,
+                        &mut pipe,
+                        &mut mode,
+                        &mut positions,
+                        &env,
+                    )
+                    .await?;
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Err(coordinator_gone(&env)),
             }
@@ -151,11 +168,7 @@ pub(crate) async fn run_source<S: Source>(
         }
         if completed.has_changed().unwrap_or(false) {
             let id = *completed.borrow_and_update();
-            source
-                .checkpoint_complete(id)
-                .await
-                .map_err(task_error(&env, "checkpoint-complete notification"))?;
-            pipe.checkpoint_complete(id).await?;
+            notify_complete(id, &mut source, &mut positions, &mut pipe, &env).await?;
         }
         let wait = match mode {
             SourceMode::Reading => {
@@ -190,7 +203,7 @@ pub(crate) async fn run_source<S: Source>(
         if let Some(wait) = wait {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => handle(command, &mut source, &mut pipe, &mut mode, &env).await?,
+                    Some(command) => handle(command, &mut source, &mut pipe, &mut mode, &mut positions, &env).await?,
                     None => return Err(coordinator_gone(&env)),
                 },
                 _ = completed.changed(), if wait == Duration::MAX => {}
@@ -201,6 +214,31 @@ pub(crate) async fn run_source<S: Source>(
             }
         }
     }
+}
+
+/// Tells the source and the chain that checkpoint `id` (and every earlier
+/// one) is complete. The source hears the position of the newest of them.
+async fn notify_complete<S: Source>(
+    id: u64,
+    source: &mut S,
+    positions: &mut BTreeMap<u64, S::Position>,
+    pipe: &mut Box<dyn Pipe<S::Item>>,
+    env: &SubtaskEnv,
+) -> Result<()> {
+    let mut newest = None;
+    while let Some(entry) = positions.first_entry() {
+        if *entry.key() > id {
+            break;
+        }
+        newest = Some(entry.remove());
+    }
+    if let Some(position) = newest {
+        source
+            .checkpoint_complete(id, &position)
+            .await
+            .map_err(task_error(env, "checkpoint-complete notification"))?;
+    }
+    pipe.checkpoint_complete(id).await
 }
 
 /// Runs one subtask fed by exchange `gate`, and its chain.

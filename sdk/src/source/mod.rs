@@ -97,14 +97,16 @@ pub trait Source: Clone + Send + 'static {
     /// The position of the next record not yet returned.
     fn position(&self) -> Self::Position;
 
-    /// Called when checkpoint `checkpoint_id` is complete. Sources that
-    /// report progress elsewhere (for example committed consumer-group
-    /// offsets for lag monitoring) do it here; it is never used for recovery.
+    /// Called when checkpoint `checkpoint_id` is complete, with the position
+    /// this subtask recorded in it. Sources that report progress elsewhere
+    /// (for example consumer-group offsets for lag monitoring) do it here;
+    /// it is never used for recovery.
     fn checkpoint_complete(
         &mut self,
         checkpoint_id: u64,
+        position: &Self::Position,
     ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        let _ = checkpoint_id;
+        let _ = (checkpoint_id, position);
         async { Ok(()) }
     }
 }
