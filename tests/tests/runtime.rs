@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use exactly::prelude::*;
-use exactly::source::Source as _;
 use exactly::{BoxError, Error};
 
 const KEYS: u64 = 7;
