@@ -1,0 +1,281 @@
+//! One TCP connection to one Kafka broker, speaking the Kafka protocol.
+//!
+//! Owns framing (size-prefixed request and response), request headers and
+//! correlation ids, API version negotiation (ApiVersions on connect, then
+//! the highest version both sides support within the caller's range), and
+//! the bounds on every wait: a connect timeout and a per-request timeout.
+//! After any I/O error or timeout the connection is marked broken and must
+//! be replaced, since a half-read response leaves the stream unusable.
+//!
+//! Does not own what is asked (that is [`crate::committed_reader`]'s) or
+//! reconnect policy.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::ReadError;
+
+/// The largest response accepted: well above any fetch this crate asks for,
+/// low enough that a garbage size prefix cannot exhaust memory.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// ApiVersions v3: the first flexible version, which every broker since
+/// Kafka 2.4 (and tansu) answers.
+const API_VERSIONS_VERSION: i16 = 3;
+
+/// The timeouts and identity of a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) client_id: String,
+}
+
+/// A connection to one broker, with the API versions it supports.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    address: String,
+    stream: TcpStream,
+    settings: ConnectionSettings,
+    next_correlation_id: i32,
+    broker_versions: HashMap<i16, (i16, i16)>,
+    broken: bool,
+}
+
+/// The name of an API key, for error messages.
+fn api_name<R: Request>() -> &'static str {
+    match ApiKey::try_from(R::KEY) {
+        Ok(ApiKey::ApiVersions) => "ApiVersions",
+        Ok(ApiKey::Metadata) => "Metadata",
+        Ok(ApiKey::ListOffsets) => "ListOffsets",
+        Ok(ApiKey::Fetch) => "Fetch",
+        _ => "request",
+    }
+}
+
+/// A topic name as the protocol types want it.
+pub(crate) fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_owned()))
+}
+
+impl Connection {
+    /// Connects to `address` (`host:port`) and asks which API versions the
+    /// broker supports.
+    pub(crate) async fn open(
+        address: &str,
+        settings: &ConnectionSettings,
+    ) -> Result<Self, ReadError> {
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => {
+                return Err(ReadError::InvalidAddress {
+                    address: address.to_owned(),
+                });
+            }
+        }
+        let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ReadError::ConnectTimeout {
+                address: address.to_owned(),
+                timeout: settings.connect_timeout,
+            })?
+            .map_err(|source| ReadError::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ReadError::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
+        let mut connection = Self {
+            address: address.to_owned(),
+            stream,
+            settings: settings.clone(),
+            next_correlation_id: 0,
+            broker_versions: HashMap::new(),
+            broken: false,
+        };
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("exactly-kafka"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let response = connection.exchange(&request, API_VERSIONS_VERSION).await?;
+        if response.error_code != 0 {
+            return Err(ReadError::Protocol {
+                address: connection.address,
+                api: "ApiVersions",
+                reason: format!(
+                    "error code {} for ApiVersions v{API_VERSIONS_VERSION}",
+                    response.error_code
+                ),
+            });
+        }
+        connection.broker_versions = response
+            .api_keys
+            .iter()
+            .map(|v| (v.api_key, (v.min_version, v.max_version)))
+            .collect();
+        Ok(connection)
+    }
+
+    /// The broker address this connection talks to.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether an earlier I/O error or timeout left the stream unusable.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Sends `request` with the highest version that both the broker and
+    /// `min..=max` (clipped to what the protocol crate knows) allow, and
+    /// returns the response with the version used.
+    pub(crate) async fn request<R: Request>(
+        &mut self,
+        request: &R,
+        min: i16,
+        max: i16,
+    ) -> Result<(R::Response, i16), ReadError> {
+        let (min, max) = (min.max(R::VERSIONS.min), max.min(R::VERSIONS.max));
+        let (broker_min, broker_max) = self
+            .broker_versions
+            .get(&R::KEY)
+            .copied()
+            .unwrap_or((-1, -1));
+        let version = max.min(broker_max);
+        if broker_max < 0 || version < min.max(broker_min) {
+            return Err(ReadError::UnsupportedApi {
+                address: self.address.clone(),
+                api: api_name::<R>(),
+                broker_min,
+                broker_max,
+                min,
+                max,
+            });
+        }
+        Ok((self.exchange(request, version).await?, version))
+    }
+
+    async fn exchange<R: Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, ReadError> {
+        let api = api_name::<R>();
+        if self.broken {
+            return Err(ReadError::Io {
+                address: self.address.clone(),
+                api,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the connection broke during an earlier request",
+                ),
+            });
+        }
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let frame = self.encode(request, version, correlation_id)?;
+        let timeout = self.settings.request_timeout;
+        let result = tokio::time::timeout(timeout, self.round_trip(&frame)).await;
+        let mut body = match result {
+            Ok(Ok(body)) => body,
+            Ok(Err(source)) => {
+                self.broken = true;
+                return Err(ReadError::Io {
+                    address: self.address.clone(),
+                    api,
+                    source,
+                });
+            }
+            Err(_) => {
+                self.broken = true;
+                return Err(ReadError::RequestTimeout {
+                    address: self.address.clone(),
+                    api,
+                    timeout,
+                });
+            }
+        };
+        let protocol_error = |reason: String| ReadError::Protocol {
+            address: self.address.clone(),
+            api,
+            reason,
+        };
+        let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(|e| protocol_error(format!("undecodable response header: {e:#}")))?;
+        if header.correlation_id != correlation_id {
+            self.broken = true;
+            return Err(protocol_error(format!(
+                "correlation id {} answers a request other than {correlation_id}",
+                header.correlation_id
+            )));
+        }
+        R::Response::decode(&mut body, version)
+            .map_err(|e| protocol_error(format!("undecodable v{version} response: {e:#}")))
+    }
+
+    fn encode<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        correlation_id: i32,
+    ) -> Result<Bytes, ReadError> {
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_string(self.settings.client_id.clone())));
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, R::header_version(version))
+            .and_then(|()| request.encode(&mut frame, version))
+            .map_err(|e| ReadError::Protocol {
+                address: self.address.clone(),
+                api: api_name::<R>(),
+                reason: format!("cannot encode the v{version} request: {e:#}"),
+            })?;
+        let size = i32::try_from(frame.len() - 4).map_err(|_| ReadError::Protocol {
+            address: self.address.clone(),
+            api: api_name::<R>(),
+            reason: format!("the request is too large ({} bytes)", frame.len()),
+        })?;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        Ok(frame.freeze())
+    }
+
+    async fn round_trip(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
+        self.stream.write_all(frame).await?;
+        let size = self.stream.read_i32().await?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&size| size <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "response size prefix {size} is outside 0..={MAX_RESPONSE_BYTES} bytes"
+                    ),
+                )
+            })?;
+        let mut body = BytesMut::zeroed(size);
+        self.stream.read_exact(&mut body).await?;
+        Ok(body.freeze())
+    }
+}
+
+/// Kafka's name for an error code, for error messages.
+pub(crate) fn error_name(code: i16) -> String {
+    use kafka_protocol::error::ParseResponseErrorCode;
+    code.err()
+        .map_or_else(|| "NONE".to_owned(), |error| format!("{error:?}"))
+}
