@@ -2,9 +2,9 @@
 //! and tells what a read_committed consumer may see.
 //!
 //! Owns the read itself: Metadata to find a topic's partitions and their
-//! leaders, ListOffsets for the log start offset and the high watermark,
-//! then Fetch with isolation level READ_UNCOMMITTED from the log start to
-//! that high watermark, so that every batch arrives, control batches
+//! leaders, ListOffsets for the log start offset, then Fetch with isolation
+//! level READ_UNCOMMITTED from the log start up to the high watermark of the
+//! first Fetch response, so that every batch arrives, control batches
 //! included. The batches go through [`crate::visibility`], which applies the
 //! KIP-98 rule without trusting the broker's transaction bookkeeping. This
 //! makes the reader usable as an oracle against brokers that get
@@ -38,9 +38,6 @@ pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
 const READ_UNCOMMITTED: i8 = 0;
 /// ListOffsets timestamp asking for the log start offset.
 const EARLIEST: i64 = -2;
-/// ListOffsets timestamp asking for the high watermark (with
-/// READ_UNCOMMITTED).
-const LATEST: i64 = -1;
 /// Kafka's `UNKNOWN_TOPIC_OR_PARTITION` error code.
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 /// How long a Fetch may wait on the broker for data.
@@ -298,22 +295,23 @@ impl CommittedReader {
         leader: PartitionLeader,
     ) -> Result<PartitionLog, ReadError> {
         let partition = leader.partition;
-        let log_start_offset = self.list_offset(topic, leader, EARLIEST).await?;
-        let high_watermark = self.list_offset(topic, leader, LATEST).await?;
+        let log_start_offset = self.log_start_offset(topic, leader).await?;
+        let mut fetched = self.fetch(topic, leader, log_start_offset).await?;
+        // The first Fetch fixes the end of the read. Its high watermark, not
+        // ListOffsets(LATEST), which tansu answers with the base offset of
+        // the last batch plus one (docs/kafka-broker.md).
+        let high_watermark = fetched.high_watermark;
         let mut scan = PartitionScan::new(log_start_offset, high_watermark);
         let mut next_offset = log_start_offset;
-        let mut broker_last_stable_offset = -1;
         let mut empty_fetches = 0;
-        while next_offset < high_watermark {
-            let fetched = self.fetch(topic, leader, next_offset).await?;
-            broker_last_stable_offset = fetched.last_stable_offset;
+        loop {
             let corrupt = |error: crate::batch::BatchError| ReadError::CorruptBatch {
                 topic: topic.to_owned(),
                 partition,
                 offset: error.offset,
                 reason: error.reason,
             };
-            let framed = split_batches(fetched.records).map_err(corrupt)?;
+            let framed = split_batches(std::mem::take(&mut fetched.records)).map_err(corrupt)?;
             let mut progressed = false;
             for raw in &framed.batches {
                 let batch = decode_batch(raw).map_err(corrupt)?;
@@ -324,11 +322,12 @@ impl CommittedReader {
                 progressed = true;
                 scan.apply(batch).map_err(corrupt)?;
             }
+            if next_offset >= high_watermark {
+                break;
+            }
             if progressed {
                 empty_fetches = 0;
-                continue;
-            }
-            if let Some(tail) = framed.truncated_tail {
+            } else if let Some(tail) = framed.truncated_tail {
                 return Err(ReadError::TruncatedBatch {
                     topic: topic.to_owned(),
                     partition,
@@ -336,32 +335,34 @@ impl CommittedReader {
                     needed: tail.needed,
                     available: tail.available,
                 });
+            } else {
+                empty_fetches += 1;
+                if empty_fetches >= MAX_EMPTY_FETCHES {
+                    return Err(ReadError::Stalled {
+                        address: fetched.address,
+                        topic: topic.to_owned(),
+                        partition,
+                        offset: next_offset,
+                        high_watermark,
+                        fetches: empty_fetches,
+                    });
+                }
             }
-            empty_fetches += 1;
-            if empty_fetches >= MAX_EMPTY_FETCHES {
-                return Err(ReadError::Stalled {
-                    address: fetched.address,
-                    topic: topic.to_owned(),
-                    partition,
-                    offset: next_offset,
-                    high_watermark,
-                    fetches: empty_fetches,
-                });
-            }
+            fetched = self.fetch(topic, leader, next_offset).await?;
         }
         Ok(scan.finish(
             topic,
             partition,
             log_start_offset,
-            broker_last_stable_offset,
+            fetched.last_stable_offset,
         ))
     }
 
-    async fn list_offset(
+    /// The partition's log start offset, from ListOffsets.
+    async fn log_start_offset(
         &mut self,
         topic: &str,
         leader: PartitionLeader,
-        timestamp: i64,
     ) -> Result<i64, ReadError> {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -373,7 +374,7 @@ impl CommittedReader {
                         ListOffsetsPartition::default()
                             .with_partition_index(leader.partition)
                             .with_current_leader_epoch(-1)
-                            .with_timestamp(timestamp),
+                            .with_timestamp(EARLIEST),
                     ]),
             ]);
         let connection = self.leader(topic, leader).await?;
@@ -462,6 +463,7 @@ impl CommittedReader {
         }
         Ok(Fetched {
             address,
+            high_watermark: data.high_watermark,
             last_stable_offset: data.last_stable_offset,
             records: data.records.unwrap_or_default(),
         })
@@ -471,6 +473,7 @@ impl CommittedReader {
 /// What one Fetch returned for the partition.
 struct Fetched {
     address: String,
+    high_watermark: i64,
     last_stable_offset: i64,
     records: bytes::Bytes,
 }

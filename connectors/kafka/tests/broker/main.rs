@@ -1,0 +1,9 @@
+//! Integration tests of the committed reader. The ones that need a broker
+//! read its address from `EXACTLY_KAFKA_BOOTSTRAP` and fail (never skip)
+//! when it does not answer: start it with `scripts/kafka-up`. The others
+//! talk to small fake brokers on the loopback interface.
+
+mod common;
+mod errors;
+mod fake_broker;
+mod read_committed;
