@@ -18,6 +18,7 @@
 //! Not here yet: sources and sinks for `exactly` pipelines.
 
 mod batch;
+pub mod client;
 mod committed_reader;
 mod connection;
 mod error;

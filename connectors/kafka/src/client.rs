@@ -1,0 +1,225 @@
+//! How the connector reaches a cluster, and the topic checks it runs at
+//! start.
+//!
+//! Owns: [`ClientSettings`] (bootstrap address, extra librdkafka
+//! properties, the bound on blocking calls), the check that topics exist
+//! (creating them when asked), and [`ClientError`]. Does not own what a
+//! source or sink does with a client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::committed_reader::bootstrap_from_env;
+
+/// How to reach a Kafka cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// `host:port[,host:port...]`.
+    pub bootstrap: String,
+    /// Extra librdkafka properties, applied last.
+    pub properties: BTreeMap<String, String>,
+    /// The bound on every blocking call to the cluster (metadata, topic
+    /// creation, transaction calls).
+    pub timeout: Duration,
+}
+
+impl ClientSettings {
+    /// Settings for the cluster at `bootstrap`, with a 30 s bound on calls.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        ClientSettings {
+            bootstrap: bootstrap.into(),
+            properties: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Settings for the cluster named by `EXACTLY_KAFKA_BOOTSTRAP` (default
+    /// `127.0.0.1:9092`).
+    pub fn from_env() -> Self {
+        Self::new(bootstrap_from_env())
+    }
+
+    /// Sets a librdkafka property (applied after the connector's own).
+    #[must_use]
+    pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// An rdkafka configuration with the bootstrap address and the extra
+    /// properties.
+    pub(crate) fn config(&self, defaults: &[(&str, String)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in defaults {
+            config.set(*key, value);
+        }
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// A cluster call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A client could not be created (usually a bad property).
+    #[error("cannot create a Kafka {what} for {bootstrap}: {source}")]
+    Create {
+        /// Which client.
+        what: &'static str,
+        /// The bootstrap address.
+        bootstrap: String,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The cluster did not answer.
+    #[error(
+        "Kafka cluster at {bootstrap} did not answer a metadata request within {timeout:?} ({source}); \
+         check the address (EXACTLY_KAFKA_BOOTSTRAP) and that the broker runs (scripts/kafka-up)"
+    )]
+    Unreachable {
+        /// The bootstrap address.
+        bootstrap: String,
+        /// The bound that elapsed.
+        timeout: Duration,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Topics the job needs do not exist.
+    #[error(
+        "topic(s) {topics:?} do not exist on {bootstrap}; create them, or let the connector create them with .create_missing_topics(partitions)"
+    )]
+    MissingTopics {
+        /// The missing topics.
+        topics: Vec<String>,
+        /// The bootstrap address.
+        bootstrap: String,
+    },
+    /// Creating a topic failed.
+    #[error("cannot create topic `{topic}` on {bootstrap}: {message}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The bootstrap address.
+        bootstrap: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What to do about topics that do not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingTopics {
+    /// Report them at start (the default).
+    #[default]
+    Fail,
+    /// Create them with this many partitions (replication factor 1).
+    Create {
+        /// Partitions of each created topic.
+        partitions: i32,
+    },
+}
+
+/// Checks that `topics` exist (creating them if `missing` says so) and
+/// returns each topic's partition count. Blocks for at most about twice
+/// `settings.timeout`.
+///
+/// # Errors
+///
+/// [`ClientError`] naming the cluster and the topics.
+pub fn ensure_topics(
+    settings: &ClientSettings,
+    topics: &[String],
+    missing: MissingTopics,
+) -> Result<HashMap<String, usize>, ClientError> {
+    let mut found = partition_counts(settings)?;
+    let absent: Vec<String> = topics
+        .iter()
+        .filter(|t| !found.contains_key(*t))
+        .cloned()
+        .collect();
+    if absent.is_empty() {
+        return Ok(topics.iter().map(|t| (t.clone(), found[t])).collect());
+    }
+    let MissingTopics::Create { partitions } = missing else {
+        return Err(ClientError::MissingTopics {
+            topics: absent,
+            bootstrap: settings.bootstrap.clone(),
+        });
+    };
+    let admin: AdminClient<DefaultClientContext> =
+        settings
+            .config(&[])
+            .create()
+            .map_err(|source| ClientError::Create {
+                what: "admin client",
+                bootstrap: settings.bootstrap.clone(),
+                source,
+            })?;
+    let new_topics: Vec<NewTopic<'_>> = absent
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(settings.timeout));
+    let results =
+        futures_executor::block_on(admin.create_topics(&new_topics, &options)).map_err(|e| {
+            ClientError::CreateTopic {
+                topic: absent.join(", "),
+                bootstrap: settings.bootstrap.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    for result in results {
+        if let Err((topic, code)) = result
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(ClientError::CreateTopic {
+                topic,
+                bootstrap: settings.bootstrap.clone(),
+                message: code.to_string(),
+            });
+        }
+    }
+    for topic in &absent {
+        found.insert(topic.clone(), partitions as usize);
+    }
+    Ok(topics.iter().map(|t| (t.clone(), found[t])).collect())
+}
+
+/// The partition count of every topic in the cluster.
+pub(crate) fn partition_counts(
+    settings: &ClientSettings,
+) -> Result<HashMap<String, usize>, ClientError> {
+    let consumer: BaseConsumer =
+        settings
+            .config(&[])
+            .create()
+            .map_err(|source| ClientError::Create {
+                what: "metadata client",
+                bootstrap: settings.bootstrap.clone(),
+                source,
+            })?;
+    let metadata = consumer
+        .fetch_metadata(None, settings.timeout)
+        .map_err(|source| ClientError::Unreachable {
+            bootstrap: settings.bootstrap.clone(),
+            timeout: settings.timeout,
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len()))
+        .collect())
+}
