@@ -97,7 +97,7 @@ pub enum ClientError {
     },
     /// Topics the job needs do not exist.
     #[error(
-        "topic(s) {topics:?} do not exist on {bootstrap}; create them, or let the connector create them with .create_missing_topics(partitions)"
+        "topic(s) {topics:?} do not exist on {bootstrap}; create them, or let the connector create them with .create_missing_topic(partitions)"
     )]
     MissingTopics {
         /// The missing topics.

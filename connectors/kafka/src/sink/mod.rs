@@ -1,0 +1,577 @@
+//! [`KafkaSink`]: writes a stream to a Kafka topic, exactly once with
+//! Kafka transactions.
+//!
+//! Owns: the delivery guarantees, the pool of transactional producers
+//! (`{prefix}-{subtask}-{slot}`), the transaction handle stored in
+//! checkpoints ([`KafkaTransaction`]), and the sink's preflight checks. The
+//! lifecycle (when to pre-commit, commit, recover) is the SDK's
+//! two-phase-commit driver; see `exactly::sink`.
+//!
+//! With [`DeliveryGuarantee::ExactlyOnce`]:
+//! - each transaction runs on its own producer from a bounded pool, so the
+//!   next checkpoint's records flow while the previous transaction waits
+//!   for its commit (Flink keeps a pool of 5 for the same reason);
+//! - pre-commit (at the barrier) flushes and fails on any delivery error;
+//! - commit happens when the checkpoint is complete; a failed commit fails
+//!   the job, naming the transactional id, checkpoint and partitions;
+//! - a transaction with no records is aborted instead of committed
+//!   (FLINK-31363);
+//! - on a fresh start, transactions left open under the sink's own ids are
+//!   aborted, so that they cannot pin the last stable offset.
+//!
+//! Every method blocks (librdkafka's transaction calls do); the SDK runs
+//! them on the blocking pool.
+
+mod preflight;
+mod producer;
+mod recovery;
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exactly::BoxError;
+use exactly::preflight::{JobSettings, PreflightReport};
+use exactly::sink::{SinkContext, TwoPhaseCommitSink};
+use serde::{Deserialize, Serialize};
+
+use self::producer::SinkProducer;
+use crate::client::{ClientSettings, MissingTopics};
+
+pub use self::recovery::RecoveryError;
+
+/// What a [`KafkaSink`] promises about each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryGuarantee {
+    /// Each record is visible to `read_committed` readers exactly once:
+    /// Kafka transactions committed with the job's checkpoints. Needs
+    /// checkpointing and a transactional-id prefix.
+    ExactlyOnce,
+    /// Each record is written at least once: flushed at every checkpoint,
+    /// repeated after a failure.
+    AtLeastOnce,
+    /// Fire and forget: records in flight at a failure may be lost.
+    None,
+}
+
+/// One record for Kafka: an optional key and a value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutputRecord {
+    /// The record key (decides the partition).
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub value: Vec<u8>,
+}
+
+impl OutputRecord {
+    /// A record with a key.
+    pub fn keyed(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        OutputRecord {
+            key: Some(key.into()),
+            value: value.into(),
+        }
+    }
+
+    /// A record without a key.
+    pub fn value(value: impl Into<Vec<u8>>) -> Self {
+        OutputRecord {
+            key: None,
+            value: value.into(),
+        }
+    }
+}
+
+/// A [`KafkaSink`] transaction, as stored in checkpoints: everything needed
+/// to commit or abort it from another process after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaTransaction {
+    /// The transactional id, or `None` without [`DeliveryGuarantee::ExactlyOnce`].
+    pub transactional_id: Option<String>,
+    /// The pool slot of this sink subtask that ran the transaction.
+    pub slot: usize,
+    /// The producer id, once known (-1 before the first record).
+    pub producer_id: i64,
+    /// The producer epoch, once known (-1 before the first record).
+    pub epoch: i16,
+    /// The checkpoint the transaction was begun for.
+    pub checkpoint: u64,
+    /// Records written.
+    pub records: u64,
+    /// The topic written.
+    pub topic: String,
+    /// The partitions written.
+    pub partitions: BTreeSet<i32>,
+}
+
+impl fmt::Display for KafkaTransaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "transaction `{}` (producer id {}, epoch {}) of checkpoint {} with {} records on {} partitions {:?}",
+            self.transactional_id.as_deref().unwrap_or("-"),
+            self.producer_id,
+            self.epoch,
+            self.checkpoint,
+            self.records,
+            self.topic,
+            self.partitions
+        )
+    }
+}
+
+/// Turns a stream element into a Kafka record.
+type Serializer<T> = Arc<dyn Fn(&T) -> OutputRecord + Send + Sync>;
+
+/// A Kafka sink. Build it with [`KafkaSink::builder`].
+pub struct KafkaSink<T> {
+    settings: ClientSettings,
+    topic: String,
+    guarantee: DeliveryGuarantee,
+    guarantee_chosen: bool,
+    prefix: Option<String>,
+    transaction_timeout: Duration,
+    broker_max_timeout: Option<Duration>,
+    restart_budget: Duration,
+    pool_size: usize,
+    missing_topics: MissingTopics,
+    serialize: Serializer<T>,
+    subtask: usize,
+    slots: Vec<Option<SinkProducer>>,
+    busy: HashSet<usize>,
+    plain: Option<SinkProducer>,
+    began: Instant,
+}
+
+impl<T> fmt::Debug for KafkaSink<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("bootstrap", &self.settings.bootstrap)
+            .field("topic", &self.topic)
+            .field("guarantee", &self.guarantee)
+            .field("prefix", &self.prefix)
+            .field("subtask", &self.subtask)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for KafkaSink<T> {
+    /// A copy of the configuration, without the producers.
+    fn clone(&self) -> Self {
+        KafkaSink {
+            settings: self.settings.clone(),
+            topic: self.topic.clone(),
+            guarantee: self.guarantee,
+            guarantee_chosen: self.guarantee_chosen,
+            prefix: self.prefix.clone(),
+            transaction_timeout: self.transaction_timeout,
+            broker_max_timeout: self.broker_max_timeout,
+            restart_budget: self.restart_budget,
+            pool_size: self.pool_size,
+            missing_topics: self.missing_topics,
+            serialize: Arc::clone(&self.serialize),
+            subtask: self.subtask,
+            slots: Vec::new(),
+            busy: HashSet::new(),
+            plain: None,
+            began: Instant::now(),
+        }
+    }
+}
+
+/// A sink configuration mistake, found when the sink is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkConfigError {
+    /// `ExactlyOnce` without a transactional-id prefix.
+    #[error(
+        "KafkaSink to `{topic}`: ExactlyOnce needs a transactional-id prefix, unique per sink and job; call .transactional_id_prefix(\"...\")"
+    )]
+    MissingPrefix {
+        /// The topic.
+        topic: String,
+    },
+    /// A pool of zero producers.
+    #[error(
+        "KafkaSink to `{topic}`: the transactional producer pool needs at least 1 producer, got 0"
+    )]
+    EmptyPool {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// Builds a [`KafkaSink`].
+pub struct KafkaSinkBuilder<T> {
+    sink: KafkaSink<T>,
+}
+
+impl<T> fmt::Debug for KafkaSinkBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KafkaSinkBuilder").field(&self.sink).finish()
+    }
+}
+
+impl<T: Send + 'static> KafkaSink<T> {
+    /// A sink writing to `topic` on the cluster `settings` names, turning
+    /// each element into a record with `serialize`.
+    pub fn builder(
+        settings: ClientSettings,
+        topic: impl Into<String>,
+        serialize: impl Fn(&T) -> OutputRecord + Send + Sync + 'static,
+    ) -> KafkaSinkBuilder<T> {
+        KafkaSinkBuilder {
+            sink: KafkaSink {
+                settings,
+                topic: topic.into(),
+                guarantee: DeliveryGuarantee::AtLeastOnce,
+                guarantee_chosen: false,
+                prefix: None,
+                transaction_timeout: Duration::from_secs(900),
+                broker_max_timeout: None,
+                restart_budget: Duration::from_secs(60),
+                pool_size: 5,
+                missing_topics: MissingTopics::Fail,
+                serialize: Arc::new(serialize),
+                subtask: 0,
+                slots: Vec::new(),
+                busy: HashSet::new(),
+                plain: None,
+                began: Instant::now(),
+            },
+        }
+    }
+}
+
+impl<T> KafkaSinkBuilder<T> {
+    /// The delivery guarantee. Without this call the sink uses
+    /// `AtLeastOnce` and says so at start.
+    #[must_use]
+    pub fn delivery_guarantee(mut self, guarantee: DeliveryGuarantee) -> Self {
+        self.sink.guarantee = guarantee;
+        self.sink.guarantee_chosen = true;
+        self
+    }
+
+    /// The transactional-id prefix (required for `ExactlyOnce`): ids are
+    /// `{prefix}-{subtask}-{slot}`. Use one prefix per sink and job: two
+    /// users of one prefix fence each other.
+    #[must_use]
+    pub fn transactional_id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.sink.prefix = Some(prefix.into());
+        self
+    }
+
+    /// `transaction.timeout.ms` (default 15 minutes, Kafka's default
+    /// broker maximum). It must outlast a checkpoint interval plus the
+    /// checkpoint timeout plus the restart budget, or transactions can be
+    /// aborted by the broker before they are committed.
+    #[must_use]
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.sink.transaction_timeout = timeout;
+        self
+    }
+
+    /// The broker's `transaction.max.timeout.ms`, when the broker does not
+    /// report it (some do not answer DescribeConfigs). Without it the
+    /// preflight assumes Kafka's default, 15 minutes, and says so.
+    #[must_use]
+    pub fn broker_max_transaction_timeout(mut self, max: Duration) -> Self {
+        self.sink.broker_max_timeout = Some(max);
+        self
+    }
+
+    /// How long a restart may take (default 60 s); part of the transaction
+    /// timeout check.
+    #[must_use]
+    pub fn restart_budget(mut self, budget: Duration) -> Self {
+        self.sink.restart_budget = budget;
+        self
+    }
+
+    /// Transactional producers per subtask (default 5).
+    #[must_use]
+    pub fn producer_pool_size(mut self, size: usize) -> Self {
+        self.sink.pool_size = size;
+        self
+    }
+
+    /// Creates the topic at start, with this many partitions, if it is
+    /// missing (default: report it as an error).
+    #[must_use]
+    pub fn create_missing_topic(mut self, partitions: i32) -> Self {
+        self.sink.missing_topics = MissingTopics::Create { partitions };
+        self
+    }
+
+    /// The sink.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkConfigError`] for a configuration that cannot work.
+    pub fn build(self) -> Result<KafkaSink<T>, SinkConfigError> {
+        let sink = self.sink;
+        if sink.guarantee == DeliveryGuarantee::ExactlyOnce && sink.prefix.is_none() {
+            return Err(SinkConfigError::MissingPrefix { topic: sink.topic });
+        }
+        if sink.pool_size == 0 {
+            return Err(SinkConfigError::EmptyPool { topic: sink.topic });
+        }
+        Ok(sink)
+    }
+}
+
+fn failed(
+    what: &str,
+    transaction: Option<&KafkaTransaction>,
+    error: impl fmt::Display,
+) -> BoxError {
+    match transaction {
+        Some(t) => format!("{what} of {t} failed: {error}").into(),
+        None => format!("{what} failed: {error}").into(),
+    }
+}
+
+impl<T> KafkaSink<T> {
+    fn transactional_id(&self, subtask: usize, slot: usize) -> String {
+        format!(
+            "{}-{subtask}-{slot}",
+            self.prefix.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The producer of `slot`, created and initialised (which fences any
+    /// earlier producer with its id and aborts its open transaction).
+    fn slot(&mut self, slot: usize) -> Result<&SinkProducer, BoxError> {
+        if self.slots.len() < self.pool_size {
+            self.slots.resize_with(self.pool_size, || None);
+        }
+        if self.slots[slot].is_none() {
+            let id = self.transactional_id(self.subtask, slot);
+            let producer =
+                SinkProducer::create(&self.settings, Some((&id, self.transaction_timeout)), true)
+                    .map_err(|e| {
+                    failed(
+                        &format!("creating the transactional producer `{id}`"),
+                        None,
+                        e,
+                    )
+                })?;
+            producer.init_transactions().map_err(|e| {
+                failed(
+                    &format!(
+                        "initialising transactions for `{id}` at {}",
+                        self.settings.bootstrap
+                    ),
+                    None,
+                    e,
+                )
+            })?;
+            self.slots[slot] = Some(producer);
+        }
+        Ok(self.slots[slot].as_ref().expect("created above"))
+    }
+
+    fn plain(&mut self) -> Result<&SinkProducer, BoxError> {
+        if self.plain.is_none() {
+            let idempotent = self.guarantee == DeliveryGuarantee::AtLeastOnce;
+            let producer = SinkProducer::create(&self.settings, None, idempotent)
+                .map_err(|e| failed("creating the Kafka producer", None, e))?;
+            self.plain = Some(producer);
+        }
+        Ok(self.plain.as_ref().expect("created above"))
+    }
+
+    /// Drops a producer after a fatal error, so that it is recreated.
+    fn forget(&mut self, slot: usize, error: &rdkafka::error::KafkaError) {
+        if let rdkafka::error::KafkaError::Transaction(e) = error
+            && e.is_fatal()
+            && let Some(entry) = self.slots.get_mut(slot)
+        {
+            *entry = None;
+        }
+    }
+
+    fn producer_for(&mut self, transaction: &KafkaTransaction) -> Result<&SinkProducer, BoxError> {
+        if transaction.transactional_id.is_some() {
+            self.slots
+                .get(transaction.slot)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| {
+                    failed(
+                        "using the producer",
+                        Some(transaction),
+                        "it no longer exists (an earlier call failed)",
+                    )
+                })
+        } else {
+            self.plain()
+        }
+    }
+}
+
+impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
+    type Item = T;
+    type Transaction = KafkaTransaction;
+
+    fn name(&self) -> String {
+        format!("kafka({})", self.topic)
+    }
+
+    fn preflight(&self, settings: &JobSettings) -> Result<PreflightReport, BoxError> {
+        preflight::check(self, settings)
+    }
+
+    fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
+        self.subtask = ctx.subtask.index;
+        if self.guarantee == DeliveryGuarantee::ExactlyOnce && ctx.restored_checkpoint.is_none() {
+            // A fresh start: initialising every id of this subtask aborts
+            // whatever an earlier run left open under it.
+            for slot in 0..self.pool_size {
+                self.slot(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<KafkaTransaction, BoxError> {
+        let mut transaction = KafkaTransaction {
+            transactional_id: None,
+            slot: 0,
+            producer_id: -1,
+            epoch: -1,
+            checkpoint: checkpoint_id,
+            records: 0,
+            topic: self.topic.clone(),
+            partitions: BTreeSet::new(),
+        };
+        if self.guarantee != DeliveryGuarantee::ExactlyOnce {
+            return Ok(transaction);
+        }
+        let free = (0..self.pool_size).find(|s| !self.busy.contains(s)).ok_or_else(|| {
+            format!(
+                "all {} transactional producers of kafka({}) subtask {} hold transactions waiting for their checkpoint to complete; \
+                 raise .producer_pool_size() or checkpoint less often",
+                self.pool_size, self.topic, self.subtask
+            )
+        })?;
+        transaction.slot = free;
+        transaction.transactional_id = Some(self.transactional_id(self.subtask, free));
+        self.began = Instant::now();
+        let producer = self.slot(free)?;
+        producer
+            .begin_transaction()
+            .map_err(|e| failed("begin", Some(&transaction), e))?;
+        self.busy.insert(free);
+        Ok(transaction)
+    }
+
+    fn write(&mut self, transaction: &mut KafkaTransaction, batch: Vec<T>) -> Result<(), BoxError> {
+        let serialize = Arc::clone(&self.serialize);
+        let topic = self.topic.clone();
+        let producer = self.producer_for(transaction)?;
+        for element in &batch {
+            let record = serialize(element);
+            producer
+                .send(&topic, record.key.as_deref(), &record.value)
+                .map_err(|e| failed("writing a record", None, e))?;
+        }
+        transaction.records += batch.len() as u64;
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, transaction: &mut KafkaTransaction) -> Result<(), BoxError> {
+        if self.guarantee == DeliveryGuarantee::None {
+            return Ok(());
+        }
+        if transaction.records == 0 && transaction.transactional_id.is_some() {
+            return Ok(());
+        }
+        let began = self.began;
+        let producer = self.producer_for(transaction)?;
+        producer
+            .flush()
+            .map_err(|e| failed("flushing", Some(transaction), e))?;
+        let deliveries = producer.take_deliveries();
+        transaction.partitions.extend(deliveries.partitions);
+        if deliveries.errors > 0 {
+            return Err(failed(
+                "pre-commit",
+                Some(transaction),
+                format!(
+                    "{} records were not delivered, the first because: {}",
+                    deliveries.errors,
+                    deliveries.first_error.unwrap_or_default()
+                ),
+            ));
+        }
+        if transaction.transactional_id.is_some() {
+            let (id, epoch) = producer.identity(began).ok_or_else(|| {
+                failed(
+                    "pre-commit",
+                    Some(transaction),
+                    "librdkafka did not report the producer id and epoch",
+                )
+            })?;
+            transaction.producer_id = id;
+            transaction.epoch = epoch;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        if transaction.transactional_id.is_none() {
+            return Ok(());
+        }
+        let producer = self.producer_for(&transaction)?;
+        let result = if transaction.records == 0 {
+            producer.abort_transaction()
+        } else {
+            producer.commit_transaction()
+        };
+        if let Err(error) = result {
+            self.forget(transaction.slot, &error);
+            return Err(failed("commit", Some(&transaction), error));
+        }
+        self.busy.remove(&transaction.slot);
+        Ok(())
+    }
+
+    fn abort(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        if transaction.transactional_id.is_none() {
+            return Ok(());
+        }
+        let producer = self.producer_for(&transaction)?;
+        if let Err(error) = producer.abort_transaction() {
+            self.forget(transaction.slot, &error);
+            return Err(failed("abort", Some(&transaction), error));
+        }
+        self.busy.remove(&transaction.slot);
+        Ok(())
+    }
+
+    fn recover_and_commit(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        if transaction.transactional_id.is_none() || transaction.records == 0 {
+            return Ok(());
+        }
+        recovery::commit(&self.settings, &transaction).map_err(|e| e.into())
+    }
+
+    fn recover_and_abort(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        let Some(id) = &transaction.transactional_id else {
+            return Ok(());
+        };
+        // Initialising a producer with the id fences the old one and aborts
+        // its open transaction.
+        let producer =
+            SinkProducer::create(&self.settings, Some((id, self.transaction_timeout)), true)
+                .map_err(|e| failed("creating a producer to abort", Some(&transaction), e))?;
+        producer.init_transactions().map_err(|e| {
+            failed(
+                "aborting (initialising transactions)",
+                Some(&transaction),
+                e,
+            )
+        })
+    }
+}

@@ -1,0 +1,204 @@
+//! A thin, blocking wrapper around one rdkafka producer: what the sink needs
+//! to know about deliveries and about the producer's transactional identity.
+//!
+//! Owns: creating the producer (transactional or not), sending with bounded
+//! waits on a full queue, and the callbacks that record delivery errors, the
+//! partitions written, and the producer id and epoch from librdkafka's
+//! statistics (`eos` block). Does not own when transactions begin or end:
+//! that is the sink. Every method blocks; callers run on the blocking pool.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+
+use crate::client::ClientSettings;
+
+/// What the callbacks saw since the last [`SinkProducer::take_deliveries`].
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) partitions: BTreeSet<i32>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    deliveries: Deliveries,
+    /// `(producer id, epoch, txn_state, when)` from the newest statistics.
+    identity: Option<(i64, i16, String, Instant)>,
+}
+
+/// The producer's callback context.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tracker {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl ClientContext for Tracker {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(eos) = statistics.eos {
+            let epoch = i16::try_from(eos.producer_epoch).unwrap_or(-1);
+            let mut seen = self.seen.lock().expect("tracker poisoned");
+            seen.identity = Some((eos.producer_id, epoch, eos.txn_state, Instant::now()));
+        }
+    }
+}
+
+impl ProducerContext for Tracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut seen = self.seen.lock().expect("tracker poisoned");
+        match result {
+            Ok(message) => {
+                seen.deliveries
+                    .partitions
+                    .insert(rdkafka::Message::partition(message));
+            }
+            Err((error, _)) => {
+                seen.deliveries.errors += 1;
+                seen.deliveries
+                    .first_error
+                    .get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
+}
+
+/// One producer.
+pub(crate) struct SinkProducer {
+    producer: ThreadedProducer<Tracker>,
+    tracker: Tracker,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SinkProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkProducer").finish_non_exhaustive()
+    }
+}
+
+impl SinkProducer {
+    /// A producer; transactional when `transactional_id` is set, with
+    /// statistics every 100 ms so that its producer id and epoch are known.
+    pub(crate) fn create(
+        settings: &ClientSettings,
+        transactional_id: Option<(&str, Duration)>,
+        idempotent: bool,
+    ) -> Result<Self, KafkaError> {
+        let mut defaults = vec![
+            ("enable.idempotence", idempotent.to_string()),
+            (
+                "message.timeout.ms",
+                settings.timeout.as_millis().to_string(),
+            ),
+            (
+                "socket.timeout.ms",
+                settings.timeout.as_millis().to_string(),
+            ),
+        ];
+        if let Some((id, transaction_timeout)) = transactional_id {
+            defaults.push(("transactional.id", id.to_owned()));
+            defaults.push((
+                "transaction.timeout.ms",
+                transaction_timeout.as_millis().to_string(),
+            ));
+            defaults.push(("statistics.interval.ms", "100".to_owned()));
+        }
+        let tracker = Tracker::default();
+        let producer = settings
+            .config(&defaults)
+            .create_with_context(tracker.clone())?;
+        Ok(SinkProducer {
+            producer,
+            tracker,
+            timeout: settings.timeout,
+        })
+    }
+
+    pub(crate) fn init_transactions(&self) -> Result<(), KafkaError> {
+        self.producer.init_transactions(self.timeout)
+    }
+
+    pub(crate) fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    pub(crate) fn commit_transaction(&self) -> Result<(), KafkaError> {
+        self.producer.commit_transaction(self.timeout)
+    }
+
+    pub(crate) fn abort_transaction(&self) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(self.timeout)
+    }
+
+    /// Enqueues one record, waiting (bounded by the timeout) while the
+    /// local queue is full.
+    pub(crate) fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut record = BaseRecord::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Waits until every enqueued record is delivered or failed.
+    pub(crate) fn flush(&self) -> Result<(), KafkaError> {
+        self.producer.flush(self.timeout)
+    }
+
+    /// What was delivered since the last call.
+    pub(crate) fn take_deliveries(&self) -> Deliveries {
+        std::mem::take(
+            &mut self
+                .tracker
+                .seen
+                .lock()
+                .expect("tracker poisoned")
+                .deliveries,
+        )
+    }
+
+    /// The producer id and epoch of the open transaction, from statistics
+    /// reported after `since` while the producer was in a transaction;
+    /// waits up to the timeout for one.
+    pub(crate) fn identity(&self, since: Instant) -> Option<(i64, i16)> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some((id, epoch, state, at)) =
+                &self.tracker.seen.lock().expect("tracker poisoned").identity
+                && *at >= since
+                && *id >= 0
+                && state == "InTransaction"
+            {
+                return Some((*id, *epoch));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

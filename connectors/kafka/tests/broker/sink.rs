@@ -1,0 +1,360 @@
+//! The Kafka sink against the broker: transactions invisible until
+//! committed, recovery of a dead producer's transaction, fencing of a
+//! zombie, exactly-once output of whole jobs, and the preflight errors.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use exactly::prelude::*;
+use exactly::sink::SinkContext;
+use exactly::source::SubtaskContext;
+use exactly_kafka::client::ClientSettings;
+use exactly_kafka::sink::{
+    DeliveryGuarantee, KafkaSink, KafkaTransaction, OutputRecord, SinkConfigError,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::common::{broker, create_topic, read_topic, unique_topic};
+
+fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
+    KafkaSink::builder(ClientSettings::new(broker), topic, |v: &String| {
+        OutputRecord::keyed(v.clone(), v.clone())
+    })
+    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    .transactional_id_prefix(prefix)
+    .build()
+    .unwrap()
+}
+
+fn context(restored_checkpoint: Option<u64>) -> SinkContext {
+    SinkContext {
+        subtask: SubtaskContext {
+            job: "test".into(),
+            stage: "sink".into(),
+            index: 0,
+            parallelism: 1,
+            attempt: 0,
+        },
+        restored_checkpoint,
+        restored_parallelism: restored_checkpoint.map(|_| 1),
+    }
+}
+
+fn records(n: usize, tag: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}")).collect()
+}
+
+/// Every visible value of `topic`, sorted, read with the raw reader
+/// (which applies read_committed itself).
+fn visible(broker: &str, topic: &str) -> Vec<String> {
+    let mut values: Vec<String> = read_topic(broker, topic)
+        .unwrap()
+        .into_iter()
+        .flat_map(|p| p.records)
+        .map(|r| String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap())
+        .collect();
+    values.sort();
+    values
+}
+
+/// What a plain rdkafka read_committed consumer of partitions
+/// `0..partitions` sees within `wait`.
+fn consumed_read_committed(broker: &str, topic: &str, partitions: i32, wait: Duration) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", unique_topic("group"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            assert!(message.payload().is_some());
+            seen += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_pre_committed_transaction_is_invisible_until_it_is_committed() {
+    let broker = broker();
+    let topic = unique_topic("sink-visibility");
+    create_topic(&broker, &topic, 2);
+    let mut sink = exactly_once(&broker, &topic, &unique_topic("prefix"));
+    sink.open(&context(None)).unwrap();
+    let mut txn = sink.begin_transaction(1).unwrap();
+    sink.write(&mut txn, records(10, "a")).unwrap();
+    sink.pre_commit(&mut txn).unwrap();
+    assert!(txn.producer_id >= 0 && txn.epoch >= 0, "{txn:?}");
+    assert!(!txn.partitions.is_empty(), "{txn:?}");
+
+    let logs = read_topic(&broker, &topic).unwrap();
+    assert!(
+        logs.iter().all(|p| p.records.is_empty()),
+        "pre-committed records are visible"
+    );
+    let open: usize = logs.iter().map(|p| p.open_transactions.len()).sum();
+    assert!(open >= 1, "the transaction is not open: {logs:?}");
+    assert_eq!(
+        consumed_read_committed(&broker, &topic, 2, Duration::from_secs(2)),
+        0
+    );
+
+    sink.commit(txn).unwrap();
+    assert_eq!(visible(&broker, &topic), {
+        let mut r = records(10, "a");
+        r.sort();
+        r
+    });
+    assert_eq!(
+        consumed_read_committed(&broker, &topic, 2, Duration::from_secs(3)),
+        10
+    );
+}
+
+#[test]
+fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() {
+    let broker = broker();
+    let topic = unique_topic("sink-recovery");
+    create_topic(&broker, &topic, 1);
+    let prefix = unique_topic("prefix");
+    let txn: KafkaTransaction = {
+        let mut sink = exactly_once(&broker, &topic, &prefix);
+        sink.open(&context(None)).unwrap();
+        let mut txn = sink.begin_transaction(1).unwrap();
+        sink.write(&mut txn, records(5, "r")).unwrap();
+        sink.pre_commit(&mut txn).unwrap();
+        txn
+        // The sink and its producer die here without committing.
+    };
+    assert!(visible(&broker, &topic).is_empty());
+    let mut recovered = exactly_once(&broker, &topic, &prefix);
+    recovered.open(&context(Some(1))).unwrap();
+    recovered.recover_and_commit(txn.clone()).unwrap();
+    assert_eq!(visible(&broker, &topic).len(), 5);
+}
+
+#[test]
+fn a_zombie_sink_is_fenced_and_cannot_commit() {
+    let broker = broker();
+    let topic = unique_topic("sink-zombie");
+    create_topic(&broker, &topic, 1);
+    let prefix = unique_topic("prefix");
+    let zombie_settings = ClientSettings {
+        timeout: Duration::from_secs(5),
+        ..ClientSettings::new(&broker)
+    };
+    let mut zombie = KafkaSink::builder(zombie_settings, &topic, |v: &String| {
+        OutputRecord::value(v.clone())
+    })
+    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    .transactional_id_prefix(&prefix)
+    .build()
+    .unwrap();
+    zombie.open(&context(None)).unwrap();
+    let mut txn = zombie.begin_transaction(1).unwrap();
+    zombie.write(&mut txn, records(3, "z")).unwrap();
+    zombie.pre_commit(&mut txn).unwrap();
+
+    let mut successor = exactly_once(&broker, &topic, &prefix);
+    successor.open(&context(None)).unwrap();
+
+    let err = zombie.commit(txn).unwrap_err().to_string();
+    assert!(err.contains("commit of transaction"), "{err}");
+    assert!(
+        visible(&broker, &topic).is_empty(),
+        "the zombie's records became visible"
+    );
+}
+
+fn job_config(dir: &std::path::Path) -> JobConfig {
+    JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(200))
+        .checkpoint_timeout(Duration::from_secs(60))
+        .checkpoint_dir(dir)
+        .restart_strategy(RestartStrategy::none())
+        .batch_size(50)
+}
+
+#[exactly::operator]
+fn slowly(value: String) -> String {
+    std::thread::sleep(Duration::from_micros(300));
+    value
+}
+
+fn job(dir: &std::path::Path, values: Vec<String>, sink: KafkaSink<String>) -> Job {
+    let job = Job::new("kafka-sink", job_config(dir));
+    job.source(VecSource::new(values))
+        .operator(slowly)
+        .parallelism(2)
+        .sink(sink);
+    job
+}
+
+#[test]
+fn a_job_writes_every_record_exactly_once_even_across_a_stop_and_restart() {
+    let broker = broker();
+    let topic = unique_topic("sink-job");
+    create_topic(&broker, &topic, 3);
+    let prefix = unique_topic("prefix");
+    let dir = tempfile::tempdir().unwrap();
+    let values = records(3000, "job");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let handle = job(
+            dir.path(),
+            values.clone(),
+            exactly_once(&broker, &topic, &prefix),
+        )
+        .spawn()
+        .unwrap();
+        while handle.metrics().checkpoints_completed < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+    let after_stop = visible(&broker, &topic).len();
+    assert!(
+        after_stop > 0 && after_stop < values.len(),
+        "stopped after {after_stop}"
+    );
+    job(
+        dir.path(),
+        values.clone(),
+        exactly_once(&broker, &topic, &prefix),
+    )
+    .run()
+    .unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for value in visible(&broker, &topic) {
+        *counts.entry(value).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "records written twice: {doubled:?}");
+    let lost: Vec<_> = values.iter().filter(|v| !counts.contains_key(*v)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} records lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+}
+
+fn preflight_error(config: JobConfig, sink: KafkaSink<String>) -> String {
+    let job = Job::new("preflight", config);
+    job.source(VecSource::new(records(3, "p"))).sink(sink);
+    let started = Instant::now();
+    let err = job.run().unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the error took {:?}",
+        started.elapsed()
+    );
+    err
+}
+
+#[test]
+fn preflight_stops_a_job_that_cannot_be_exactly_once() {
+    let broker = broker();
+    let topic = unique_topic("sink-preflight");
+    create_topic(&broker, &topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = |timeout: Duration, broker_max: Option<Duration>| {
+        let mut builder = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
+            OutputRecord::value(v.clone())
+        })
+        .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+        .transactional_id_prefix(unique_topic("prefix"))
+        .transaction_timeout(timeout);
+        if let Some(max) = broker_max {
+            builder = builder.broker_max_transaction_timeout(max);
+        }
+        builder.build().unwrap()
+    };
+    let minute = Duration::from_secs(60);
+
+    let err = preflight_error(JobConfig::new(), sink(15 * minute, None));
+    assert!(
+        err.contains("checkpointing is off") && err.contains("JobConfig::checkpoint_interval"),
+        "{err}"
+    );
+
+    let err = preflight_error(job_config(dir.path()), sink(15 * minute, Some(10 * minute)));
+    assert!(
+        err.contains("transaction.timeout.ms = 900000 ms exceeds the broker's transaction.max.timeout.ms = 600000 ms"),
+        "{err}"
+    );
+
+    let err = preflight_error(job_config(dir.path()), sink(Duration::from_secs(30), None));
+    assert!(
+        err.contains("transaction.timeout.ms = 30000 ms does not outlast checkpoint interval 200 ms + checkpoint timeout 60000 ms"),
+        "{err}"
+    );
+
+    let missing = KafkaSink::builder(
+        ClientSettings::new(&broker),
+        unique_topic("missing"),
+        |v: &String| OutputRecord::value(v.clone()),
+    )
+    .delivery_guarantee(DeliveryGuarantee::AtLeastOnce)
+    .build()
+    .unwrap();
+    let err = preflight_error(job_config(dir.path()), missing);
+    assert!(
+        err.contains("do not exist") && err.contains("create_missing_topic"),
+        "{err}"
+    );
+
+    let unreachable = ClientSettings {
+        timeout: Duration::from_secs(3),
+        ..ClientSettings::new("127.0.0.1:1")
+    };
+    let nowhere = KafkaSink::builder(unreachable, &topic, |v: &String| {
+        OutputRecord::value(v.clone())
+    })
+    .delivery_guarantee(DeliveryGuarantee::AtLeastOnce)
+    .build()
+    .unwrap();
+    let err = preflight_error(job_config(dir.path()), nowhere);
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("did not answer"),
+        "{err}"
+    );
+
+    let same_prefix = Job::new("two-sinks", job_config(dir.path()));
+    let prefix = unique_topic("shared");
+    same_prefix
+        .source(VecSource::new(records(1, "a")))
+        .sink(exactly_once(&broker, &topic, &prefix));
+    same_prefix
+        .source(VecSource::new(records(1, "b")))
+        .sink(exactly_once(&broker, &topic, &prefix));
+    let err = same_prefix.run().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("transactional-id prefix `{prefix}`")) && err.contains("both"),
+        "{err}"
+    );
+
+    let no_prefix = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
+        OutputRecord::value(v.clone())
+    })
+    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    .build()
+    .unwrap_err();
+    assert!(
+        matches!(no_prefix, SinkConfigError::MissingPrefix { .. }),
+        "{no_prefix}"
+    );
+}
