@@ -22,6 +22,7 @@ pub mod client;
 mod committed_reader;
 mod connection;
 mod error;
+pub mod sink;
 mod visibility;
 
 pub use committed_reader::{

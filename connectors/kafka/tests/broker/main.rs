@@ -7,3 +7,4 @@ mod common;
 mod errors;
 mod fake_broker;
 mod read_committed;
+mod sink;
