@@ -358,3 +358,30 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
         "{no_prefix}"
     );
 }
+
+#[test]
+fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
+    let broker = broker();
+    for guarantee in [DeliveryGuarantee::AtLeastOnce, DeliveryGuarantee::None] {
+        let topic = unique_topic("sink-plain");
+        create_topic(&broker, &topic, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let sink = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
+            OutputRecord::value(v.clone())
+        })
+        .delivery_guarantee(guarantee)
+        .build()
+        .unwrap();
+        let values = records(500, "plain");
+        job(dir.path(), values.clone(), sink).run().unwrap();
+        let logs = read_topic(&broker, &topic).unwrap();
+        assert!(
+            logs.iter()
+                .all(|p| p.producers.values().all(|s| s.committed_transactions == 0)),
+            "{guarantee:?} used transactions"
+        );
+        let mut expected = values;
+        expected.sort();
+        assert_eq!(visible(&broker, &topic), expected, "{guarantee:?}");
+    }
+}
