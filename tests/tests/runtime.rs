@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use exactly::prelude::*;
+use exactly::source::Source;
 use exactly::{BoxError, Error};
 
 const KEYS: u64 = 7;
@@ -557,4 +558,81 @@ fn sources_hear_the_position_each_completed_checkpoint_recorded() {
         400,
         "the final checkpoint covers every record: {heard:?}"
     );
+}
+
+/// Subtask 1 emits `fast` records and finishes; subtask 0 emits one record
+/// every 2 ms until stopped.
+#[derive(Clone)]
+struct Uneven {
+    fast: u64,
+    subtask: usize,
+    next: u64,
+}
+
+impl Source for Uneven {
+    type Item = u64;
+    type Position = u64;
+
+    fn name(&self) -> String {
+        "uneven".into()
+    }
+    async fn open(
+        &mut self,
+        ctx: &exactly::source::SubtaskContext,
+        _restored: Vec<u64>,
+    ) -> Result<(), BoxError> {
+        self.subtask = ctx.index;
+        Ok(())
+    }
+    async fn poll_batch(
+        &mut self,
+        out: &mut Vec<u64>,
+        _max: usize,
+    ) -> Result<exactly::source::SourcePoll, BoxError> {
+        if self.subtask == 1 {
+            if self.next == self.fast {
+                return Ok(exactly::source::SourcePoll::Finished);
+            }
+            out.push(1_000_000 + self.next);
+        } else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            out.push(self.next);
+        }
+        self.next += 1;
+        Ok(exactly::source::SourcePoll::Data)
+    }
+    fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+#[test]
+fn a_finished_source_subtask_still_commits_its_sink_on_later_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let job = Job::new("uneven", config(dir.path()).parallelism(2));
+    job.source(Uneven {
+        fast: 10,
+        subtask: 0,
+        next: 0,
+    })
+    .sink(sink.clone());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        // Subtask 1 finishes at once; its records are in a transaction
+        // that a later checkpoint must commit while subtask 0 still runs.
+        let committed_early = loop {
+            let fast = sink.committed().iter().filter(|x| **x >= 1_000_000).count();
+            if fast == 10 || handle.metrics().checkpoints_completed > 50 {
+                break fast;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        handle.stop();
+        handle.join().await.unwrap();
+        assert_eq!(
+            committed_early, 10,
+            "the finished subtask's records waited for the end of the job"
+        );
+    });
 }

@@ -206,7 +206,14 @@ pub(crate) async fn run_source<S: Source>(
                     Some(command) => handle(command, &mut source, &mut pipe, &mut mode, &mut positions, &env).await?,
                     None => return Err(coordinator_gone(&env)),
                 },
-                _ = completed.changed(), if wait == Duration::MAX => {}
+                changed = completed.changed(), if wait == Duration::MAX => {
+                    // `changed` marks the value seen: handle it here, or
+                    // the notification would be lost.
+                    if changed.is_ok() {
+                        let id = *completed.borrow_and_update();
+                        notify_complete(id, &mut source, &mut positions, &mut pipe, &env).await?;
+                    }
+                }
                 _ = tokio::time::sleep(wait), if wait != Duration::MAX => {}
             }
             if mode == SourceMode::Stopped {

@@ -16,8 +16,10 @@
 //!   the job, naming the transactional id, checkpoint and partitions;
 //! - a transaction with no records is aborted instead of committed
 //!   (FLINK-31363);
-//! - on a fresh start, transactions left open under the sink's own ids are
-//!   aborted, so that they cannot pin the last stable offset.
+//! - before its first transaction (on a fresh start, and after recovery on a
+//!   restore), the sink initialises every id of its pool, which aborts
+//!   transactions left open under them, so that they cannot pin the last
+//!   stable offset.
 //!
 //! Every method blocks (librdkafka's transaction calls do); the SDK runs
 //! them on the blocking pool.
@@ -424,13 +426,6 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
 
     fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
         self.subtask = ctx.subtask.index;
-        if self.guarantee == DeliveryGuarantee::ExactlyOnce && ctx.restored_checkpoint.is_none() {
-            // A fresh start: initialising every id of this subtask aborts
-            // whatever an earlier run left open under it.
-            for slot in 0..self.pool_size {
-                self.slot(slot)?;
-            }
-        }
         Ok(())
     }
 
@@ -447,6 +442,18 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         };
         if self.guarantee != DeliveryGuarantee::ExactlyOnce {
             return Ok(transaction);
+        }
+        if self.slots.is_empty() {
+            // The first transaction of this sink instance, after recovery
+            // has committed or aborted every transaction the restored
+            // checkpoint knew of: initialising every id of the pool fences
+            // earlier producers and aborts whatever else they left open
+            // (on a fresh start, or from an attempt that crashed after the
+            // restored checkpoint), so that nothing pins the last stable
+            // offset.
+            for slot in 0..self.pool_size {
+                self.slot(slot)?;
+            }
         }
         let free = (0..self.pool_size).find(|s| !self.busy.contains(s)).ok_or_else(|| {
             format!(

@@ -167,8 +167,11 @@ fn a_zombie_sink_is_fenced_and_cannot_commit() {
     zombie.write(&mut txn, records(3, "z")).unwrap();
     zombie.pre_commit(&mut txn).unwrap();
 
+    // The successor's first transaction initialises the ids, which fences
+    // the zombie.
     let mut successor = exactly_once(&broker, &topic, &prefix);
     successor.open(&context(None)).unwrap();
+    successor.begin_transaction(1).unwrap();
 
     let err = zombie.commit(txn).unwrap_err().to_string();
     assert!(err.contains("commit of transaction"), "{err}");
