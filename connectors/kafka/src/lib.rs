@@ -18,12 +18,15 @@ mod batch;
 pub mod client;
 mod committed_reader;
 mod connection;
+pub mod deserialize;
 mod error;
 pub mod sink;
+pub mod source;
 mod visibility;
 
 pub use committed_reader::{
     BOOTSTRAP_ENV, CommittedReader, DEFAULT_BOOTSTRAP, ReaderConfig, bootstrap_from_env,
 };
 pub use error::ReadError;
+pub use source::{KafkaRecord, KafkaSource, KafkaSourceError};
 pub use visibility::{OpenTransaction, PartitionLog, ProducerSummary, RecordHeader, VisibleRecord};
