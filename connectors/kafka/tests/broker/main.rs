@@ -8,3 +8,4 @@ mod errors;
 mod fake_broker;
 mod read_committed;
 mod sink;
+mod wordcount;
