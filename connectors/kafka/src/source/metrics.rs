@@ -1,13 +1,6 @@
-//! [`KafkaSourceMetrics`]: the source's own counters, and the rdkafka
-//! consumer context that feeds the offset-commit ones.
+//! [`KafkaSourceMetrics`]: the source's own counters.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use rdkafka::ClientContext;
-use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaResult;
-use rdkafka::topic_partition_list::TopicPartitionList;
 
 /// Counters of one [`KafkaSource`](super::KafkaSource), summed over its
 /// subtasks and over restarts (a record read again after a restart is
@@ -54,50 +47,11 @@ impl KafkaSourceMetrics {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub(crate) fn add_commit(&self) {
+        self.offset_commits.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_commit_failure(&self) {
         self.offset_commit_failures.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The consumer's rdkafka context: counts the outcome of asynchronous
-/// offset commits (heard while polling).
-pub(crate) struct SourceContext {
-    pub(crate) metrics: Arc<KafkaSourceMetrics>,
-}
-
-impl ClientContext for SourceContext {}
-
-impl ConsumerContext for SourceContext {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let failed: Vec<String> = offsets
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                e.error()
-                    .err()
-                    .map(|err| format!("{}/{}: {err}", e.topic(), e.partition()))
-            })
-            .collect();
-        match result {
-            Ok(()) if failed.is_empty() => {
-                self.metrics.offset_commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(()) => {
-                self.metrics.add_commit_failure();
-                tracing::warn!(
-                    partitions = ?failed,
-                    "Kafka source: committing offsets to the consumer group failed for some partitions \
-                     (monitoring only; the checkpoint holds the real positions)"
-                );
-            }
-            Err(error) => {
-                self.metrics.add_commit_failure();
-                tracing::warn!(
-                    %error,
-                    "Kafka source: committing offsets to the consumer group failed \
-                     (monitoring only; the checkpoint holds the real positions)"
-                );
-            }
-        }
     }
 }

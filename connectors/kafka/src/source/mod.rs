@@ -396,16 +396,12 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
     }
 }
 
-impl<D: ValueDeserializer> KafkaSource<D> {
-    fn reader(&mut self) -> Result<&mut Reader, KafkaSourceError> {
-        self.reader
-            .as_mut()
-            .ok_or_else(|| KafkaSourceError::Config {
-                setting: "KafkaSource".into(),
-                message:
-                    "the source was used before open(); only the exactly runtime should drive it"
-                        .into(),
-            })
+/// The error of a source driven before `open`.
+fn not_open() -> KafkaSourceError {
+    KafkaSourceError::Config {
+        setting: "KafkaSource".into(),
+        message: "the source was used before open(); only the exactly runtime should drive it"
+            .into(),
     }
 }
 
@@ -464,13 +460,7 @@ impl<D: ValueDeserializer> Source for KafkaSource<D> {
         ctx: &SubtaskContext,
         restored: Vec<KafkaPosition>,
     ) -> Result<(), BoxError> {
-        let reader = Reader::open(
-            Arc::clone(&self.config),
-            Arc::clone(&self.metrics),
-            ctx,
-            restored,
-        )
-        .await?;
+        let reader = Reader::open(Arc::clone(&self.config), ctx, restored).await?;
         self.reader = Some(reader);
         Ok(())
     }
@@ -480,10 +470,14 @@ impl<D: ValueDeserializer> Source for KafkaSource<D> {
         out: &mut Vec<KafkaRecord<D::Value>>,
         max: usize,
     ) -> Result<SourcePoll, BoxError> {
-        let deserializer = self.deserializer.clone();
-        let metrics = Arc::clone(&self.metrics);
-        let reader = self.reader()?;
-        Ok(reader.poll_batch(&deserializer, &metrics, out, max).await?)
+        let KafkaSource {
+            deserializer,
+            metrics,
+            reader,
+            ..
+        } = self;
+        let reader = reader.as_mut().ok_or_else(not_open)?;
+        Ok(reader.poll_batch(deserializer, metrics, out, max).await?)
     }
 
     fn position(&self) -> KafkaPosition {
@@ -497,9 +491,8 @@ impl<D: ValueDeserializer> Source for KafkaSource<D> {
         checkpoint_id: u64,
         position: &KafkaPosition,
     ) -> Result<(), BoxError> {
-        let metrics = Arc::clone(&self.metrics);
-        self.reader()?
-            .commit_offsets(checkpoint_id, position, &metrics);
+        let reader = self.reader.as_mut().ok_or_else(not_open)?;
+        reader.commit_offsets(checkpoint_id, position, &self.metrics);
         Ok(())
     }
 }

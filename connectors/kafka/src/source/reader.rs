@@ -2,9 +2,9 @@
 //! offsets, partition discovery, the health of the cluster connection, and
 //! the dead-letter producer.
 //!
-//! Nothing here blocks the executor: polling uses a zero timeout, offset
-//! commits are asynchronous, dead-letter deliveries are awaited as futures,
-//! and metadata requests (opening, discovery, health probes) run on tokio's
+//! Nothing here blocks the executor: polling uses a zero timeout,
+//! dead-letter deliveries are awaited as futures, and metadata requests
+//! (opening, discovery, health probes) and offset commits run on tokio's
 //! blocking pool. Clients are closed on a helper thread, because closing a
 //! consumer may wait for the broker.
 
@@ -22,14 +22,14 @@ use tokio::task::JoinHandle;
 
 use super::assign::{TopicPartition, merge_restored, start_offsets};
 use super::error::KafkaSourceError;
-use super::metrics::{KafkaSourceMetrics, SourceContext};
+use super::metrics::KafkaSourceMetrics;
 use super::record::{KafkaPosition, KafkaRecord, PartitionOffset};
 use super::{SKIP_LOG_EVERY, SourceConfig, dead_letter_headers};
 use crate::client::ClientError;
 use crate::deserialize::{DeserializeErrorPolicy, ValueDeserializer};
 use exactly::source::{SourcePoll, SubtaskContext};
 
-type SourceConsumer = BaseConsumer<SourceContext>;
+type SourceConsumer = BaseConsumer;
 
 /// While the cluster is in trouble, metadata probes start at most this
 /// often.
@@ -85,6 +85,8 @@ pub(crate) struct Reader {
     last_probe: Instant,
     trouble: Option<Trouble>,
     dead_letter: Option<DeadLetter>,
+    /// The consumer-group commit in flight, if any.
+    committing: Option<JoinHandle<()>>,
 }
 
 impl Drop for Reader {
@@ -117,7 +119,6 @@ impl Reader {
     /// partitions at their restored offsets (earliest when there is none).
     pub(crate) async fn open(
         config: Arc<SourceConfig>,
-        metrics: Arc<KafkaSourceMetrics>,
         ctx: &SubtaskContext,
         restored: Vec<KafkaPosition>,
     ) -> Result<Reader, KafkaSourceError> {
@@ -129,7 +130,7 @@ impl Reader {
         } = {
             let config = Arc::clone(&config);
             let ctx = ctx.clone();
-            run_blocking(move || create_clients(&config, &ctx, metrics)).await??
+            run_blocking(move || create_clients(&config, &ctx)).await??
         };
         let mut reader = Reader {
             consumer: Some(Arc::new(consumer)),
@@ -143,6 +144,7 @@ impl Reader {
             last_probe: Instant::now(),
             trouble: None,
             dead_letter,
+            committing: None,
         };
         let unknown: Vec<&TopicPartition> = restored
             .keys()
@@ -230,13 +232,7 @@ impl Reader {
                     last_error: format!("the metadata request panicked: {e}"),
                 })
             });
-            match counts {
-                Ok(counts) => {
-                    self.trouble = None;
-                    self.assign_new(&counts, &BTreeMap::new(), false)?;
-                }
-                Err(e) => self.note_trouble(e.to_string()),
-            }
+            self.on_metadata(counts)?;
         }
         let now = Instant::now();
         let due = self.next_discovery.is_some_and(|at| now >= at)
@@ -251,6 +247,22 @@ impl Reader {
             self.next_discovery = self.config.discovery.map(|every| now + every);
         }
         Ok(())
+    }
+
+    /// Handles the answer of a metadata request: assigns the owned
+    /// partitions that are new (from the earliest offset) and ends any
+    /// trouble, or notes the failure as trouble.
+    fn on_metadata(&mut self, counts: Counts) -> Result<(), KafkaSourceError> {
+        match counts {
+            Ok(counts) => {
+                self.trouble = None;
+                self.assign_new(&counts, &BTreeMap::new(), false)
+            }
+            Err(error) => {
+                self.note_trouble(error.to_string());
+                Ok(())
+            }
+        }
     }
 
     fn note_trouble(&mut self, error: String) {
@@ -481,33 +493,56 @@ impl Reader {
         }
     }
 
-    /// Commits `position` to the consumer group, asynchronously, when the
-    /// source has one. The outcome is counted when the consumer hears it.
+    /// Commits `position` to the consumer group, when the source has one,
+    /// on the blocking pool; the outcome is counted there. A commit still in
+    /// flight from an earlier checkpoint makes this one be skipped: the next
+    /// checkpoint commits newer offsets anyway.
     pub(crate) fn commit_offsets(
-        &self,
+        &mut self,
         checkpoint_id: u64,
         position: &KafkaPosition,
-        metrics: &KafkaSourceMetrics,
+        metrics: &Arc<KafkaSourceMetrics>,
     ) {
         if self.config.group_id.is_none() || position.partitions.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::new();
-        let mut built = Ok(());
-        for p in &position.partitions {
-            built = built.and_then(|()| {
-                list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
-            });
-        }
-        if let Err(error) = built.and_then(|()| self.consumer().commit(&list, CommitMode::Async)) {
-            metrics.add_commit_failure();
-            tracing::warn!(
+        if self
+            .committing
+            .as_ref()
+            .is_some_and(|commit| !commit.is_finished())
+        {
+            tracing::debug!(
                 checkpoint_id,
-                %error,
-                "Kafka source: cannot commit offsets to the consumer group \
-                 (monitoring only; the checkpoint holds the real positions)"
+                "Kafka source: previous offset commit still running; skipping this one"
             );
+            return;
         }
+        let mut list = TopicPartitionList::new();
+        for p in &position.partitions {
+            if let Err(error) =
+                list.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next_offset))
+            {
+                metrics.add_commit_failure();
+                tracing::warn!(checkpoint_id, %error, "Kafka source: cannot build the offset commit");
+                return;
+            }
+        }
+        let consumer = Arc::clone(self.consumer());
+        let metrics = Arc::clone(metrics);
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            match consumer.commit(&list, CommitMode::Sync) {
+                Ok(()) => metrics.add_commit(),
+                Err(error) => {
+                    metrics.add_commit_failure();
+                    tracing::warn!(
+                        checkpoint_id,
+                        %error,
+                        "Kafka source: committing offsets to the consumer group failed \
+                         (monitoring only; the checkpoint holds the real positions)"
+                    );
+                }
+            }
+        }));
     }
 }
 
@@ -535,7 +570,6 @@ struct Clients {
 fn create_clients(
     config: &SourceConfig,
     ctx: &SubtaskContext,
-    metrics: Arc<KafkaSourceMetrics>,
 ) -> Result<Clients, KafkaSourceError> {
     let bootstrap = || config.settings.bootstrap.clone();
     let client_id = format!("exactly-{}-{}-{}", ctx.job, config.name, ctx.index);
@@ -559,7 +593,7 @@ fn create_clients(
             ("auto.offset.reset", "earliest".into()),
             ("enable.partition.eof", "false".into()),
         ])
-        .create_with_context(SourceContext { metrics })
+        .create()
         .map_err(|source| KafkaSourceError::Consumer {
             action: "create the consumer",
             bootstrap: bootstrap(),
@@ -623,4 +657,125 @@ fn partition_counts(consumer: &SourceConsumer, config: &SourceConfig) -> Counts 
         counts.insert(topic.clone(), found.partitions().len());
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{ClientSettings, MissingTopics};
+
+    /// A reader of topic `t` for subtask `index` of `parallelism`, with a
+    /// real consumer that has no cluster to talk to: assignments are local
+    /// bookkeeping, so the discovery step can be checked without a broker.
+    fn reader(index: usize, parallelism: usize, timeout: Duration) -> Reader {
+        let mut settings = ClientSettings::new("127.0.0.1:1");
+        settings.timeout = timeout;
+        let consumer: SourceConsumer = settings
+            .config(&[("group.id", "unit-test".into())])
+            .create()
+            .unwrap();
+        Reader {
+            consumer: Some(Arc::new(consumer)),
+            config: Arc::new(SourceConfig {
+                name: "kafka".into(),
+                settings,
+                topics: vec!["t".into()],
+                group_id: None,
+                read_committed: true,
+                discovery: Some(Duration::from_secs(1)),
+                on_error: DeserializeErrorPolicy::Fail,
+                missing: MissingTopics::Fail,
+            }),
+            index,
+            parallelism,
+            next: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+            discovery: None,
+            next_discovery: None,
+            last_probe: Instant::now(),
+            trouble: None,
+            dead_letter: None,
+            committing: None,
+        }
+    }
+
+    fn partitions(n: usize) -> HashMap<String, usize> {
+        HashMap::from([("t".to_owned(), n)])
+    }
+
+    fn assignment(reader: &Reader) -> Vec<i32> {
+        let mut assigned: Vec<i32> = reader
+            .consumer()
+            .assignment()
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        assigned.sort_unstable();
+        assigned
+    }
+
+    #[test]
+    fn discovered_partitions_join_the_assignment_without_a_position() {
+        let mut reader = reader(0, 1, Duration::from_secs(30));
+        let restored = BTreeMap::from([(("t".to_owned(), 0), 5)]);
+        reader.assign_new(&partitions(1), &restored, true).unwrap();
+        assert_eq!(assignment(&reader), [0]);
+
+        reader.on_metadata(Ok(partitions(3))).unwrap();
+        assert_eq!(assignment(&reader), [0, 1, 2]);
+        reader.on_metadata(Ok(partitions(3))).unwrap();
+        assert_eq!(assignment(&reader), [0, 1, 2]);
+        // Only the restored partition has a position; the new ones start
+        // at the earliest offset, which a restore would choose again.
+        assert_eq!(
+            reader.position().partitions,
+            [PartitionOffset {
+                topic: "t".into(),
+                partition: 0,
+                next_offset: 5
+            }]
+        );
+    }
+
+    #[test]
+    fn a_subtask_takes_only_the_new_partitions_it_owns() {
+        let mut reader = reader(1, 2, Duration::from_secs(30));
+        reader
+            .assign_new(&partitions(1), &BTreeMap::new(), true)
+            .unwrap();
+        let before = assignment(&reader);
+        reader.on_metadata(Ok(partitions(6))).unwrap();
+        let expected: Vec<i32> = (0..6)
+            .filter(|&p| super::super::partition_owner("t", p, 2) == 1)
+            .collect();
+        assert_eq!(assignment(&reader), expected);
+        assert!(before.iter().all(|p| expected.contains(p)));
+    }
+
+    #[test]
+    fn trouble_ends_with_a_good_answer_and_fails_the_source_after_the_timeout() {
+        let missing = || {
+            Err(KafkaSourceError::MissingTopic {
+                topic: "t".into(),
+                bootstrap: "127.0.0.1:1".into(),
+            })
+        };
+        let mut patient = reader(0, 1, Duration::from_secs(30));
+        patient.on_metadata(missing()).unwrap();
+        assert!(patient.trouble.is_some());
+        patient.check_trouble().unwrap();
+        patient.on_metadata(Ok(partitions(1))).unwrap();
+        assert!(patient.trouble.is_none());
+
+        let mut impatient = reader(0, 1, Duration::from_millis(1));
+        impatient.on_metadata(missing()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let error = impatient.check_trouble().unwrap_err().to_string();
+        assert!(
+            error.contains("127.0.0.1:1") && error.contains("`t` does not exist"),
+            "{error}"
+        );
+    }
 }

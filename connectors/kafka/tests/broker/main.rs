@@ -8,4 +8,5 @@ mod errors;
 mod fake_broker;
 mod read_committed;
 mod sink;
+mod source;
 mod wordcount;
