@@ -274,9 +274,11 @@ impl<T> KafkaSinkBuilder<T> {
         self
     }
 
-    /// The broker's `transaction.max.timeout.ms`, when the broker does not
-    /// report it (some do not answer DescribeConfigs). Without it the
-    /// preflight assumes Kafka's default, 15 minutes, and says so.
+    /// The broker's `transaction.max.timeout.ms`. With it, the preflight
+    /// trusts this value and does not ask the broker (some brokers do not
+    /// answer DescribeConfigs, which costs a timeout at every start);
+    /// without it, the preflight asks, and if the broker does not answer it
+    /// assumes Kafka's default, 15 minutes, and says so.
     #[must_use]
     pub fn broker_max_transaction_timeout(mut self, max: Duration) -> Self {
         self.sink.broker_max_timeout = Some(max);

@@ -55,7 +55,13 @@ pub(super) fn check<T>(
             .into());
     };
     let timeout = sink.transaction_timeout;
-    let (max, origin) = match broker_max_timeout(&sink.settings) {
+    let reported = match sink.broker_max_timeout {
+        // An explicit value is trusted: brokers that do not answer
+        // DescribeConfigs would otherwise cost a timeout at every start.
+        Some(_) => None,
+        None => broker_max_timeout(&sink.settings),
+    };
+    let (max, origin) = match reported {
         Some(max) => (max, "reported by the broker"),
         None => match sink.broker_max_timeout {
             Some(max) => (max, "as configured with .broker_max_transaction_timeout()"),
