@@ -3,6 +3,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`sink`] | [`sink::KafkaSink`]: `ExactlyOnce` with transactions committed on checkpoint completion, `AtLeastOnce`, `None` |
+//! | [`source`] | [`source::KafkaSource`]: explicit partition assignment, per-partition offsets in checkpoints (rescalable), earliest for partitions the checkpoint does not know, partition discovery, read_committed by default, group commits for monitoring only |
+//! | [`deserialize`] | value deserializers (bytes, UTF-8, JSON, closures) and what to do with a record that does not deserialize (fail, skip, dead-letter) |
 //! | [`client`] | how to reach a cluster, and the topic checks at start |
 //! | [`CommittedReader`] | reads partitions raw over the Kafka protocol and applies the read_committed rule (KIP-98) itself: the oracle of the tests, and the audit tool to come |
 //!

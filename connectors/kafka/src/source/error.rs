@@ -107,6 +107,16 @@ pub enum KafkaSourceError {
         source: rdkafka::error::KafkaError,
     },
 
+    /// A call the source ran on the blocking pool did not return (it
+    /// panicked, or the runtime shut down under it).
+    #[error("the Kafka source could not {action}: the blocking call did not finish ({reason})")]
+    BlockingCall {
+        /// What the call was for.
+        action: &'static str,
+        /// Why it did not finish.
+        reason: String,
+    },
+
     /// The restored checkpoint holds two offsets for one partition.
     #[error(
         "the restored checkpoint has two next offsets for {topic}/{partition} ({first} and {second}); \

@@ -130,7 +130,11 @@ impl Reader {
         } = {
             let config = Arc::clone(&config);
             let ctx = ctx.clone();
-            run_blocking(move || create_clients(&config, &ctx)).await??
+            run_blocking(
+                "create its clients and read the topics' metadata",
+                move || create_clients(&config, &ctx),
+            )
+            .await??
         };
         let mut reader = Reader {
             consumer: Some(Arc::new(consumer)),
@@ -226,10 +230,9 @@ impl Reader {
         if self.discovery.as_ref().is_some_and(JoinHandle::is_finished) {
             let handle = self.discovery.take().expect("checked above");
             let counts = handle.await.unwrap_or_else(|e| {
-                Err(KafkaSourceError::Unavailable {
-                    bootstrap: self.bootstrap(),
-                    waited: Duration::ZERO,
-                    last_error: format!("the metadata request panicked: {e}"),
+                Err(KafkaSourceError::BlockingCall {
+                    action: "read the topics' metadata",
+                    reason: e.to_string(),
                 })
             });
             self.on_metadata(counts)?;
@@ -546,15 +549,16 @@ impl Reader {
     }
 }
 
-/// Runs `f` on tokio's blocking pool.
+/// Runs `f`, which does `action`, on tokio's blocking pool.
 async fn run_blocking<R: Send + 'static>(
+    action: &'static str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, KafkaSourceError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| KafkaSourceError::Config {
-            setting: "KafkaSource".into(),
-            message: format!("opening the source on the blocking pool failed: {e}"),
+        .map_err(|e| KafkaSourceError::BlockingCall {
+            action,
+            reason: e.to_string(),
         })
 }
 
