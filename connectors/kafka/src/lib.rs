@@ -16,6 +16,7 @@
 //! [`BOOTSTRAP_ENV`] (`EXACTLY_KAFKA_BOOTSTRAP`), default
 //! [`DEFAULT_BOOTSTRAP`].
 
+pub mod audit;
 mod batch;
 pub mod client;
 mod committed_reader;
