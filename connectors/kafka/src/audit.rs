@@ -1914,3 +1914,1069 @@ fn timestamp_text(ms: i64) -> String {
         in_day % 1000
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::describe_transactions_response::{
+        TopicData, TransactionState as DescribedState,
+    };
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::list_offsets_response::{
+        ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+    };
+    use kafka_protocol::messages::list_transactions_response::TransactionState as ListedState;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, DescribeTransactionsResponse, FetchResponse,
+        ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, ProducerId,
+        ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Encodable, decode_request_header_from_buffer};
+
+    use super::*;
+    use crate::batch::tests::{TestBatch, encode};
+    use crate::visibility::{OpenTransaction, ProducerSummary};
+
+    const NOW: i64 = 1_700_000_100_000;
+
+    fn args(line: &str) -> Result<Command, UsageError> {
+        parse_args(
+            line.split_whitespace().map(str::to_owned),
+            "default:9092".to_owned(),
+        )
+    }
+
+    fn cli(line: &str) -> CliOptions {
+        match args(line) {
+            Ok(Command::Audit(cli)) => *cli,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn usage_error(line: &str) -> String {
+        match args(line) {
+            Err(error) => error.to_string(),
+            Ok(other) => panic!("{line} must be a usage error, got {other:?}"),
+        }
+    }
+
+    fn path(text: &str) -> FieldPath {
+        FieldPath::parse(text).expect("a valid path")
+    }
+
+    fn record(offset: i64, key: Option<&str>, value: Option<&str>) -> VisibleRecord {
+        VisibleRecord {
+            offset,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            headers: Vec::new(),
+            timestamp: 1_000,
+            producer_id: -1,
+            transactional: false,
+        }
+    }
+
+    fn keyed(key: &str, seq: i64) -> String {
+        format!(r#"{{"key":"{key}","seq":{seq}}}"#)
+    }
+
+    /// A partition holding `values` at offsets 0.. (all non-transactional).
+    fn log(partition: i32, values: &[&str]) -> PartitionLog {
+        let records: Vec<VisibleRecord> = values
+            .iter()
+            .enumerate()
+            .map(|(offset, v)| record(offset as i64, None, Some(v)))
+            .collect();
+        let end = records.len() as i64;
+        PartitionLog {
+            topic: "t".to_owned(),
+            partition,
+            log_start_offset: 0,
+            high_watermark: end,
+            last_stable_offset: end,
+            broker_last_stable_offset: end,
+            producers: BTreeMap::from([(
+                -1,
+                ProducerSummary {
+                    non_transactional_records: end as u64,
+                    ..ProducerSummary::default()
+                },
+            )]),
+            records,
+            open_transactions: Vec::new(),
+        }
+    }
+
+    /// Partition 0 with a committed, an aborted and an open transaction:
+    /// offsets 0-1 committed by 7, 2 its marker, 3 aborted by 8, 4 its
+    /// marker, 5 open of 9, 6 plain.
+    fn transactional_log() -> PartitionLog {
+        let mut committed = record(0, None, Some("c0"));
+        committed.producer_id = 7;
+        committed.transactional = true;
+        let mut committed_too = committed.clone();
+        committed_too.offset = 1;
+        PartitionLog {
+            topic: "t".to_owned(),
+            partition: 0,
+            log_start_offset: 0,
+            high_watermark: 7,
+            last_stable_offset: 5,
+            broker_last_stable_offset: 5,
+            records: vec![committed, committed_too, record(6, None, Some("plain"))],
+            producers: BTreeMap::from([
+                (
+                    -1,
+                    ProducerSummary {
+                        non_transactional_records: 1,
+                        ..ProducerSummary::default()
+                    },
+                ),
+                (
+                    7,
+                    ProducerSummary {
+                        committed_transactions: 1,
+                        committed_records: 2,
+                        ..ProducerSummary::default()
+                    },
+                ),
+                (
+                    8,
+                    ProducerSummary {
+                        aborted_transactions: 1,
+                        aborted_records: 1,
+                        ..ProducerSummary::default()
+                    },
+                ),
+                (
+                    9,
+                    ProducerSummary {
+                        open_transactions: 1,
+                        open_records: 1,
+                        ..ProducerSummary::default()
+                    },
+                ),
+            ]),
+            open_transactions: vec![OpenTransaction {
+                producer_id: 9,
+                producer_epoch: 3,
+                first_offset: 5,
+                records: 1,
+            }],
+        }
+    }
+
+    fn analyze(options: AuditOptions, logs: &[PartitionLog], lookups: Lookups) -> AuditReport {
+        let mut analyzer = Analyzer::new(options);
+        for log in logs {
+            analyzer.add_partition(log);
+        }
+        analyzer.finish(lookups)
+    }
+
+    fn with_checks(line: &str) -> AuditOptions {
+        cli(&format!("--topic t {line}")).audit
+    }
+
+    fn at(partition: i32, offset: i64) -> Location {
+        Location { partition, offset }
+    }
+
+    #[test]
+    fn the_command_line_has_defaults_and_takes_values_in_both_forms() {
+        let plain = cli("--topic orders");
+        assert_eq!(plain.audit.bootstrap, "default:9092");
+        assert_eq!(plain.audit.topic, "orders");
+        assert!(plain.audit.partitions.is_empty());
+        assert_eq!(plain.audit.timeout, Duration::from_secs(10));
+        assert!(plain.audit.sequence.is_none() && plain.audit.dedup.is_none());
+        assert!(!plain.json && !plain.audit.fail_on_open);
+        assert_eq!(plain.max_listed, 20);
+
+        let full = cli(
+            "--topic=orders --bootstrap b:1 --partition 2 --partition=0 --partition 2 \
+             --timeout-ms 250 --key-field user.id --seq-field=seq --seq-start 1 \
+             --dedup-record-key --prefix app- --fail-on-open --json --max-listed 0",
+        );
+        let audit = &full.audit;
+        assert_eq!(audit.bootstrap, "b:1");
+        assert_eq!(audit.partitions, [0, 2]);
+        assert_eq!(audit.timeout, Duration::from_millis(250));
+        assert_eq!(
+            audit.sequence,
+            Some(SequenceCheck {
+                key: KeySource::Field(path("user.id")),
+                field: path("seq"),
+                start: Some(1),
+            })
+        );
+        assert_eq!(audit.dedup, Some(DedupSource::RecordKey));
+        assert_eq!(audit.transactional_id_prefix.as_deref(), Some("app-"));
+        assert!(audit.fail_on_open && full.json);
+        assert_eq!(full.max_listed, 0);
+
+        let record_key = cli("--topic t --key-from-record-key --seq-field s --dedup-field id");
+        assert_eq!(
+            record_key.audit.sequence.map(|s| s.key),
+            Some(KeySource::RecordKey)
+        );
+        assert_eq!(record_key.audit.dedup, Some(DedupSource::Field(path("id"))));
+        assert!(matches!(args("--json --help"), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn command_line_mistakes_are_usage_errors_naming_the_mistake() {
+        let cases = [
+            ("", "--topic is required"),
+            ("--topic", "--topic needs a value"),
+            (
+                "--topic t --partition x",
+                "--partition 'x': not a valid number",
+            ),
+            ("--topic t --partition -1", "partitions are 0 or more"),
+            (
+                "--topic t --timeout-ms 0",
+                "--timeout-ms must be at least 1",
+            ),
+            ("--topic t --verbose", "unknown option '--verbose'"),
+            ("--topic t stray", "unexpected argument 'stray'"),
+            ("--topic t --json=yes", "--json takes no value"),
+            ("--topic t --seq-field a..b", "invalid field path 'a..b'"),
+            ("--topic t --key-field k", "need --seq-field"),
+            ("--topic t --seq-start 3", "need --seq-field"),
+            (
+                "--topic t --seq-field s --key-field k --key-from-record-key",
+                "exclude each other",
+            ),
+            (
+                "--topic t --dedup-field d --dedup-record-key",
+                "exclude each other",
+            ),
+        ];
+        for (line, expected) in cases {
+            let error = usage_error(line);
+            assert!(error.contains(expected), "{line}: {error}");
+            assert!(
+                error.ends_with("(see --help)") && !error.contains('\n'),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn field_paths_walk_objects_and_arrays() {
+        let value: Value =
+            serde_json::from_str(r#"{"a":{"b":[{"c":1},{"c":"two"}]},"d.e":3}"#).unwrap();
+        assert_eq!(path("a.b.1.c").get(&value), Some(&Value::from("two")));
+        assert_eq!(
+            path("a.b.0").get(&value),
+            Some(&serde_json::json!({"c": 1}))
+        );
+        assert_eq!(path("a.x").get(&value), None);
+        assert_eq!(path("a.b.9").get(&value), None);
+        assert_eq!(path("a.b.c").get(&value), None);
+        assert_eq!(path("d").get(&value), None);
+        assert_eq!(path("a.b.1.c").to_string(), "a.b.1.c");
+        assert!(FieldPath::parse("").is_err() && FieldPath::parse("a.").is_err());
+    }
+
+    #[test]
+    fn duplicates_and_gaps_are_named_by_key_sequence_and_location() {
+        let p0 = [
+            keyed("a", 0),
+            keyed("a", 1),
+            keyed("b", 0),
+            keyed("a", 1),
+            keyed("b", 3),
+        ];
+        let p1 = [keyed("a", 2), keyed("b", 4), keyed("a", 5), keyed("b", 4)];
+        let report = analyze(
+            with_checks("--key-field key --seq-field seq"),
+            &[
+                log(0, &p0.each_ref().map(String::as_str)),
+                log(1, &p1.each_ref().map(String::as_str)),
+            ],
+            Lookups::none(NOW),
+        );
+        let sequence = report.sequence.as_ref().expect("a sequence report");
+        assert_eq!((sequence.records_checked, sequence.keys), (9, 2));
+        assert_eq!(
+            sequence.duplicates,
+            [
+                SequenceDuplicate {
+                    key: Some("a".to_owned()),
+                    sequence: 1,
+                    locations: vec![at(0, 1), at(0, 3)],
+                },
+                SequenceDuplicate {
+                    key: Some("b".to_owned()),
+                    sequence: 4,
+                    locations: vec![at(1, 1), at(1, 3)],
+                },
+            ]
+        );
+        assert_eq!(
+            sequence.gaps,
+            [
+                Gap {
+                    key: Some("a".to_owned()),
+                    first_missing: 3,
+                    last_missing: 4,
+                    missing: 2,
+                    after: Some(SequenceAt {
+                        sequence: 2,
+                        location: at(1, 0),
+                    }),
+                    before: SequenceAt {
+                        sequence: 5,
+                        location: at(1, 2),
+                    },
+                },
+                Gap {
+                    key: Some("b".to_owned()),
+                    first_missing: 1,
+                    last_missing: 2,
+                    missing: 2,
+                    after: Some(SequenceAt {
+                        sequence: 0,
+                        location: at(0, 2),
+                    }),
+                    before: SequenceAt {
+                        sequence: 3,
+                        location: at(0, 4),
+                    },
+                },
+            ]
+        );
+        assert!(sequence.unchecked.is_empty());
+        assert_eq!((report.findings.duplicates, report.findings.gaps), (2, 2));
+        assert_eq!(report.exit_code, EXIT_FINDINGS);
+
+        let text = report.to_text(0);
+        for line in [
+            r#"  duplicate: key "a" sequence 1 2 times, at 0/1, 0/3"#,
+            r#"  gap: key "a" sequences 3..=4 missing (2): after sequence 2 at 1/0, before sequence 5 at 1/2"#,
+            "  9 records checked, 2 keys",
+            "result: FAIL: 2 duplicates, 2 gaps, 0 open transactions; exit code 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_start_finds_a_gap_before_the_first_sequence_number() {
+        let values = [keyed("a", 2), keyed("a", 3), keyed("b", 0)];
+        let report = analyze(
+            with_checks("--key-field key --seq-field seq --seq-start 0"),
+            &[log(0, &values.each_ref().map(String::as_str))],
+            Lookups::none(NOW),
+        );
+        let sequence = report.sequence.as_ref().unwrap();
+        assert_eq!(
+            sequence.gaps,
+            [Gap {
+                key: Some("a".to_owned()),
+                first_missing: 0,
+                last_missing: 1,
+                missing: 2,
+                after: None,
+                before: SequenceAt {
+                    sequence: 2,
+                    location: at(0, 0),
+                },
+            }]
+        );
+        assert!(
+            report
+                .to_text(20)
+                .contains(r#"gap: key "a" sequences 0..=1 missing (2): before sequence 2 at 0/0"#)
+        );
+    }
+
+    #[test]
+    fn without_a_key_option_the_whole_topic_is_one_sequence() {
+        let report = analyze(
+            with_checks("--seq-field n"),
+            &[
+                log(0, &[r#"{"n":0}"#, r#"{"n":"1"}"#]),
+                log(1, &[r#"{"n":3}"#]),
+            ],
+            Lookups::none(NOW),
+        );
+        let sequence = report.sequence.as_ref().unwrap();
+        assert_eq!(sequence.key, "none");
+        assert_eq!(sequence.keys, 1);
+        assert_eq!(sequence.gaps.len(), 1);
+        assert_eq!(
+            (sequence.gaps[0].key.clone(), sequence.gaps[0].first_missing),
+            (None, 2)
+        );
+        assert!(report.to_text(20).contains(
+            "  gap: sequence 2 missing: after sequence 1 at 0/1, before sequence 3 at 1/0"
+        ));
+    }
+
+    #[test]
+    fn record_keys_serve_as_keys_utf8_or_hex() {
+        let mut records = log(0, &[r#"{"s":0}"#, r#"{"s":0}"#, r#"{"s":0}"#, r#"{"s":1}"#]);
+        records.records[0].key = Some(Bytes::from_static(b"user-1"));
+        records.records[1].key = Some(Bytes::from_static(&[0xff, 0x00]));
+        records.records[2].key = Some(Bytes::from_static(b"user-1"));
+        let report = analyze(
+            with_checks("--key-from-record-key --seq-field s"),
+            &[records],
+            Lookups::none(NOW),
+        );
+        let sequence = report.sequence.as_ref().unwrap();
+        assert_eq!(sequence.key, "record key");
+        assert_eq!(sequence.records_checked, 3);
+        assert_eq!(sequence.duplicates.len(), 1);
+        assert_eq!(sequence.duplicates[0].key.as_deref(), Some("user-1"));
+        assert_eq!(
+            sequence.unchecked,
+            [Unchecked {
+                reason: "null record key".to_owned(),
+                records: 1,
+                first: at(0, 3),
+            }]
+        );
+        assert_eq!(key_text(&[0xff, 0x00]), "0xff00");
+    }
+
+    #[test]
+    fn unreadable_records_are_counted_by_reason_and_do_not_fail_the_audit() {
+        let mut records = log(
+            0,
+            &[
+                r#"{"key":"a","seq":0}"#,
+                "not json",
+                r#"{"key":"a"}"#,
+                r#"{"key":"a","seq":1.5}"#,
+                r#"{"key":"a","seq":"x"}"#,
+                r#"{"seq":1}"#,
+                "",
+                "also not json",
+            ],
+        );
+        records.records[6].value = None;
+        let report = analyze(
+            with_checks("--key-field key --seq-field seq"),
+            &[records],
+            Lookups::none(NOW),
+        );
+        let sequence = report.sequence.as_ref().unwrap();
+        assert_eq!(sequence.records_checked, 1);
+        let reasons: Vec<(&str, u64, Location)> = sequence
+            .unchecked
+            .iter()
+            .map(|u| (u.reason.as_str(), u.records, u.first))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("field 'seq' is not an integer", 2, at(0, 3)),
+                ("no field 'key'", 1, at(0, 5)),
+                ("no field 'seq'", 1, at(0, 2)),
+                ("null value", 1, at(0, 6)),
+                ("value is not JSON", 2, at(0, 1)),
+            ]
+        );
+        assert_eq!(report.exit_code, EXIT_CLEAN);
+        assert!(
+            report
+                .to_text(20)
+                .contains("  unchecked: 2 records: value is not JSON (first at 0/1)")
+        );
+    }
+
+    #[test]
+    fn plain_duplicate_detection_of_a_field_or_the_record_key() {
+        let values = [
+            r#"{"id":"x","n":1}"#,
+            r#"{"id":7}"#,
+            r#"{"id":"x"}"#,
+            r#"{"id":"7"}"#,
+            r#"{"id":{"deep":true}}"#,
+            r#"{"other":1}"#,
+        ];
+        let report = analyze(
+            with_checks("--dedup-field id"),
+            &[log(0, &values), log(1, &[r#"{"id":"x"}"#])],
+            Lookups::none(NOW),
+        );
+        let dedup = report.dedup.as_ref().expect("a dedup report");
+        assert_eq!(dedup.source, "field 'id'");
+        assert_eq!((dedup.records_checked, dedup.distinct), (6, 3));
+        assert_eq!(
+            dedup.duplicates,
+            [
+                ValueDuplicate {
+                    value: "7".to_owned(),
+                    locations: vec![at(0, 1), at(0, 3)],
+                },
+                ValueDuplicate {
+                    value: "x".to_owned(),
+                    locations: vec![at(0, 0), at(0, 2), at(1, 0)],
+                },
+            ]
+        );
+        assert_eq!(dedup.unchecked.len(), 1);
+        assert_eq!(report.exit_code, EXIT_FINDINGS);
+        assert!(
+            report
+                .to_text(1)
+                .contains(r#"  duplicate: "7" 2 times, at 0/1, 0/3"#)
+        );
+        assert!(
+            report
+                .to_text(1)
+                .contains("  ... and 1 more (--max-listed 0 lists all)")
+        );
+
+        let mut keyed = log(0, &["a", "b"]);
+        keyed.records[0].key = Some(Bytes::from_static(b"k"));
+        keyed.records[1].key = Some(Bytes::from_static(b"k"));
+        let by_key = analyze(
+            with_checks("--dedup-record-key"),
+            &[keyed],
+            Lookups::none(NOW),
+        );
+        assert_eq!(by_key.dedup.as_ref().unwrap().duplicates[0].value, "k");
+        assert_eq!(by_key.findings.duplicates, 1);
+    }
+
+    #[test]
+    fn a_clean_topic_exits_0_and_open_transactions_fail_only_when_asked() {
+        let values = [keyed("a", 0), keyed("a", 1)];
+        let clean = analyze(
+            with_checks("--key-field key --seq-field seq"),
+            &[log(0, &values.each_ref().map(String::as_str))],
+            Lookups::none(NOW),
+        );
+        assert_eq!(clean.exit_code, EXIT_CLEAN);
+        assert!(
+            clean
+                .to_text(20)
+                .contains("result: OK: 0 duplicates, 0 gaps, 0 open transactions; exit code 0")
+        );
+
+        let open = analyze(with_checks(""), &[transactional_log()], Lookups::none(NOW));
+        assert_eq!(open.findings.open_transactions, 1);
+        assert_eq!(open.exit_code, EXIT_CLEAN);
+        assert!(
+            open.to_text(20)
+                .contains("1 open transaction (not a failure without --fail-on-open); exit code 0")
+        );
+        let failing = analyze(
+            with_checks("--fail-on-open"),
+            &[transactional_log()],
+            Lookups::none(NOW),
+        );
+        assert_eq!(failing.exit_code, EXIT_FINDINGS);
+    }
+
+    #[test]
+    fn transactions_are_reported_per_partition_and_producer_with_the_stuck_lso() {
+        let lookups = Lookups {
+            first_record_timestamps: BTreeMap::from([((0, 5), NOW - 65_000)]),
+            ..Lookups::none(NOW)
+        };
+        let report = analyze(
+            with_checks(""),
+            &[transactional_log(), log(1, &["x"])],
+            lookups,
+        );
+        let p0 = &report.partitions[0];
+        assert_eq!(p0.visible_records, 3);
+        assert_eq!(p0.producers.len(), 4);
+        assert_eq!(p0.open_transactions[0].open_for_ms, Some(65_000));
+        assert_eq!(
+            p0.open_transactions[0].first_record_timestamp_ms,
+            Some(NOW - 65_000)
+        );
+        assert_eq!(p0.stuck_for_ms, Some(65_000));
+        assert_eq!(report.partitions[1].stuck_for_ms, None);
+        assert_eq!(
+            report.totals,
+            Totals {
+                partitions: 2,
+                visible_records: 4,
+                committed_transactions: 1,
+                committed_records: 2,
+                aborted_transactions: 1,
+                aborted_records: 1,
+                open_transactions: 1,
+                open_records: 1,
+                non_transactional_records: 2,
+            }
+        );
+        let text = report.to_text(20);
+        for line in [
+            "partition 0: offsets 0..7, 3 records visible under read_committed",
+            "  last stable offset 5, high watermark 7: stuck for 1m 05s behind the open transaction \
+             of producer id 9, epoch 3: 1 record from offset 5, first record at 2023-11-14T22:13:55.000Z",
+            "  no producer id: 1 non-transactional record",
+            "  producer id 7: 1 committed (2 records)",
+            "  producer id 8: 1 aborted (1 record)",
+            "  producer id 9: 1 open (1 record)",
+            "  last stable offset 1 = high watermark: no open transaction",
+            "visible under read_committed: 4 records (partition 0: 3, partition 1: 1)",
+            "transactions: 1 committed (2 records), 1 aborted (1 record), 1 open (1 record); 2 non-transactional records",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_age_and_a_differing_broker_lso_are_said() {
+        let mut log = transactional_log();
+        log.broker_last_stable_offset = 7;
+        let report = analyze(
+            with_checks(""),
+            &[log],
+            Lookups {
+                open_age_note: Some("first record timestamps unreadable: 0/5: gone".to_owned()),
+                ..Lookups::none(NOW)
+            },
+        );
+        let text = report.to_text(20);
+        assert!(text.contains(
+            "last stable offset 5 (the broker reports 7), high watermark 7: stuck (for how long is unknown)"
+        ), "{text}");
+        assert!(text.contains("note: first record timestamps unreadable: 0/5: gone"));
+    }
+
+    #[test]
+    fn without_list_transactions_open_transactions_are_listed_by_producer_id() {
+        let report = analyze(
+            with_checks("--prefix app-"),
+            &[transactional_log()],
+            Lookups {
+                transactions: TransactionLookup::Unsupported {
+                    prefix: "app-".to_owned(),
+                    reason: "the broker at b:1 does not list ListTransactions in its API versions"
+                        .to_owned(),
+                },
+                first_record_timestamps: BTreeMap::from([((0, 5), NOW - 2_500)]),
+                ..Lookups::none(NOW)
+            },
+        );
+        let text = report.to_text(20);
+        assert!(
+            text.contains(
+                "transactional ids with prefix 'app-': the broker does not support \
+                 ListTransactions; open transactions by producer id: 9 (partition 0 from \
+                 offset 5, open for 2.5s)"
+            ),
+            "{text}"
+        );
+        assert_eq!(report.exit_code, EXIT_CLEAN);
+    }
+
+    fn listed(id: &str, producer_id: i64) -> ListedTransaction {
+        ListedTransaction {
+            transactional_id: id.to_owned(),
+            producer_id,
+            state: "Ongoing".to_owned(),
+            coordinator: "b:1".to_owned(),
+            producer_epoch: None,
+            start_time_ms: None,
+            open_for_ms: None,
+            timeout_ms: None,
+            partitions_in_topic: Vec::new(),
+            open_in_log: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn listed_transactions_name_the_open_ones_in_the_log_and_count_the_others() {
+        let report = analyze(
+            with_checks("--prefix app- --fail-on-open"),
+            &[transactional_log()],
+            Lookups {
+                transactions: TransactionLookup::Listed {
+                    prefix: "app-".to_owned(),
+                    transactions: vec![listed("app-1", 9), listed("app-2", 12)],
+                    describe_note: None,
+                },
+                ..Lookups::none(NOW)
+            },
+        );
+        assert_eq!(
+            report.partitions[0].open_transactions[0]
+                .transactional_id
+                .as_deref(),
+            Some("app-1")
+        );
+        let TransactionLookup::Listed { transactions, .. } = &report.transactional_ids else {
+            panic!("{:?}", report.transactional_ids);
+        };
+        assert_eq!(transactions[0].open_in_log, [at(0, 5)]);
+        assert!(transactions[1].open_in_log.is_empty());
+        assert_eq!(report.findings.open_transactions, 2);
+        assert_eq!(report.exit_code, EXIT_FINDINGS);
+        let text = report.to_text(20);
+        assert!(text.contains("transactional ids with prefix 'app-': 2 open transactions"));
+        assert!(text.contains("  'app-1': producer id 9, Ongoing, open in this topic at 0/5"));
+        assert!(text.contains("producer id 9 (transactional id 'app-1'), epoch 3"));
+    }
+
+    #[test]
+    fn the_json_report_holds_everything() {
+        let values = [keyed("a", 0), keyed("a", 0), keyed("a", 2)];
+        let report = analyze(
+            with_checks("--key-field key --seq-field seq --prefix p"),
+            &[
+                log(0, &values.each_ref().map(String::as_str)),
+                transactional_log(),
+            ],
+            Lookups {
+                transactions: TransactionLookup::Failed {
+                    prefix: "p".to_owned(),
+                    error: "refused".to_owned(),
+                },
+                ..Lookups::none(NOW)
+            },
+        );
+        let json: Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
+        assert_eq!(json["topic"], "t");
+        assert_eq!(json["exit_code"], 1);
+        assert_eq!(json["totals"]["visible_records"], 6);
+        assert_eq!(json["partitions"][1]["last_stable_offset"], 5);
+        assert_eq!(
+            json["partitions"][1]["open_transactions"][0]["producer_id"],
+            9
+        );
+        assert_eq!(
+            json["partitions"][1]["producers"][1]["committed_records"],
+            2
+        );
+        assert_eq!(
+            json["sequence"]["duplicates"][0]["locations"][1]["offset"],
+            1
+        );
+        assert_eq!(json["sequence"]["gaps"][0]["first_missing"], 1);
+        assert_eq!(
+            json["sequence"]["gaps"][0]["before"]["location"]["offset"],
+            2
+        );
+        assert_eq!(json["transactional_ids"]["status"], "failed");
+        assert_eq!(json["findings"]["duplicates"], 1);
+        assert_eq!(json["dedup"], Value::Null);
+    }
+
+    #[test]
+    fn durations_and_timestamps_read_well() {
+        assert_eq!(duration_text(-5), "0ms");
+        assert_eq!(duration_text(450), "450ms");
+        assert_eq!(duration_text(12_345), "12.3s");
+        assert_eq!(duration_text(245_000), "4m 05s");
+        assert_eq!(duration_text(7_384_000), "2h 03m 04s");
+        assert_eq!(duration_text(273_900_000), "3d 04h 05m");
+        assert_eq!(timestamp_text(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp_text(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            timestamp_text(1_700_000_100_000),
+            "2023-11-14T22:15:00.000Z"
+        );
+        assert_eq!(timestamp_text(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    /// A fake broker for one topic with one partition: answers
+    /// ApiVersions, Metadata, ListOffsets and Fetch (always `records`,
+    /// high watermark `end`), and, when `transactions` is set,
+    /// ListTransactions and DescribeTransactions.
+    fn fake_broker(topic: &str, records: Bytes, end: i64, transactions: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let topic = topic.to_owned();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (topic, records) = (topic.clone(), records.clone());
+                std::thread::spawn(move || {
+                    serve(stream, port, &topic, &records, end, transactions)
+                });
+            }
+        });
+        format!("127.0.0.1:{port}")
+    }
+
+    fn serve(
+        mut stream: TcpStream,
+        port: u16,
+        topic: &str,
+        records: &Bytes,
+        end: i64,
+        transactions: bool,
+    ) {
+        let name = || TopicName(StrBytes::from_string(topic.to_owned()));
+        loop {
+            let mut size = [0; 4];
+            if stream.read_exact(&mut size).is_err() {
+                return;
+            }
+            let mut frame = vec![0; i32::from_be_bytes(size) as usize];
+            if stream.read_exact(&mut frame).is_err() {
+                return;
+            }
+            let mut frame = Bytes::from(frame);
+            let header = decode_request_header_from_buffer(&mut frame).expect("a header");
+            let version = header.request_api_version;
+            let key = ApiKey::try_from(header.request_api_key).expect("a known API");
+            let mut apis = vec![(18, 0, 3), (3, 1, 12), (2, 1, 10), (1, 4, 12)];
+            if transactions {
+                apis.extend([(66, 0, 1), (65, 0, 0)]);
+            }
+            let body = match key {
+                ApiKey::ApiVersions => body(
+                    ApiVersionsResponse::default().with_api_keys(
+                        apis.into_iter()
+                            .map(|(key, min, max)| {
+                                ApiVersion::default()
+                                    .with_api_key(key)
+                                    .with_min_version(min)
+                                    .with_max_version(max)
+                            })
+                            .collect(),
+                    ),
+                    version,
+                ),
+                ApiKey::Metadata => body(
+                    MetadataResponse::default()
+                        .with_brokers(vec![
+                            MetadataResponseBroker::default()
+                                .with_node_id(BrokerId(0))
+                                .with_host(StrBytes::from_static_str("127.0.0.1"))
+                                .with_port(i32::from(port)),
+                        ])
+                        .with_topics(vec![
+                            MetadataResponseTopic::default()
+                                .with_name(Some(name()))
+                                .with_partitions(vec![
+                                    MetadataResponsePartition::default()
+                                        .with_partition_index(0)
+                                        .with_leader_id(BrokerId(0)),
+                                ]),
+                        ]),
+                    version,
+                ),
+                ApiKey::ListOffsets => body(
+                    ListOffsetsResponse::default().with_topics(vec![
+                        ListOffsetsTopicResponse::default()
+                            .with_name(name())
+                            .with_partitions(vec![
+                                ListOffsetsPartitionResponse::default()
+                                    .with_partition_index(0)
+                                    .with_offset(0),
+                            ]),
+                    ]),
+                    version,
+                ),
+                ApiKey::Fetch => body(
+                    FetchResponse::default().with_responses(vec![
+                        FetchableTopicResponse::default()
+                            .with_topic(name())
+                            .with_partitions(vec![
+                                PartitionData::default()
+                                    .with_partition_index(0)
+                                    .with_high_watermark(end)
+                                    .with_last_stable_offset(0)
+                                    .with_records(Some(records.clone())),
+                            ]),
+                    ]),
+                    version,
+                ),
+                ApiKey::ListTransactions => body(
+                    ListTransactionsResponse::default().with_transaction_states(
+                        [
+                            ("app-1", 9, "Ongoing"),
+                            ("app-2", 10, "CompleteCommit"),
+                            ("app-3", 12, "PrepareCommit"),
+                            ("other-1", 11, "Ongoing"),
+                        ]
+                        .map(|(id, producer_id, state)| {
+                            ListedState::default()
+                                .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                                    id,
+                                )))
+                                .with_producer_id(ProducerId(producer_id))
+                                .with_transaction_state(StrBytes::from_static_str(state))
+                        })
+                        .to_vec(),
+                    ),
+                    version,
+                ),
+                ApiKey::DescribeTransactions => body(
+                    DescribeTransactionsResponse::default().with_transaction_states(vec![
+                        DescribedState::default()
+                            .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                                "app-1",
+                            )))
+                            .with_transaction_state(StrBytes::from_static_str("Ongoing"))
+                            .with_producer_id(ProducerId(9))
+                            .with_producer_epoch(4)
+                            .with_transaction_timeout_ms(60_000)
+                            .with_transaction_start_time_ms(NOW - 90_000)
+                            .with_topics(vec![
+                                TopicData::default()
+                                    .with_topic(name())
+                                    .with_partitions(vec![0]),
+                                TopicData::default()
+                                    .with_topic(TopicName(StrBytes::from_static_str("else")))
+                                    .with_partitions(vec![5]),
+                            ]),
+                        DescribedState::default()
+                            .with_error_code(15)
+                            .with_transactional_id(TransactionalId(StrBytes::from_static_str(
+                                "app-3",
+                            ))),
+                    ]),
+                    version,
+                ),
+                other => panic!("the fake broker does not serve {other:?}"),
+            };
+            let mut response = BytesMut::new();
+            response.put_i32(0);
+            ResponseHeader::default()
+                .with_correlation_id(header.correlation_id)
+                .encode(&mut response, key.response_header_version(version))
+                .expect("a response header");
+            response.put_slice(&body);
+            let size = (response.len() - 4) as i32;
+            response[..4].copy_from_slice(&size.to_be_bytes());
+            if stream.write_all(&response).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn body<M: Encodable>(message: M, version: i16) -> Bytes {
+        let mut buf = BytesMut::new();
+        message
+            .encode(&mut buf, version)
+            .expect("an encodable response");
+        buf.freeze()
+    }
+
+    /// Offset 0: an open transaction of producer id 9 (timestamp 1000);
+    /// offset 1: a plain record.
+    fn open_then_plain() -> Bytes {
+        let mut records = BytesMut::new();
+        records.put_slice(&encode(&TestBatch {
+            base_offset: 0,
+            producer_id: 9,
+            transactional: true,
+            control: false,
+            records: vec![(None, Some(br#"{"k":"a","s":0}"#), vec![])],
+        }));
+        records.put_slice(&encode(&TestBatch {
+            base_offset: 1,
+            producer_id: -1,
+            transactional: false,
+            control: false,
+            records: vec![(None, Some(br#"{"k":"a","s":1}"#), vec![])],
+        }));
+        records.freeze()
+    }
+
+    fn run(options: &AuditOptions) -> Result<AuditReport, ReadError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(audit(options))
+    }
+
+    #[test]
+    fn list_and_describe_transactions_name_the_open_transaction() {
+        let address = fake_broker("t", open_then_plain(), 2, true);
+        let options = AuditOptions {
+            transactional_id_prefix: Some("app-".to_owned()),
+            ..AuditOptions::new(address.clone(), "t")
+        };
+        let report = run(&options).expect("the audit runs");
+        let open = &report.partitions[0].open_transactions[0];
+        assert_eq!(open.first_record_timestamp_ms, Some(1_000));
+        assert_eq!(open.open_for_ms, Some(report.now_ms - 1_000));
+        assert_eq!(open.transactional_id.as_deref(), Some("app-1"));
+        assert_eq!(report.partitions[0].visible_records, 1);
+        let TransactionLookup::Listed {
+            transactions,
+            describe_note,
+            ..
+        } = &report.transactional_ids
+        else {
+            panic!("{:?}", report.transactional_ids);
+        };
+        let ids: Vec<&str> = transactions
+            .iter()
+            .map(|t| t.transactional_id.as_str())
+            .collect();
+        assert_eq!(ids, ["app-1", "app-3"]);
+        let app1 = &transactions[0];
+        assert_eq!(app1.producer_epoch, Some(4));
+        assert_eq!(app1.timeout_ms, Some(60_000));
+        assert_eq!(app1.partitions_in_topic, [0]);
+        assert_eq!(app1.open_in_log, [at(0, 0)]);
+        assert_eq!(app1.coordinator, address);
+        assert_eq!(transactions[1].state, "PrepareCommit");
+        assert!(
+            describe_note
+                .as_deref()
+                .is_some_and(|n| n.contains("'app-3'") && n.contains("error 15")),
+            "{describe_note:?}"
+        );
+        assert_eq!(report.findings.open_transactions, 2);
+    }
+
+    #[test]
+    fn a_broker_without_list_transactions_gets_a_note_not_an_error() {
+        let address = fake_broker("t", open_then_plain(), 2, false);
+        let options = AuditOptions {
+            transactional_id_prefix: Some("app-".to_owned()),
+            ..AuditOptions::new(address.clone(), "t")
+        };
+        let report = run(&options).expect("the audit runs");
+        assert_eq!(
+            report.transactional_ids,
+            TransactionLookup::Unsupported {
+                prefix: "app-".to_owned(),
+                reason: format!(
+                    "the broker at {address} does not list ListTransactions in its API versions"
+                ),
+            }
+        );
+        assert!(report.to_text(20).contains(
+            "the broker does not support ListTransactions; open transactions by producer id: 9 \
+             (partition 0 from offset 0, open for"
+        ));
+    }
+
+    #[test]
+    fn an_unknown_partition_is_a_read_error() {
+        let address = fake_broker("t", open_then_plain(), 2, false);
+        let options = AuditOptions {
+            partitions: vec![0, 3],
+            ..AuditOptions::new(address, "t")
+        };
+        let error = run(&options).expect_err("partition 3 does not exist");
+        assert_eq!(
+            error.to_string(),
+            "topic 't' has no partition 3 (it has 1 partitions)"
+        );
+    }
+}
