@@ -61,6 +61,9 @@ const READ_UNCOMMITTED: i8 = 0;
 /// The bytes the open-transaction probe fetches: the batch holding the
 /// first record comes back whole even when it is larger (KIP-74).
 const PROBE_FETCH_BYTES: i32 = 1024 * 1024;
+/// How long the probe's Fetch may wait on the broker for data. Tansu
+/// answers a Fetch with a zero wait without the partition.
+const PROBE_FETCH_MAX_WAIT_MS: i32 = 200;
 /// Transaction states (as ListTransactions names them) of a transaction
 /// that has begun and not completed.
 const OPEN_STATES: [&str; 4] = [
@@ -1283,7 +1286,7 @@ impl ClusterProbe {
             .map_err(|e| e.to_string())?;
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
+            .with_max_wait_ms(PROBE_FETCH_MAX_WAIT_MS)
             .with_min_bytes(1)
             .with_max_bytes(PROBE_FETCH_BYTES)
             .with_isolation_level(READ_UNCOMMITTED)
@@ -1584,7 +1587,7 @@ impl AuditReport {
             TransactionLookup::Unsupported { prefix, reason } => writeln!(
                 out,
                 "transactional ids with prefix '{prefix}': the broker does not support \
-                 ListTransactions; open transactions by producer id: {} ({reason})",
+                 ListTransactions; open transactions by producer id: {}\n  why: {reason}",
                 self.open_by_producer_id()
             ),
             TransactionLookup::Failed { prefix, error } => writeln!(

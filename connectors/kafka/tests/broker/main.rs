@@ -3,6 +3,7 @@
 //! when it does not answer: start it with `scripts/kafka-up`. The others
 //! talk to small fake brokers on the loopback interface.
 
+mod audit;
 mod common;
 mod errors;
 mod fake_broker;
