@@ -23,6 +23,7 @@
 //! Does not own reading partitions or the read_committed rule: those are
 //! [`CommittedReader`]'s and [`crate::visibility`]'s.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1198,20 +1199,30 @@ pub async fn audit(options: &AuditOptions) -> Result<AuditReport, ReadError> {
         return Ok(analyzer.finish(lookups));
     }
     match ClusterProbe::connect(&config, topic).await {
-        Ok(probe) => {
-            let mut notes = Vec::new();
-            for at in open {
+        Ok(mut probe) => {
+            for (index, &at) in open.iter().enumerate() {
                 match probe.first_record_timestamp(topic, at).await {
                     Ok(timestamp) => {
                         lookups
                             .first_record_timestamps
                             .insert((at.partition, at.offset), timestamp);
                     }
-                    Err(error) => notes.push(format!("{at}: {error}")),
+                    Err(error) => {
+                        // One failure is reason enough not to spend a
+                        // timeout on each of the others.
+                        let untried = open.len() - index - 1;
+                        lookups.open_age_note = Some(format!(
+                            "first record timestamps unreadable: {at}: {error}{}",
+                            if untried > 0 {
+                                format!(" ({untried} more not tried)")
+                            } else {
+                                String::new()
+                            }
+                        ));
+                        break;
+                    }
                 }
             }
-            lookups.open_age_note = (!notes.is_empty())
-                .then(|| format!("first record timestamps unreadable: {}", notes.join("; ")));
             if let Some(prefix) = &options.transactional_id_prefix {
                 lookups.transactions = probe.list_transactions(prefix, topic, lookups.now_ms).await;
             }
@@ -1234,12 +1245,13 @@ pub async fn audit(options: &AuditOptions) -> Result<AuditReport, ReadError> {
 }
 
 /// The look-ups beyond the committed reader: the cluster's brokers and the
-/// audited topic's partition leaders, from one Metadata request, and a new
-/// connection per question (there are few).
+/// audited topic's partition leaders, from one Metadata request, and one
+/// connection per broker, opened on first use and reopened after it broke.
 struct ClusterProbe {
     settings: ConnectionSettings,
     brokers: BTreeMap<i32, String>,
     leaders: BTreeMap<i32, i32>,
+    connections: BTreeMap<String, Connection>,
 }
 
 impl ClusterProbe {
@@ -1270,20 +1282,31 @@ impl ClusterProbe {
                 .flat_map(|t| &t.partitions)
                 .map(|p| (p.partition_index, p.leader_id.0))
                 .collect(),
+            connections: BTreeMap::new(),
+        })
+    }
+
+    async fn connection(&mut self, address: &str) -> Result<&mut Connection, ReadError> {
+        Ok(match self.connections.entry(address.to_owned()) {
+            Entry::Occupied(entry) if !entry.get().is_broken() => entry.into_mut(),
+            Entry::Occupied(mut entry) => {
+                entry.insert(Connection::open(address, &self.settings).await?);
+                entry.into_mut()
+            }
+            Entry::Vacant(entry) => entry.insert(Connection::open(address, &self.settings).await?),
         })
     }
 
     /// The timestamp of the record at `at`, from a READ_UNCOMMITTED Fetch
     /// at its offset on the partition's leader.
-    async fn first_record_timestamp(&self, topic: &str, at: Location) -> Result<i64, String> {
+    async fn first_record_timestamp(&mut self, topic: &str, at: Location) -> Result<i64, String> {
         let address = self
             .leaders
             .get(&at.partition)
             .and_then(|id| self.brokers.get(id))
+            .cloned()
             .ok_or_else(|| format!("no known leader for partition {}", at.partition))?;
-        let mut connection = Connection::open(address, &self.settings)
-            .await
-            .map_err(|e| e.to_string())?;
+        let connection = self.connection(&address).await.map_err(|e| e.to_string())?;
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(PROBE_FETCH_MAX_WAIT_MS)
@@ -1339,7 +1362,12 @@ impl ClusterProbe {
     /// ListTransactions on every broker (each lists the transactions it
     /// coordinates), then DescribeTransactions on the same broker for the
     /// open ones.
-    async fn list_transactions(&self, prefix: &str, topic: &str, now_ms: i64) -> TransactionLookup {
+    async fn list_transactions(
+        &mut self,
+        prefix: &str,
+        topic: &str,
+        now_ms: i64,
+    ) -> TransactionLookup {
         let failed = |error: String| TransactionLookup::Failed {
             prefix: prefix.to_owned(),
             error,
@@ -1349,8 +1377,9 @@ impl ClusterProbe {
         }
         let mut transactions = Vec::new();
         let mut describe_notes = Vec::new();
-        for address in self.brokers.values() {
-            let mut connection = match Connection::open(address, &self.settings).await {
+        let addresses: Vec<String> = self.brokers.values().cloned().collect();
+        for address in &addresses {
+            let connection = match self.connection(address).await {
                 Ok(connection) => connection,
                 Err(error) => return failed(error.to_string()),
             };
@@ -1368,7 +1397,8 @@ impl ClusterProbe {
                         prefix: prefix.to_owned(),
                         reason: if broker_max < 0 {
                             format!(
-                                "the broker at {address} does not list ListTransactions in its API versions"
+                                "the broker at {address} does not list ListTransactions in its \
+                                 API versions"
                             )
                         } else {
                             format!(
