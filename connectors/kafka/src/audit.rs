@@ -20,8 +20,8 @@
 //!   Kafka 3.0+), which brokers without those APIs turn into a note instead
 //!   of an error.
 //!
-//! Does not own reading partitions or the read_committed rule: those are
-//! [`CommittedReader`]'s and [`crate::visibility`]'s.
+//! Does not own reading partitions ([`CommittedReader`]) or the
+//! read_committed rule (`visibility.rs`).
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
