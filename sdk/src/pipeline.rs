@@ -233,6 +233,12 @@ impl JobHandle {
         self.metrics.snapshot()
     }
 
+    /// Whether the job has ended (finished, failed or stopped); [`join`](Self::join)
+    /// then returns at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the job gracefully: sources stop reading at a final
     /// checkpoint, which is committed; then the job ends. Started again with
     /// the same checkpoint directory, it resumes exactly there.

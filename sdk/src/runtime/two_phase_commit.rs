@@ -9,6 +9,13 @@
 //!
 //! Every sink call runs on the blocking pool through
 //! [`super::blocking::BlockingCalls`].
+//!
+//! After committing, a subtask records in checkpoint storage the checkpoint
+//! up to which it has committed (a commit marker). A restore does not commit
+//! again what a marker covers: between that commit and the restore, the
+//! sink may have reused the transaction's id (a Kafka producer id with a
+//! newer epoch), and committing the old handle would be refused as fenced
+//! although nothing was lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::fault::{FaultPoint, Faults};
 use crate::metrics::JobMetrics;
 use crate::sink::{SinkContext, TwoPhaseCommitSink};
+use crate::storage::CheckpointStorage;
 
 /// A sink's checkpointed state: the pre-committed transactions not yet
 /// known to be committed, by checkpoint id, and the open transaction.
@@ -30,6 +38,45 @@ use crate::sink::{SinkContext, TwoPhaseCommitSink};
 struct SinkState<T> {
     pending: Vec<(u64, T)>,
     current: Option<T>,
+}
+
+/// The commit markers of one sink stage in checkpoint storage.
+struct CommitMarkers {
+    storage: Option<Arc<dyn CheckpointStorage>>,
+    blocking: BlockingCalls,
+    stage: usize,
+}
+
+impl CommitMarkers {
+    /// The checkpoint up to which `subtask` committed, if recorded.
+    async fn read(self, subtask: usize) -> Result<Option<u64>> {
+        let Some(storage) = self.storage else {
+            return Ok(None);
+        };
+        let stage = self.stage;
+        self.blocking
+            .run("read commit marker", move || {
+                storage.read_commit_marker(stage, subtask)
+            })
+            .await
+            .map_err(Error::Runtime)?
+            .map_err(Error::from)
+    }
+
+    /// Records that `subtask` committed everything up to `checkpoint`.
+    async fn write(self, subtask: usize, checkpoint: u64) -> Result<()> {
+        let Some(storage) = self.storage else {
+            return Ok(());
+        };
+        let stage = self.stage;
+        self.blocking
+            .run("write commit marker", move || {
+                storage.write_commit_marker(stage, subtask, checkpoint)
+            })
+            .await
+            .map_err(Error::Runtime)?
+            .map_err(Error::from)
+    }
 }
 
 /// Drives one sink subtask through the two-phase-commit lifecycle.
@@ -40,8 +87,13 @@ pub(crate) struct TwoPhaseCommitDriver<S: TwoPhaseCommitSink> {
     ctx: SinkContext,
     current: Option<S::Transaction>,
     pending: BTreeMap<u64, S::Transaction>,
-    recovered: Vec<SinkState<S::Transaction>>,
+    /// The restored states of the old subtasks this one takes over, by old
+    /// subtask index.
+    recovered: Vec<(usize, SinkState<S::Transaction>)>,
     first_checkpoint: u64,
+    stage: usize,
+    subtask: usize,
+    storage: Option<Arc<dyn CheckpointStorage>>,
     blocking: BlockingCalls,
     faults: Faults,
     attempt: u32,
@@ -56,7 +108,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             restored_parallelism = Some(restored.subtasks.len());
             for (old, state) in restored.decode_all::<SinkState<S::Transaction>>(&id)? {
                 if old % env.ctx.parallelism == env.ctx.index {
-                    recovered.push(state);
+                    recovered.push((old, state));
                 }
             }
         }
@@ -73,6 +125,9 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             pending: BTreeMap::new(),
             recovered,
             first_checkpoint: env.link.first_checkpoint,
+            stage: env.stage,
+            subtask: env.ctx.index,
+            storage: env.link.storage.clone(),
             blocking: env.blocking.clone(),
             faults: env.faults.clone(),
             attempt: env.ctx.attempt,
@@ -153,8 +208,18 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
 
         let mut to_commit: Vec<(u64, S::Transaction)> = Vec::new();
         let mut to_abort = Vec::new();
-        for state in std::mem::take(&mut self.recovered) {
-            to_commit.extend(state.pending);
+        let recovered = std::mem::take(&mut self.recovered);
+        let olds: Vec<usize> = recovered.iter().map(|(old, _)| *old).collect();
+        for (old, state) in recovered {
+            // Transactions the old subtask is known to have committed are
+            // not committed again: their ids may have been reused since.
+            let committed = self.marker().read(old).await?;
+            to_commit.extend(
+                state
+                    .pending
+                    .into_iter()
+                    .filter(|(checkpoint, _)| committed.is_none_or(|up_to| *checkpoint > up_to)),
+            );
             to_abort.extend(state.current);
         }
         to_commit.sort_by_key(|(checkpoint, _)| *checkpoint);
@@ -173,6 +238,11 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             self.call("recover and abort", move |s| s.recover_and_abort(txn))
                 .await?
                 .map_err(self.failed("recover and abort"))?;
+        }
+        if let Some(restored) = self.ctx.restored_checkpoint {
+            for old in olds {
+                self.marker().write(old, restored).await?;
+            }
         }
         self.begin(self.first_checkpoint).await
     }
@@ -221,7 +291,16 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         Ok(())
     }
 
+    fn marker(&self) -> CommitMarkers {
+        CommitMarkers {
+            storage: self.storage.clone(),
+            blocking: self.blocking.clone(),
+            stage: self.stage,
+        }
+    }
+
     async fn commit_up_to(&mut self, completed: u64) -> Result<()> {
+        let mut committed = None;
         while let Some((&checkpoint, txn)) = self.pending.first_key_value() {
             if checkpoint > completed {
                 break;
@@ -235,6 +314,10 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             self.pending.remove(&checkpoint);
             JobMetrics::add(&self.metrics.transactions_committed, 1);
             self.fault(FaultPoint::AfterSinkCommit { checkpoint })?;
+            committed = Some(checkpoint);
+        }
+        if let Some(checkpoint) = committed {
+            self.marker().write(self.subtask, checkpoint).await?;
         }
         Ok(())
     }
@@ -278,28 +361,25 @@ impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
+mod tests_support {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::codec::Codec;
-    use crate::runtime::chain::RestoredStage;
 
     /// A sink that logs every call; a transaction is the checkpoint id it
     /// was begun for.
     #[derive(Clone, Default)]
-    struct Recorder {
-        log: Arc<Mutex<Vec<String>>>,
-        failing_commits: Arc<AtomicU32>,
+    pub(super) struct Recorder {
+        pub(super) log: Arc<Mutex<Vec<String>>>,
+        pub(super) failing_commits: Arc<AtomicU32>,
     }
 
     impl Recorder {
         fn note(&self, entry: String) {
             self.log.lock().unwrap().push(entry);
         }
-        fn take(&self) -> Vec<String> {
+        pub(super) fn take(&self) -> Vec<String> {
             std::mem::take(&mut *self.log.lock().unwrap())
         }
     }
@@ -345,6 +425,17 @@ mod tests {
             Ok(())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::Ordering;
+
+    use super::tests_support::Recorder;
+    use super::*;
+    use crate::codec::Codec;
+    use crate::runtime::chain::RestoredStage;
 
     async fn barrier(driver: &mut TwoPhaseCommitDriver<Recorder>, id: u64) -> SnapshotWriter {
         let mut snapshot = SnapshotWriter::new(Codec::Bincode);
@@ -460,6 +551,57 @@ mod tests {
                 "recover-abort 3",
                 "begin 4"
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use std::collections::HashMap;
+
+    use super::tests_support::Recorder;
+    use super::*;
+    use crate::codec::Codec;
+    use crate::runtime::chain::RestoredStage;
+    use crate::storage::LocalStorage;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_does_not_commit_again_what_a_commit_marker_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
+        let sink = Recorder::default();
+        let mut env = SubtaskEnv::for_tests(None, 1);
+        env.link.storage = Some(Arc::clone(&storage));
+        let mut driver =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        driver.open().await.unwrap();
+        let mut snapshot = SnapshotWriter::new(Codec::Bincode);
+        driver
+            .barrier(Barrier { checkpoint_id: 1 }, &mut snapshot)
+            .await
+            .unwrap();
+        driver.checkpoint_complete(1).await.unwrap();
+        assert_eq!(storage.read_commit_marker(0, 0).unwrap(), Some(1));
+        sink.take();
+
+        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
+            .entries
+            .into_iter()
+            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
+            .collect();
+        let restored = Arc::new(RestoredStage {
+            checkpoint_id: 1,
+            subtasks: vec![entries],
+        });
+        let mut env = SubtaskEnv::for_tests(Some(restored), 3);
+        env.link.storage = Some(storage);
+        let mut recovered =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        recovered.open().await.unwrap();
+        assert_eq!(
+            sink.take(),
+            ["recover-abort 2", "begin 3"],
+            "transaction 1 was committed twice"
         );
     }
 }

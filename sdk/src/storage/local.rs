@@ -1,7 +1,8 @@
 //! [`LocalStorage`]: checkpoints in a local directory.
 //!
 //! Layout: `<root>/chk-<id>/<stage>-<subtask>.state` for task states and
-//! `<root>/chk-<id>/_metadata`, written last. Every file is written to a
+//! `<root>/chk-<id>/_metadata`, written last; `<root>/commits/<stage>-<subtask>`
+//! holds the checkpoint up to which a sink subtask has committed. Every file is written to a
 //! temporary name, fsynced, renamed into place, and its directory fsynced, so
 //! a crash leaves either the old state or the new one, never half a file.
 
@@ -215,6 +216,40 @@ impl CheckpointStorage for LocalStorage {
         Ok(())
     }
 
+    fn write_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+        checkpoint_id: u64,
+    ) -> Result<(), StorageError> {
+        let dir = self.root.join("commits");
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        write_atomically(
+            &dir.join(format!("{stage}-{subtask}")),
+            format!("{checkpoint_id}\n").as_bytes(),
+        )
+    }
+
+    fn read_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+    ) -> Result<Option<u64>, StorageError> {
+        let path = self.root.join("commits").join(format!("{stage}-{subtask}"));
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| StorageError::Corrupt {
+                    path,
+                    reason: format!("expected a checkpoint id, found {text:?}"),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
     fn export_savepoint(
         &self,
         checkpoint: &CompletedCheckpoint,
@@ -346,6 +381,20 @@ mod tests {
         let err = storage.latest().unwrap_err().to_string();
         assert!(err.contains("chk-0000000003/_metadata"), "{err}");
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn commit_markers_round_trip_and_corruption_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        assert_eq!(storage.read_commit_marker(1, 0).unwrap(), None);
+        storage.write_commit_marker(1, 0, 7).unwrap();
+        storage.write_commit_marker(1, 0, 9).unwrap();
+        assert_eq!(storage.read_commit_marker(1, 0).unwrap(), Some(9));
+        assert_eq!(storage.read_commit_marker(1, 1).unwrap(), None);
+        fs::write(dir.path().join("commits/1-0"), "nine").unwrap();
+        let err = storage.read_commit_marker(1, 0).unwrap_err().to_string();
+        assert!(err.contains("commits/1-0") && err.contains("nine"), "{err}");
     }
 
     #[test]

@@ -153,6 +153,22 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// incomplete ones older than the newest complete checkpoint.
     fn retain(&self, keep: usize) -> Result<(), StorageError>;
 
+    /// Records that subtask `subtask` of stage `stage` has committed every
+    /// sink transaction of checkpoint `checkpoint_id` and earlier. Written
+    /// after the commits, so a crash before it only means that a restore
+    /// commits those transactions again (commits are idempotent).
+    fn write_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+        checkpoint_id: u64,
+    ) -> Result<(), StorageError>;
+
+    /// The checkpoint up to which subtask `subtask` of stage `stage` is
+    /// known to have committed its sink transactions, if recorded.
+    fn read_commit_marker(&self, stage: usize, subtask: usize)
+    -> Result<Option<u64>, StorageError>;
+
     /// Copies complete checkpoint `checkpoint` to `target`, a directory that
     /// must not exist yet, as a self-contained savepoint. Storage never
     /// deletes a savepoint.
