@@ -5,6 +5,7 @@
 
 mod audit;
 mod common;
+mod crash_harness;
 mod errors;
 mod fake_broker;
 mod read_committed;
