@@ -28,7 +28,7 @@ mod preflight;
 mod producer;
 mod recovery;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,8 +102,10 @@ pub struct KafkaTransaction {
     pub records: u64,
     /// The topic written.
     pub topic: String,
-    /// The partitions written.
-    pub partitions: BTreeSet<i32>,
+    /// The partitions written, with the offset of the transaction's first
+    /// record in each (recovery reads the log there to learn the
+    /// transaction's fate when the broker's answer is ambiguous).
+    pub partitions: BTreeMap<i32, i64>,
 }
 
 impl fmt::Display for KafkaTransaction {
@@ -117,7 +119,7 @@ impl fmt::Display for KafkaTransaction {
             self.checkpoint,
             self.records,
             self.topic,
-            self.partitions
+            self.partitions.keys().collect::<Vec<_>>()
         )
     }
 }
@@ -440,7 +442,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             checkpoint: checkpoint_id,
             records: 0,
             topic: self.topic.clone(),
-            partitions: BTreeSet::new(),
+            partitions: BTreeMap::new(),
         };
         if self.guarantee != DeliveryGuarantee::ExactlyOnce {
             return Ok(transaction);
@@ -502,7 +504,10 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             .flush()
             .map_err(|e| failed("flushing", Some(transaction), e))?;
         let deliveries = producer.take_deliveries();
-        transaction.partitions.extend(deliveries.partitions);
+        for (partition, offset) in deliveries.first_offsets {
+            let first = transaction.partitions.entry(partition).or_insert(offset);
+            *first = (*first).min(offset);
+        }
         if deliveries.errors > 0 {
             return Err(failed(
                 "pre-commit",

@@ -7,7 +7,7 @@
 //! statistics (`eos` block). Does not own when transactions begin or end:
 //! that is the sink. Every method blocks; callers run on the blocking pool.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,8 @@ use crate::client::ClientSettings;
 pub(crate) struct Deliveries {
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
-    pub(crate) partitions: BTreeSet<i32>,
+    /// The lowest offset delivered, per partition.
+    pub(crate) first_offsets: BTreeMap<i32, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -56,9 +57,14 @@ impl ProducerContext for Tracker {
         let mut seen = self.seen.lock().expect("tracker poisoned");
         match result {
             Ok(message) => {
-                seen.deliveries
-                    .partitions
-                    .insert(rdkafka::Message::partition(message));
+                let partition = rdkafka::Message::partition(message);
+                let offset = rdkafka::Message::offset(message);
+                let first = seen
+                    .deliveries
+                    .first_offsets
+                    .entry(partition)
+                    .or_insert(offset);
+                *first = (*first).min(offset);
             }
             Err((error, _)) => {
                 seen.deliveries.errors += 1;

@@ -6,9 +6,20 @@
 //! checkpoint stores the transactional id, producer id and epoch of every
 //! pre-committed transaction, so recovery finds the transaction coordinator
 //! (`FindCoordinator`) and sends `EndTxn(commit)` for that triple itself,
-//! over the Kafka protocol. A commit the broker refuses is returned as an
-//! error naming the transaction; it is never dropped.
+//! over the Kafka protocol.
+//!
+//! Every answer is classified by [`decide`]: success; a transient error,
+//! retried; or an answer that says the stored epoch no longer holds (fenced,
+//! invalid state, unknown producer, or the connection closed, which is how
+//! the test broker answers a stale epoch). That last kind is ambiguous: the
+//! transaction may have been committed before its id was reused, or aborted
+//! by its timeout. Recovery then reads the partitions it wrote, from the
+//! first offsets the checkpoint recorded, applies read_committed itself, and
+//! decides with [`fate`]: committed is done; aborted means its records are
+//! lost, which is reported as such, with the checkpoint and partitions. It
+//! is never dropped.
 
+use std::fmt;
 use std::time::Duration;
 
 use kafka_protocol::messages::{
@@ -18,8 +29,13 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::KafkaTransaction;
 use crate::client::ClientSettings;
+use crate::committed_reader::{CommittedReader, ReaderConfig};
 use crate::connection::{Connection, ConnectionSettings, error_name};
 use crate::error::ReadError;
+use crate::visibility::PartitionLog;
+
+/// Attempts after a transient answer.
+const RETRIES: u32 = 5;
 
 /// Why a pre-committed transaction could not be committed on recovery.
 #[derive(Debug, thiserror::Error)]
@@ -34,18 +50,28 @@ pub enum RecoveryError {
         #[source]
         source: ReadError,
     },
-    /// The broker refused the commit: the records may be lost.
+    /// The broker refused the commit, and the log does not show the
+    /// transaction committed.
     #[error(
-        "committing {transaction} on recovery: the broker answered {error} ({code}); \
-         if the transaction was aborted (for example by transaction.timeout.ms while the job was down), its records are LOST"
+        "committing {transaction} on recovery: the broker answered {answer}; its records are not visible"
     )]
     Refused {
         /// The transaction.
         transaction: String,
-        /// The error name.
-        error: String,
-        /// The error code.
-        code: i16,
+        /// What the broker answered, and what the log showed.
+        answer: String,
+    },
+    /// The broker aborted the transaction: its records are lost.
+    #[error(
+        "the records of {transaction} are LOST: {reason}. The broker aborted the transaction, for example because \
+         transaction.timeout.ms expired while the job was down; raise the sink's transaction timeout (and the broker's \
+         transaction.max.timeout.ms) above the longest outage you must survive"
+    )]
+    Lost {
+        /// The transaction.
+        transaction: String,
+        /// What the broker and the log said.
+        reason: String,
     },
     /// The transaction handle lacks the producer id or epoch.
     #[error(
@@ -57,6 +83,89 @@ pub enum RecoveryError {
     },
 }
 
+/// What the coordinator answered to `EndTxn(commit)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// An error code (0 for success).
+    Code(i16),
+    /// The broker closed the connection instead of answering.
+    ConnectionClosed,
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Code(code) => write!(f, "{} ({code})", error_name(*code)),
+            Answer::ConnectionClosed => f.write_str("nothing (it closed the connection)"),
+        }
+    }
+}
+
+/// What to do about an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The transaction is committed.
+    Committed,
+    /// A transient condition: ask again.
+    Retry,
+    /// The stored epoch no longer holds: the log must say what happened.
+    CheckLog,
+    /// An answer that no retry or log can turn into a commit.
+    Refused,
+}
+
+/// Classifies an `EndTxn(commit)` answer (Kafka error codes).
+pub(crate) fn decide(answer: Answer) -> Decision {
+    match answer {
+        Answer::Code(0) => Decision::Committed,
+        // REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS,
+        // COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, CONCURRENT_TRANSACTIONS.
+        Answer::Code(7 | 14 | 15 | 16 | 51) => Decision::Retry,
+        // INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE,
+        // INVALID_PRODUCER_ID_MAPPING, UNKNOWN_PRODUCER_ID, PRODUCER_FENCED,
+        // TRANSACTIONAL_ID_NOT_FOUND: the epoch was bumped, or the
+        // transaction ended (committed or aborted) and was forgotten.
+        Answer::Code(47 | 48 | 49 | 59 | 90 | 105) | Answer::ConnectionClosed => Decision::CheckLog,
+        Answer::Code(_) => Decision::Refused,
+    }
+}
+
+/// What the log says happened to a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Its records are visible under read_committed.
+    Committed,
+    /// Its records were aborted.
+    Aborted,
+    /// It is still open.
+    Open,
+}
+
+/// The fate of `transaction` in the logs of the partitions it wrote: its
+/// first record in every partition is visible (committed), or inside an
+/// open transaction of its producer (open), or neither (aborted).
+pub(crate) fn fate(transaction: &KafkaTransaction, logs: &[PartitionLog]) -> Fate {
+    let mut open = false;
+    for (partition, first) in &transaction.partitions {
+        let Some(log) = logs.iter().find(|l| l.partition == *partition) else {
+            return Fate::Aborted;
+        };
+        if log.records.iter().any(|r| r.offset == *first) {
+            continue;
+        }
+        if log
+            .open_transactions
+            .iter()
+            .any(|t| t.producer_id == transaction.producer_id && t.first_offset <= *first)
+        {
+            open = true;
+            continue;
+        }
+        return Fate::Aborted;
+    }
+    if open { Fate::Open } else { Fate::Committed }
+}
+
 fn connection_settings(settings: &ClientSettings) -> ConnectionSettings {
     ConnectionSettings {
         connect_timeout: settings.timeout.min(Duration::from_secs(10)),
@@ -65,21 +174,85 @@ fn connection_settings(settings: &ClientSettings) -> ConnectionSettings {
     }
 }
 
-/// Sends `EndTxn(commit)` for `transaction` to its coordinator. Blocks.
+/// Sends `EndTxn(commit)` for the transaction to its coordinator.
+async fn end_transaction(
+    bootstrap: &str,
+    settings: &ConnectionSettings,
+    id: &str,
+    transaction: &KafkaTransaction,
+) -> Result<Answer, ReadError> {
+    let mut connection = Connection::open(bootstrap, settings).await?;
+    // Versions 1 to 3 take one key (version 4 moved to a list).
+    let find = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(id.to_owned()))
+        .with_key_type(1);
+    let (found, _) = connection.request(&find, 1, 3).await?;
+    if found.error_code != 0 {
+        return Ok(Answer::Code(found.error_code));
+    }
+    let mut coordinator =
+        Connection::open(&format!("{}:{}", found.host, found.port), settings).await?;
+    let end = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(StrBytes::from_string(id.to_owned())))
+        .with_producer_id(ProducerId(transaction.producer_id))
+        .with_producer_epoch(transaction.epoch)
+        .with_committed(true);
+    match coordinator.request(&end, 0, 4).await {
+        Ok((response, _)) => Ok(Answer::Code(response.error_code)),
+        Err(ReadError::Io { .. }) => Ok(Answer::ConnectionClosed),
+        Err(other) => Err(other),
+    }
+}
+
+/// Reads every partition the transaction wrote.
+async fn read_partitions(
+    bootstrap: &str,
+    transaction: &KafkaTransaction,
+) -> Result<Vec<PartitionLog>, ReadError> {
+    let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+    let mut logs = Vec::new();
+    for partition in transaction.partitions.keys() {
+        logs.push(
+            reader
+                .read_partition(&transaction.topic, *partition)
+                .await?,
+        );
+    }
+    Ok(logs)
+}
+
+/// Runs `work` to completion from blocking code.
+fn block_on<T>(
+    work: impl std::future::Future<Output = Result<T, ReadError>>,
+) -> Result<T, ReadError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.block_on(work),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| ReadError::Io {
+                address: "local".to_owned(),
+                api: "runtime",
+                source,
+            })?
+            .block_on(work),
+    }
+}
+
+/// Commits `transaction` on recovery. Blocks.
 pub(super) fn commit(
     settings: &ClientSettings,
     transaction: &KafkaTransaction,
 ) -> Result<(), RecoveryError> {
+    let name = transaction.to_string();
     let (Some(id), true) = (
         &transaction.transactional_id,
         transaction.producer_id >= 0 && transaction.epoch >= 0,
     ) else {
-        return Err(RecoveryError::Incomplete {
-            transaction: transaction.to_string(),
-        });
+        return Err(RecoveryError::Incomplete { transaction: name });
     };
     let connection_error = |source| RecoveryError::Connection {
-        transaction: transaction.to_string(),
+        transaction: name.clone(),
         source,
     };
     let bootstrap = settings
@@ -90,60 +263,147 @@ pub(super) fn commit(
         .trim()
         .to_owned();
     let conn_settings = connection_settings(settings);
-    let work = async {
-        let mut connection = Connection::open(&bootstrap, &conn_settings)
-            .await
+    let mut attempt = 0;
+    loop {
+        let answer = block_on(end_transaction(&bootstrap, &conn_settings, id, transaction))
             .map_err(connection_error)?;
-        // Versions 1 to 3 take one key (version 4 moved to a list).
-        let find = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(id.clone()))
-            .with_key_type(1);
-        let (found, _) = connection
-            .request(&find, 1, 3)
-            .await
-            .map_err(connection_error)?;
-        let (code, host, port) = (found.error_code, found.host.to_string(), found.port);
-        if code != 0 {
-            return Err(RecoveryError::Refused {
-                transaction: transaction.to_string(),
-                error: format!("FindCoordinator: {}", error_name(code)),
-                code,
-            });
+        match decide(answer) {
+            Decision::Committed => return Ok(()),
+            Decision::Retry if attempt < RETRIES => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            }
+            Decision::Retry | Decision::Refused => {
+                return Err(RecoveryError::Refused {
+                    transaction: name,
+                    answer: answer.to_string(),
+                });
+            }
+            Decision::CheckLog => {
+                let logs =
+                    block_on(read_partitions(&bootstrap, transaction)).map_err(connection_error)?;
+                return match fate(transaction, &logs) {
+                    Fate::Committed => {
+                        tracing::info!(transaction = %name, %answer, "the transaction was already committed");
+                        Ok(())
+                    }
+                    Fate::Aborted => Err(RecoveryError::Lost {
+                        reason: format!(
+                            "the broker answered {answer}, and the log shows the transaction aborted"
+                        ),
+                        transaction: name,
+                    }),
+                    Fate::Open => Err(RecoveryError::Refused {
+                        answer: format!("{answer}, and the log shows the transaction still open"),
+                        transaction: name,
+                    }),
+                };
+            }
         }
-        let mut coordinator = Connection::open(&format!("{host}:{port}"), &conn_settings)
-            .await
-            .map_err(connection_error)?;
-        let end = EndTxnRequest::default()
-            .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
-            .with_producer_id(ProducerId(transaction.producer_id))
-            .with_producer_epoch(transaction.epoch)
-            .with_committed(true);
-        let (answer, _) = coordinator
-            .request(&end, 0, 4)
-            .await
-            .map_err(connection_error)?;
-        match answer.error_code {
-            0 => Ok(()),
-            code => Err(RecoveryError::Refused {
-                transaction: transaction.to_string(),
-                error: format!("EndTxn: {}", error_name(code)),
-                code,
-            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::visibility::{OpenTransaction, VisibleRecord};
+
+    #[test]
+    fn every_answer_the_broker_can_give_is_classified() {
+        assert_eq!(decide(Answer::Code(0)), Decision::Committed);
+        for transient in [7, 14, 15, 16, 51] {
+            assert_eq!(
+                decide(Answer::Code(transient)),
+                Decision::Retry,
+                "code {transient}"
+            );
         }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.block_on(work),
-        Err(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RecoveryError::Connection {
-                transaction: transaction.to_string(),
-                source: ReadError::Io {
-                    address: bootstrap.clone(),
-                    api: "runtime",
-                    source: e,
-                },
-            })?
-            .block_on(work),
+        for ambiguous in [47, 48, 49, 59, 90, 105] {
+            assert_eq!(
+                decide(Answer::Code(ambiguous)),
+                Decision::CheckLog,
+                "code {ambiguous}"
+            );
+        }
+        assert_eq!(decide(Answer::ConnectionClosed), Decision::CheckLog);
+        for fatal in [35, 53, 87, -1] {
+            assert_eq!(
+                decide(Answer::Code(fatal)),
+                Decision::Refused,
+                "code {fatal}"
+            );
+        }
+        assert_eq!(
+            Answer::Code(90).to_string(),
+            format!("{} (90)", error_name(90))
+        );
+    }
+
+    fn transaction(partitions: &[(i32, i64)]) -> KafkaTransaction {
+        KafkaTransaction {
+            transactional_id: Some("p-0-1".into()),
+            slot: 1,
+            producer_id: 7,
+            epoch: 2,
+            checkpoint: 4,
+            records: 10,
+            topic: "out".into(),
+            partitions: partitions.iter().copied().collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn log(partition: i32, visible: &[i64], open: Option<(i64, i64)>) -> PartitionLog {
+        PartitionLog {
+            topic: "out".into(),
+            partition,
+            log_start_offset: 0,
+            high_watermark: 100,
+            last_stable_offset: open.map_or(100, |(_, first)| first),
+            broker_last_stable_offset: -1,
+            records: visible
+                .iter()
+                .map(|&offset| VisibleRecord {
+                    offset,
+                    key: None,
+                    value: Some(Bytes::from_static(b"v")),
+                    headers: Vec::new(),
+                    timestamp: 0,
+                    producer_id: 7,
+                    transactional: true,
+                })
+                .collect(),
+            producers: BTreeMap::new(),
+            open_transactions: open
+                .map(|(producer_id, first_offset)| OpenTransaction {
+                    producer_id,
+                    producer_epoch: 2,
+                    first_offset,
+                    records: 3,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_log_tells_committed_aborted_and_open_apart() {
+        let txn = transaction(&[(0, 10), (1, 4)]);
+        let committed = [log(0, &[10, 11], None), log(1, &[4], None)];
+        assert_eq!(fate(&txn, &committed), Fate::Committed);
+        let aborted_in_one = [log(0, &[10, 11], None), log(1, &[], None)];
+        assert_eq!(fate(&txn, &aborted_in_one), Fate::Aborted);
+        let open = [log(0, &[10], None), log(1, &[], Some((7, 4)))];
+        assert_eq!(fate(&txn, &open), Fate::Open);
+        let someone_elses_open = [log(0, &[10], None), log(1, &[], Some((8, 4)))];
+        assert_eq!(fate(&txn, &someone_elses_open), Fate::Aborted);
+        assert_eq!(
+            fate(&txn, &[log(0, &[10], None)]),
+            Fate::Aborted,
+            "a partition that cannot be read"
+        );
     }
 }
