@@ -6,7 +6,12 @@
 //! | [`source`] | [`source::KafkaSource`]: explicit partition assignment, per-partition offsets in checkpoints (rescalable), earliest for partitions the checkpoint does not know, partition discovery, read_committed by default, group commits for monitoring only |
 //! | [`deserialize`] | value deserializers (bytes, UTF-8, JSON, closures) and what to do with a record that does not deserialize (fail, skip, dead-letter) |
 //! | [`client`] | how to reach a cluster, and the topic checks at start |
-//! | [`CommittedReader`] | reads partitions raw over the Kafka protocol and applies the read_committed rule (KIP-98) itself: the oracle of the tests, and the audit tool to come |
+//! | [`CommittedReader`] | reads partitions raw over the Kafka protocol and applies the read_committed rule (KIP-98) itself: the oracle of the tests and of the audit |
+//! | [`audit`] | the `exactly-audit` report: transactions, visibility, duplicates, gaps, stuck last stable offsets |
+//!
+//! Binaries: `exactly-audit` (check a topic of an exactly-once deployment)
+//! and `exactly-crash-harness` (kill the exactly-once pipeline at every
+//! phase of the checkpoint protocol and check its output).
 //!
 //! The committed reader trusts no broker-side transaction bookkeeping, so it
 //! gives the right answer even against brokers that list no aborted

@@ -13,7 +13,9 @@
 //!   for its commit (Flink keeps a pool of 5 for the same reason);
 //! - pre-commit (at the barrier) flushes and fails on any delivery error;
 //! - commit happens when the checkpoint is complete; a failed commit fails
-//!   the job, naming the transactional id, checkpoint and partitions;
+//!   the job, naming the transactional id, checkpoint and partitions; the
+//!   restarted attempt clones the sink from its prototype, so a producer
+//!   left in a fatal state is never reused;
 //! - a transaction with no records is aborted instead of committed
 //!   (FLINK-31363);
 //! - before its first transaction (on a fresh start, and after recovery on a
@@ -388,16 +390,6 @@ impl<T> KafkaSink<T> {
         Ok(self.plain.as_ref().expect("created above"))
     }
 
-    /// Drops a producer after a fatal error, so that it is recreated.
-    fn forget(&mut self, slot: usize, error: &rdkafka::error::KafkaError) {
-        if let rdkafka::error::KafkaError::Transaction(e) = error
-            && e.is_fatal()
-            && let Some(entry) = self.slots.get_mut(slot)
-        {
-            *entry = None;
-        }
-    }
-
     fn producer_for(&mut self, transaction: &KafkaTransaction) -> Result<&SinkProducer, BoxError> {
         if transaction.transactional_id.is_some() {
             self.slots
@@ -544,7 +536,6 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             producer.commit_transaction()
         };
         if let Err(error) = result {
-            self.forget(transaction.slot, &error);
             return Err(failed("commit", Some(&transaction), error));
         }
         self.busy.remove(&transaction.slot);
@@ -557,7 +548,6 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         }
         let producer = self.producer_for(&transaction)?;
         if let Err(error) = producer.abort_transaction() {
-            self.forget(transaction.slot, &error);
             return Err(failed("abort", Some(&transaction), error));
         }
         self.busy.remove(&transaction.slot);

@@ -388,3 +388,51 @@ fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
         assert_eq!(visible(&broker, &topic), expected, "{guarantee:?}");
     }
 }
+
+/// librdkafka's in-process mock cluster stands in for a broker that fences
+/// the producer on commit (the test broker never answers with a fatal
+/// error): the commit fails naming the transaction, and the fresh sink a
+/// restart builds gets new producers, whose transactions work. The mock
+/// cluster checks no exactly-once property here, only the error handling.
+#[test]
+fn a_fatal_producer_error_fails_the_commit_and_the_producer_is_recreated() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("fenced", 1, 1).unwrap();
+    let settings = ClientSettings {
+        timeout: Duration::from_secs(10),
+        ..ClientSettings::new(cluster.bootstrap_servers())
+    };
+    let mut sink = KafkaSink::builder(settings, "fenced", |v: &String| {
+        OutputRecord::value(v.clone())
+    })
+    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    .transactional_id_prefix("mock")
+    .producer_pool_size(1)
+    .build()
+    .unwrap();
+    sink.open(&context(None)).unwrap();
+    let mut txn = sink.begin_transaction(1).unwrap();
+    sink.write(&mut txn, records(3, "f")).unwrap();
+    sink.pre_commit(&mut txn).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    let err = sink.commit(txn).unwrap_err().to_string();
+    assert!(
+        err.contains("commit of transaction `mock-0-0`") && err.contains("of checkpoint 1"),
+        "{err}"
+    );
+
+    // The failed commit fails the job attempt; the restart clones the sink
+    // from its prototype, without the dead producer.
+    let mut restarted = sink.clone();
+    restarted.open(&context(Some(1))).unwrap();
+    let mut next = restarted.begin_transaction(2).unwrap();
+    restarted.write(&mut next, records(2, "g")).unwrap();
+    restarted.pre_commit(&mut next).unwrap();
+    restarted.commit(next).unwrap();
+}
