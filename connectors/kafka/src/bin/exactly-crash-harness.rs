@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use exactly::fault::{FaultEvent, FaultHook};
+use exactly::fault::{FaultEvent, FaultHook, FaultPoint};
 use exactly::prelude::*;
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use exactly_kafka::deserialize::Utf8;
@@ -44,18 +44,18 @@ const KEYS: u64 = 16;
 /// The environment variable that makes the child abort at a phase:
 /// `<fault point name>:<occurrence>`, or `during-sink-commit:<occurrence>`.
 const CRASH_AT: &str = "EXACTLY_CRASH_AT";
-/// Targeted phases; each is hit at least twice.
-const PHASES: [&str; 9] = [
-    "checkpoint-triggered",
-    "during-alignment",
-    "after-pre-commit",
-    "before-checkpoint-complete",
-    "after-checkpoint-complete",
-    "before-sink-commit",
-    "during-sink-commit",
-    "after-sink-commit",
-    "during-recovery",
-];
+/// Targeted phases, each hit at least twice: the SDK's fault points, plus
+/// `during-sink-commit` (the commit is sent, the process dies before the
+/// answer).
+fn phases() -> Vec<&'static str> {
+    let mut phases = FaultPoint::NAMES.to_vec();
+    let at = phases
+        .iter()
+        .position(|p| *p == "before-sink-commit")
+        .map_or(phases.len(), |i| i + 1);
+    phases.insert(at, "during-sink-commit");
+    phases
+}
 
 /// The per-key state: how many records of the key were seen.
 #[state]
@@ -365,9 +365,10 @@ fn main() -> ExitCode {
     let mut kills = 0u64;
     let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
     // Every phase twice, then random SIGKILLs.
-    let mut plan: Vec<Option<&str>> = PHASES
+    let phases = phases();
+    let mut plan: Vec<Option<&str>> = phases
         .iter()
-        .chain(PHASES.iter())
+        .chain(phases.iter())
         .map(|p| Some(*p))
         .collect();
     while (plan.len() as u64) < cycles {
@@ -469,7 +470,7 @@ fn main() -> ExitCode {
     println!(
         "crash-harness: {kills} kills, {records} records, {lost} lost, {duplicated} duplicated"
     );
-    let missing_phases: Vec<&str> = PHASES
+    let missing_phases: Vec<&str> = phases
         .iter()
         .copied()
         .filter(|p| by_phase.get(p).copied().unwrap_or(0) < 2)
