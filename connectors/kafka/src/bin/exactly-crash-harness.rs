@@ -46,14 +46,25 @@ const KEYS: u64 = 16;
 const CRASH_AT: &str = "EXACTLY_CRASH_AT";
 /// Targeted phases, each hit at least twice: the SDK's fault points, plus
 /// `during-sink-commit` (the commit is sent, the process dies before the
-/// answer).
+/// answer). `during-recovery` follows `after-checkpoint-complete`, which
+/// leaves a complete checkpoint with an uncommitted transaction for the
+/// next process to recover.
 fn phases() -> Vec<&'static str> {
-    let mut phases = FaultPoint::NAMES.to_vec();
-    let at = phases
+    let mut phases: Vec<&'static str> = FaultPoint::NAMES
         .iter()
-        .position(|p| *p == "before-sink-commit")
-        .map_or(phases.len(), |i| i + 1);
+        .copied()
+        .filter(|p| *p != "during-recovery")
+        .collect();
+    let after = |phases: &Vec<&str>, name: &str| {
+        phases
+            .iter()
+            .position(|p| *p == name)
+            .map_or(phases.len(), |i| i + 1)
+    };
+    let at = after(&phases, "before-sink-commit");
     phases.insert(at, "during-sink-commit");
+    let at = after(&phases, "after-checkpoint-complete");
+    phases.insert(at, "during-recovery");
     phases
 }
 
@@ -405,6 +416,10 @@ fn main() -> ExitCode {
                     *tries += 1;
                     if *tries <= 3 {
                         plan.push_front(Some(name));
+                        if name == "during-recovery" {
+                            // Leave something to recover first.
+                            plan.push_front(Some("after-checkpoint-complete"));
+                        }
                     }
                     match missed {
                         Some(_) => format!("finished before reaching {name}"),

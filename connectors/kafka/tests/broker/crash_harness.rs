@@ -10,7 +10,7 @@ use crate::common::broker;
 fn the_pipeline_survives_thirty_kills_without_loss_or_duplicates() {
     let broker = broker();
     let output = Command::new(env!("CARGO_BIN_EXE_exactly-crash-harness"))
-        .args(["--cycles", "32", "--records", "20000"])
+        .args(["--cycles", "32", "--records", "40000"])
         .env("EXACTLY_KAFKA_BOOTSTRAP", &broker)
         .output()
         .expect("the crash harness runs");
@@ -28,7 +28,7 @@ fn the_pipeline_survives_thirty_kills_without_loss_or_duplicates() {
         .unwrap_or_else(|| panic!("no result line:\n{stdout}"));
     eprintln!("{result}");
     assert!(
-        result.ends_with("20000 records, 0 lost, 0 duplicated"),
+        result.ends_with("40000 records, 0 lost, 0 duplicated"),
         "{result}"
     );
     let kills: u64 = result
