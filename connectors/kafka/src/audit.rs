@@ -28,17 +28,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, DescribeTransactionsRequest, FetchRequest, ListTransactionsRequest, MetadataRequest,
-    TransactionalId,
+    DescribeTransactionsRequest, ListTransactionsRequest, MetadataRequest, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::batch::{decode_batch, split_batches};
+use crate::committed_reader::raw_fetch_request;
 use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
 use crate::visibility::{PartitionLog, VisibleRecord};
@@ -57,8 +56,6 @@ const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// How many duplicates, gaps and the like the text report lists per kind
 /// unless `--max-listed` says otherwise.
 const DEFAULT_MAX_LISTED: usize = 20;
-/// Kafka's `READ_UNCOMMITTED` isolation level.
-const READ_UNCOMMITTED: i8 = 0;
 /// The bytes the open-transaction probe fetches: the batch holding the
 /// first record comes back whole even when it is larger (KIP-74).
 const PROBE_FETCH_BYTES: i32 = 1024 * 1024;
@@ -1307,27 +1304,13 @@ impl ClusterProbe {
             .cloned()
             .ok_or_else(|| format!("no known leader for partition {}", at.partition))?;
         let connection = self.connection(&address).await.map_err(|e| e.to_string())?;
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(PROBE_FETCH_MAX_WAIT_MS)
-            .with_min_bytes(1)
-            .with_max_bytes(PROBE_FETCH_BYTES)
-            .with_isolation_level(READ_UNCOMMITTED)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(topic_name(topic))
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(at.partition)
-                            .with_current_leader_epoch(-1)
-                            .with_fetch_offset(at.offset)
-                            .with_last_fetched_epoch(-1)
-                            .with_log_start_offset(-1)
-                            .with_partition_max_bytes(PROBE_FETCH_BYTES),
-                    ]),
-            ]);
+        let request = raw_fetch_request(
+            topic,
+            at.partition,
+            at.offset,
+            PROBE_FETCH_MAX_WAIT_MS,
+            PROBE_FETCH_BYTES,
+        );
         let (response, _) = connection
             .request(&request, 4, 12)
             .await
@@ -1976,6 +1959,7 @@ mod tests {
     use super::*;
     use crate::batch::tests::{TestBatch, encode};
     use crate::visibility::{OpenTransaction, ProducerSummary};
+    use kafka_protocol::messages::BrokerId;
 
     const NOW: i64 = 1_700_000_100_000;
 

@@ -411,27 +411,13 @@ impl CommittedReader {
         offset: i64,
     ) -> Result<Fetched, ReadError> {
         let max_bytes = self.config.fetch_max_bytes;
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(FETCH_MAX_WAIT_MS)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_isolation_level(READ_UNCOMMITTED)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(topic_name(topic))
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(leader.partition)
-                            .with_current_leader_epoch(-1)
-                            .with_fetch_offset(offset)
-                            .with_last_fetched_epoch(-1)
-                            .with_log_start_offset(-1)
-                            .with_partition_max_bytes(max_bytes),
-                    ]),
-            ]);
+        let request = raw_fetch_request(
+            topic,
+            leader.partition,
+            offset,
+            FETCH_MAX_WAIT_MS,
+            max_bytes,
+        );
         let connection = self.leader(topic, leader).await?;
         let address = connection.address().to_owned();
         // v13 and later name topics by id only.
@@ -476,4 +462,36 @@ struct Fetched {
     high_watermark: i64,
     last_stable_offset: i64,
     records: bytes::Bytes,
+}
+/// A READ_UNCOMMITTED Fetch of one partition from `offset`: it returns
+/// every batch, control batches included, so that the caller can apply the
+/// read_committed rule itself. Versions 4 to 12 (13 names topics by id).
+pub(crate) fn raw_fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+    max_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_isolation_level(READ_UNCOMMITTED)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_current_leader_epoch(-1)
+                        .with_fetch_offset(offset)
+                        .with_last_fetched_epoch(-1)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(max_bytes),
+                ]),
+        ])
 }

@@ -362,6 +362,10 @@ impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
 
 #[cfg(test)]
 mod tests_support {
+    use std::collections::HashMap;
+
+    use crate::codec::Codec;
+    use crate::runtime::chain::RestoredStage;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -425,17 +429,32 @@ mod tests_support {
             Ok(())
         }
     }
+
+    /// The one-subtask stage a restore of `snapshot` (checkpoint
+    /// `checkpoint_id`) would see.
+    pub(super) fn restored_from(
+        snapshot: SnapshotWriter,
+        checkpoint_id: u64,
+    ) -> Arc<RestoredStage> {
+        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
+            .entries
+            .into_iter()
+            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
+            .collect();
+        Arc::new(RestoredStage {
+            checkpoint_id,
+            subtasks: vec![entries],
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::atomic::Ordering;
 
-    use super::tests_support::Recorder;
+    use super::tests_support::{Recorder, restored_from};
     use super::*;
     use crate::codec::Codec;
-    use crate::runtime::chain::RestoredStage;
 
     async fn barrier(driver: &mut TwoPhaseCommitDriver<Recorder>, id: u64) -> SnapshotWriter {
         let mut snapshot = SnapshotWriter::new(Codec::Bincode);
@@ -530,15 +549,7 @@ mod tests {
         let snapshot = barrier(&mut driver, 2).await;
         sink.take();
 
-        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
-            .entries
-            .into_iter()
-            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
-            .collect();
-        let restored = Arc::new(RestoredStage {
-            checkpoint_id: 2,
-            subtasks: vec![entries],
-        });
+        let restored = restored_from(snapshot, 2);
         let env = SubtaskEnv::for_tests(Some(restored), 4);
         let mut recovered =
             TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
@@ -557,12 +568,9 @@ mod tests {
 
 #[cfg(test)]
 mod marker_tests {
-    use std::collections::HashMap;
-
-    use super::tests_support::Recorder;
+    use super::tests_support::{Recorder, restored_from};
     use super::*;
     use crate::codec::Codec;
-    use crate::runtime::chain::RestoredStage;
     use crate::storage::LocalStorage;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,15 +592,7 @@ mod marker_tests {
         assert_eq!(storage.read_commit_marker(0, 0).unwrap(), Some(1));
         sink.take();
 
-        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
-            .entries
-            .into_iter()
-            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
-            .collect();
-        let restored = Arc::new(RestoredStage {
-            checkpoint_id: 1,
-            subtasks: vec![entries],
-        });
+        let restored = restored_from(snapshot, 1);
         let mut env = SubtaskEnv::for_tests(Some(restored), 3);
         env.link.storage = Some(storage);
         let mut recovered =

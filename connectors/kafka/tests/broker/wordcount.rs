@@ -158,13 +158,20 @@ fn assert_exact(broker: &str, output: &str, expected: &HashMap<String, u64>) {
     assert!(updates.is_empty(), "unexpected words: {:?}", updates.keys());
 }
 
-#[test]
-fn a_kafka_to_kafka_word_count_is_exact() {
+/// A 3-partition input topic holding 1500 lines and an empty 2-partition
+/// output topic; returns the broker, both names and the expected counts.
+fn topics_with_input() -> (String, String, String, HashMap<String, u64>) {
     let broker = broker();
     let (input, output) = (unique_topic("wc-in"), unique_topic("wc-out"));
     create_topic(&broker, &input, 3);
     create_topic(&broker, &output, 2);
     let expected = fill_input(&broker, &input, 3, 1500);
+    (broker, input, output, expected)
+}
+
+#[test]
+fn a_kafka_to_kafka_word_count_is_exact() {
+    let (broker, input, output, expected) = topics_with_input();
     let dir = tempfile::tempdir().unwrap();
     let total = expected.values().sum();
     run_until(
@@ -179,11 +186,7 @@ fn a_kafka_to_kafka_word_count_is_exact() {
 
 #[test]
 fn a_word_count_stopped_mid_stream_and_started_again_is_exact() {
-    let broker = broker();
-    let (input, output) = (unique_topic("wc-in"), unique_topic("wc-out"));
-    create_topic(&broker, &input, 3);
-    create_topic(&broker, &output, 2);
-    let expected = fill_input(&broker, &input, 3, 1500);
+    let (broker, input, output, expected) = topics_with_input();
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique_topic("wc");
     let total: u64 = expected.values().sum();
