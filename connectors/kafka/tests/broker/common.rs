@@ -7,6 +7,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use exactly_kafka::oracle::{self, OracleError};
 use exactly_kafka::{CommittedReader, PartitionLog, ReadError, ReaderConfig, bootstrap_from_env};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -65,12 +66,12 @@ pub fn create_topic(broker: &str, topic: &str, partitions: i32) {
     }
 }
 
-/// Runs the committed reader on every partition of `topic`.
-pub fn read_topic(broker: &str, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
-    runtime().block_on(async {
-        let mut reader = CommittedReader::connect(ReaderConfig::new(broker)).await?;
-        reader.read_topic(topic).await
-    })
+/// Every partition of `topic`, read by both oracles: the raw committed
+/// reader, and an rdkafka read_committed consumer that must have seen
+/// exactly the same records in the same order (else the error names the
+/// first differing offset).
+pub fn read_topic(broker: &str, topic: &str) -> Result<Vec<PartitionLog>, OracleError> {
+    oracle::read_committed(broker, topic)
 }
 
 /// Runs `read` on a reader connected with `config`.
