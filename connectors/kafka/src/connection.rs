@@ -7,8 +7,10 @@
 //! After any I/O error or timeout the connection is marked broken and must
 //! be replaced, since a half-read response leaves the stream unusable.
 //!
-//! Does not own what is asked (that is [`crate::committed_reader`]'s) or
-//! reconnect policy.
+//! Does not own what is asked (the committed reader, the sink's recovery
+//! and the audit ask) or reconnect policy. Public so that tests and tools
+//! can send a request the crate does not wrap (for example a version-5
+//! `EndTxn`), with the message types of the `kafka-protocol` crate.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,20 +29,23 @@ use crate::error::ReadError;
 /// low enough that a garbage size prefix cannot exhaust memory.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// ApiVersions v3: the first flexible version, which every broker since
-/// Kafka 2.4 (and tansu) answers.
+/// Kafka 2.4 answers.
 const API_VERSIONS_VERSION: i16 = 3;
 
 /// The timeouts and identity of a connection.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnectionSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
-    pub(crate) client_id: String,
+pub struct ConnectionSettings {
+    /// The bound on opening the TCP connection.
+    pub connect_timeout: Duration,
+    /// The bound on each request's round trip.
+    pub request_timeout: Duration,
+    /// The client id sent with every request.
+    pub client_id: String,
 }
 
 /// A connection to one broker, with the API versions it supports.
 #[derive(Debug)]
-pub(crate) struct Connection {
+pub struct Connection {
     address: String,
     stream: TcpStream,
     settings: ConnectionSettings,
@@ -56,6 +61,11 @@ fn api_name<R: Request>() -> &'static str {
         Ok(ApiKey::Metadata) => "Metadata",
         Ok(ApiKey::ListOffsets) => "ListOffsets",
         Ok(ApiKey::Fetch) => "Fetch",
+        Ok(ApiKey::FindCoordinator) => "FindCoordinator",
+        Ok(ApiKey::EndTxn) => "EndTxn",
+        Ok(ApiKey::ListTransactions) => "ListTransactions",
+        Ok(ApiKey::DescribeTransactions) => "DescribeTransactions",
+        Ok(ApiKey::DescribeProducers) => "DescribeProducers",
         _ => "request",
     }
 }
@@ -68,10 +78,12 @@ pub(crate) fn topic_name(topic: &str) -> TopicName {
 impl Connection {
     /// Connects to `address` (`host:port`) and asks which API versions the
     /// broker supports.
-    pub(crate) async fn open(
-        address: &str,
-        settings: &ConnectionSettings,
-    ) -> Result<Self, ReadError> {
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError`] when the address is invalid, the broker cannot be
+    /// reached in time, or its ApiVersions answer is an error.
+    pub async fn open(address: &str, settings: &ConnectionSettings) -> Result<Self, ReadError> {
         match address.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
             _ => {
@@ -127,19 +139,24 @@ impl Connection {
     }
 
     /// The broker address this connection talks to.
-    pub(crate) fn address(&self) -> &str {
+    pub fn address(&self) -> &str {
         &self.address
     }
 
     /// Whether an earlier I/O error or timeout left the stream unusable.
-    pub(crate) fn is_broken(&self) -> bool {
+    pub fn is_broken(&self) -> bool {
         self.broken
     }
 
     /// Sends `request` with the highest version that both the broker and
     /// `min..=max` (clipped to what the protocol crate knows) allow, and
     /// returns the response with the version used.
-    pub(crate) async fn request<R: Request>(
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::UnsupportedApi`] when no version fits; I/O, timeout and
+    /// decoding errors otherwise (after which the connection is broken).
+    pub async fn request<R: Request>(
         &mut self,
         request: &R,
         min: i16,
@@ -274,7 +291,7 @@ impl Connection {
 }
 
 /// Kafka's name for an error code, for error messages.
-pub(crate) fn error_name(code: i16) -> String {
+pub fn error_name(code: i16) -> String {
     use kafka_protocol::error::ParseResponseErrorCode;
     code.err()
         .map_or_else(|| "NONE".to_owned(), |error| format!("{error:?}"))

@@ -7,6 +7,7 @@
 //! | [`deserialize`] | value deserializers (bytes, UTF-8, JSON, closures) and what to do with a record that does not deserialize (fail, skip, dead-letter) |
 //! | [`client`] | how to reach a cluster, and the topic checks at start |
 //! | [`CommittedReader`] | reads partitions raw over the Kafka protocol and applies the read_committed rule (KIP-98) itself: the oracle of the tests and of the audit |
+//! | [`connection`] | one connection to one broker over the Kafka protocol (framing, version negotiation, timeouts), for requests the crate does not wrap |
 //! | [`oracle`] | the two independent read_committed oracles (the raw reader and an rdkafka consumer) compared record by record, and the check that nothing is left open on a topic |
 //! | [`audit`] | the `exactly-audit` report: transactions, visibility, duplicates, gaps, stuck last stable offsets |
 //!
@@ -26,7 +27,7 @@ pub mod audit;
 mod batch;
 pub mod client;
 mod committed_reader;
-mod connection;
+pub mod connection;
 pub mod deserialize;
 mod error;
 pub mod oracle;

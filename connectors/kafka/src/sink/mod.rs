@@ -43,7 +43,9 @@ use serde::{Deserialize, Serialize};
 use self::producer::SinkProducer;
 use crate::client::{ClientSettings, MissingTopics};
 
-pub use self::recovery::RecoveryError;
+pub use self::recovery::{
+    RECOVERY_END_TXN_MAX_VERSION, Recovered, RecoveryError, recover_transaction,
+};
 
 /// What a [`KafkaSink`] promises about each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -558,7 +560,15 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         if transaction.transactional_id.is_none() || transaction.records == 0 {
             return Ok(());
         }
-        recovery::commit(&self.settings, &transaction).map_err(|e| e.into())
+        let recovered = recover_transaction(&self.settings, &transaction)?;
+        tracing::info!(
+            transaction = %transaction,
+            answer = %recovered.answer,
+            end_txn_version = recovered.end_txn_version,
+            committed_earlier = recovered.committed_earlier,
+            "recovered a pre-committed transaction"
+        );
+        Ok(())
     }
 
     fn recover_and_abort(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {

@@ -8,10 +8,17 @@
 //! (`FindCoordinator`) and sends `EndTxn(commit)` for that triple itself,
 //! over the Kafka protocol.
 //!
+//! The `EndTxn` version stays at 4 or below. librdkafka begins its
+//! transactions under the pre-KIP-890 rules (transaction version 1), and on
+//! a Kafka 4.x coordinator a version-5 `EndTxn` applies the version-2 rules,
+//! under which repeating a commit that was already applied answers
+//! `INVALID_TXN_STATE` instead of success (FLINK-40689 is the same trap).
+//! `docs/kafka-sink.md` records the answers measured on both kinds of
+//! cluster.
+//!
 //! Every answer is classified by [`decide`]: success; a transient error,
 //! retried; or an answer that says the stored epoch no longer holds (fenced,
-//! invalid state, unknown producer, or the connection closed, which is how
-//! the test broker answers a stale epoch). That last kind is ambiguous: the
+//! invalid state, unknown producer). That last kind is ambiguous: the
 //! transaction may have been committed before its id was reused, or aborted
 //! by its timeout. Recovery then reads the partitions it wrote, from the
 //! first offsets the checkpoint recorded, applies read_committed itself, and
@@ -36,6 +43,23 @@ use crate::visibility::PartitionLog;
 
 /// Attempts after a transient answer.
 const RETRIES: u32 = 5;
+
+/// The highest `EndTxn` version recovery sends (see the module docs).
+pub const RECOVERY_END_TXN_MAX_VERSION: i16 = 4;
+
+/// How a pre-committed transaction was settled on recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// The coordinator's last answer to `EndTxn(commit)`, by Kafka's error
+    /// name (`NONE` for success).
+    pub answer: String,
+    /// The `EndTxn` version used.
+    pub end_txn_version: i16,
+    /// Whether the answer was a refusal and the log showed the transaction
+    /// committed already.
+    pub committed_earlier: bool,
+}
 
 /// Why a pre-committed transaction could not be committed on recovery.
 #[derive(Debug, thiserror::Error)]
@@ -83,21 +107,14 @@ pub enum RecoveryError {
     },
 }
 
-/// What the coordinator answered to `EndTxn(commit)`.
+/// What the coordinator answered to `EndTxn(commit)`: a Kafka error code
+/// (0 for success).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// An error code (0 for success).
-    Code(i16),
-    /// The broker closed the connection instead of answering.
-    ConnectionClosed,
-}
+pub(crate) struct Answer(pub(crate) i16);
 
 impl fmt::Display for Answer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Answer::Code(code) => write!(f, "{} ({code})", error_name(*code)),
-            Answer::ConnectionClosed => f.write_str("nothing (it closed the connection)"),
-        }
+        write!(f, "{} ({})", error_name(self.0), self.0)
     }
 }
 
@@ -116,17 +133,17 @@ pub(crate) enum Decision {
 
 /// Classifies an `EndTxn(commit)` answer (Kafka error codes).
 pub(crate) fn decide(answer: Answer) -> Decision {
-    match answer {
-        Answer::Code(0) => Decision::Committed,
+    match answer.0 {
+        0 => Decision::Committed,
         // REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS,
         // COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, CONCURRENT_TRANSACTIONS.
-        Answer::Code(7 | 14 | 15 | 16 | 51) => Decision::Retry,
+        7 | 14 | 15 | 16 | 51 => Decision::Retry,
         // INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE,
         // INVALID_PRODUCER_ID_MAPPING, UNKNOWN_PRODUCER_ID, PRODUCER_FENCED,
         // TRANSACTIONAL_ID_NOT_FOUND: the epoch was bumped, or the
         // transaction ended (committed or aborted) and was forgotten.
-        Answer::Code(47 | 48 | 49 | 59 | 90 | 105) | Answer::ConnectionClosed => Decision::CheckLog,
-        Answer::Code(_) => Decision::Refused,
+        47 | 48 | 49 | 59 | 90 | 105 => Decision::CheckLog,
+        _ => Decision::Refused,
     }
 }
 
@@ -174,21 +191,22 @@ fn connection_settings(settings: &ClientSettings) -> ConnectionSettings {
     }
 }
 
-/// Sends `EndTxn(commit)` for the transaction to its coordinator.
+/// Sends `EndTxn(commit)` for the transaction to its coordinator; returns
+/// the answer and the version used.
 async fn end_transaction(
     bootstrap: &str,
     settings: &ConnectionSettings,
     id: &str,
     transaction: &KafkaTransaction,
-) -> Result<Answer, ReadError> {
+) -> Result<(Answer, i16), ReadError> {
     let mut connection = Connection::open(bootstrap, settings).await?;
     // Versions 1 to 3 take one key (version 4 moved to a list).
     let find = FindCoordinatorRequest::default()
         .with_key(StrBytes::from_string(id.to_owned()))
         .with_key_type(1);
-    let (found, _) = connection.request(&find, 1, 3).await?;
+    let (found, version) = connection.request(&find, 1, 3).await?;
     if found.error_code != 0 {
-        return Ok(Answer::Code(found.error_code));
+        return Ok((Answer(found.error_code), version));
     }
     let mut coordinator =
         Connection::open(&format!("{}:{}", found.host, found.port), settings).await?;
@@ -197,11 +215,10 @@ async fn end_transaction(
         .with_producer_id(ProducerId(transaction.producer_id))
         .with_producer_epoch(transaction.epoch)
         .with_committed(true);
-    match coordinator.request(&end, 0, 4).await {
-        Ok((response, _)) => Ok(Answer::Code(response.error_code)),
-        Err(ReadError::Io { .. }) => Ok(Answer::ConnectionClosed),
-        Err(other) => Err(other),
-    }
+    let (response, version) = coordinator
+        .request(&end, 0, RECOVERY_END_TXN_MAX_VERSION)
+        .await?;
+    Ok((Answer(response.error_code), version))
 }
 
 /// Reads every partition the transaction wrote.
@@ -239,11 +256,19 @@ fn block_on<T>(
     }
 }
 
-/// Commits `transaction` on recovery. Blocks.
-pub(super) fn commit(
+/// Commits `transaction`, a pre-committed transaction that a completed
+/// checkpoint recorded, from a process that never opened it: what the
+/// sink's `recover_and_commit` does. Blocks; call it from a plain thread or
+/// the blocking pool.
+///
+/// # Errors
+///
+/// [`RecoveryError`]: the cluster could not be reached, the broker
+/// refused, or the transaction was aborted (its records are lost).
+pub fn recover_transaction(
     settings: &ClientSettings,
     transaction: &KafkaTransaction,
-) -> Result<(), RecoveryError> {
+) -> Result<Recovered, RecoveryError> {
     let name = transaction.to_string();
     let (Some(id), true) = (
         &transaction.transactional_id,
@@ -265,10 +290,16 @@ pub(super) fn commit(
     let conn_settings = connection_settings(settings);
     let mut attempt = 0;
     loop {
-        let answer = block_on(end_transaction(&bootstrap, &conn_settings, id, transaction))
-            .map_err(connection_error)?;
+        let (answer, version) =
+            block_on(end_transaction(&bootstrap, &conn_settings, id, transaction))
+                .map_err(connection_error)?;
+        let recovered = |committed_earlier| Recovered {
+            answer: error_name(answer.0),
+            end_txn_version: version,
+            committed_earlier,
+        };
         match decide(answer) {
-            Decision::Committed => return Ok(()),
+            Decision::Committed => return Ok(recovered(false)),
             Decision::Retry if attempt < RETRIES => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
@@ -285,7 +316,7 @@ pub(super) fn commit(
                 return match fate(transaction, &logs) {
                     Fate::Committed => {
                         tracing::info!(transaction = %name, %answer, "the transaction was already committed");
-                        Ok(())
+                        Ok(recovered(true))
                     }
                     Fate::Aborted => Err(RecoveryError::Lost {
                         reason: format!(
@@ -314,33 +345,25 @@ mod tests {
 
     #[test]
     fn every_answer_the_broker_can_give_is_classified() {
-        assert_eq!(decide(Answer::Code(0)), Decision::Committed);
+        assert_eq!(decide(Answer(0)), Decision::Committed);
         for transient in [7, 14, 15, 16, 51] {
             assert_eq!(
-                decide(Answer::Code(transient)),
+                decide(Answer(transient)),
                 Decision::Retry,
                 "code {transient}"
             );
         }
         for ambiguous in [47, 48, 49, 59, 90, 105] {
             assert_eq!(
-                decide(Answer::Code(ambiguous)),
+                decide(Answer(ambiguous)),
                 Decision::CheckLog,
                 "code {ambiguous}"
             );
         }
-        assert_eq!(decide(Answer::ConnectionClosed), Decision::CheckLog);
         for fatal in [35, 53, 87, -1] {
-            assert_eq!(
-                decide(Answer::Code(fatal)),
-                Decision::Refused,
-                "code {fatal}"
-            );
+            assert_eq!(decide(Answer(fatal)), Decision::Refused, "code {fatal}");
         }
-        assert_eq!(
-            Answer::Code(90).to_string(),
-            format!("{} (90)", error_name(90))
-        );
+        assert_eq!(Answer(90).to_string(), format!("{} (90)", error_name(90)));
     }
 
     fn transaction(partitions: &[(i32, i64)]) -> KafkaTransaction {
