@@ -15,6 +15,22 @@ use crate::storage::StorageError;
 /// from before it reaches the user.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Marks an error that no restart can cure, like Flink's
+/// `SuppressRestartsException`: the job stops at once, whatever its restart
+/// strategy. Return it (boxed, as a [`BoxError`]) from an operator, source
+/// or sink when retrying would do harm, for example when a newer instance
+/// of the job has fenced this one and a restart would fence it back.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Unrecoverable(pub BoxError);
+
+impl Unrecoverable {
+    /// Wraps `error`, boxed.
+    pub fn boxed(error: impl Into<BoxError>) -> BoxError {
+        Box::new(Unrecoverable(error.into()))
+    }
+}
+
 /// Everything that can stop a job.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -115,6 +131,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the error, or one of its sources, is [`Unrecoverable`]: the
+    /// job then stops instead of restarting.
+    pub fn is_unrecoverable(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = next {
+            if error.is::<Unrecoverable>() {
+                return true;
+            }
+            next = error.source();
+        }
+        false
+    }
+
     /// Shorthand for a [`Error::Config`] error.
     pub fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {

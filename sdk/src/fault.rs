@@ -61,6 +61,13 @@ pub enum FaultPoint {
         /// The checkpoint id.
         checkpoint: u64,
     },
+    /// A restored sink recovered-and-committed the transaction of
+    /// `checkpoint` (the commit was acknowledged) and has not yet recorded
+    /// it in its commit marker.
+    AfterRecoveryCommit {
+        /// The checkpoint id.
+        checkpoint: u64,
+    },
 }
 
 impl FaultPoint {
@@ -76,11 +83,12 @@ impl FaultPoint {
             FaultPoint::BeforeSinkCommit { .. } => "before-sink-commit",
             FaultPoint::AfterSinkCommit { .. } => "after-sink-commit",
             FaultPoint::DuringRecovery { .. } => "during-recovery",
+            FaultPoint::AfterRecoveryCommit { .. } => "after-recovery-commit",
         }
     }
 
     /// Every point name, in protocol order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "checkpoint-triggered",
         "during-alignment",
         "after-pre-commit",
@@ -89,6 +97,7 @@ impl FaultPoint {
         "before-sink-commit",
         "after-sink-commit",
         "during-recovery",
+        "after-recovery-commit",
     ];
 }
 
@@ -102,7 +111,8 @@ impl fmt::Display for FaultPoint {
             | FaultPoint::AfterCheckpointComplete { checkpoint }
             | FaultPoint::BeforeSinkCommit { checkpoint }
             | FaultPoint::AfterSinkCommit { checkpoint }
-            | FaultPoint::DuringRecovery { checkpoint } => {
+            | FaultPoint::DuringRecovery { checkpoint }
+            | FaultPoint::AfterRecoveryCommit { checkpoint } => {
                 write!(f, "{} (checkpoint {checkpoint})", self.name())
             }
         }

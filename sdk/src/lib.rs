@@ -21,7 +21,7 @@ pub mod storage;
 pub mod __private;
 
 pub use config::{JobConfig, RestartStrategy};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, Unrecoverable};
 pub use exactly_macros::{operator, state};
 pub use metrics::{JobMetrics, MetricsSnapshot};
 pub use operator::{Emitter, Operator, UnkeyedOperator};

@@ -1,4 +1,4 @@
-//! In-process crash test: 100 seeded runs of a stateful keyed pipeline (two
+//! In-process crash test: 110 seeded runs of a stateful keyed pipeline (two
 //! sources, a union, a keyed count) into the transactional file sink. Every
 //! run fails at a random point: an operator error, an operator panic, or a
 //! failure injected at a random phase of the checkpoint protocol. The job
@@ -191,9 +191,9 @@ fn check(dir: &Path) -> Result<(), String> {
 }
 
 #[test]
-fn a_hundred_seeded_crashes_lose_and_double_nothing() {
-    const RUNS: u64 = 100;
-    // Ten kinds of failure, each in ten runs: the operator returns an error,
+fn a_hundred_and_ten_seeded_crashes_lose_and_double_nothing() {
+    const RUNS: u64 = 110;
+    // Eleven kinds of failure, each in ten runs: the operator returns an error,
     // the operator panics, or a fault is injected at one protocol phase.
     let kinds: Vec<&str> = ["operator-error", "operator-panic"]
         .into_iter()
@@ -212,7 +212,7 @@ fn a_hundred_seeded_crashes_lose_and_double_nothing() {
                 None
             }
             point => {
-                if point == "during-recovery" {
+                if point == "during-recovery" || point == "after-recovery-commit" {
                     // Recovery only runs after a first failure, once a
                     // checkpoint has completed.
                     let late = RECORDS_PER_SOURCE / 2 + rng.below(RECORDS_PER_SOURCE);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use exactly::prelude::*;
 use exactly::source::Source;
-use exactly::{BoxError, Error};
+use exactly::{BoxError, Error, Unrecoverable};
 
 const KEYS: u64 = 7;
 
@@ -37,6 +37,11 @@ fn count(x: u64, #[state] c: &mut Count) -> (u64, u64) {
 #[operator]
 fn always_fails(_x: u64) -> Result<u64, String> {
     Err("the database is down".into())
+}
+
+#[operator]
+fn fails_for_good(_x: u64) -> Result<u64, BoxError> {
+    Err(Unrecoverable::boxed("a newer instance took over"))
 }
 
 fn config(dir: &Path) -> JobConfig {
@@ -235,6 +240,22 @@ fn restarts_stop_after_the_configured_number() {
     assert!(
         text.contains("always_fails") && text.contains("the database is down"),
         "{text}"
+    );
+}
+
+#[test]
+fn an_unrecoverable_error_stops_the_job_without_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = Job::new("fenced", config(dir.path()));
+    job.source(VecSource::new(vec![1u64, 2, 3]))
+        .operator(fails_for_good)
+        .sink(DiscardSink::new());
+    let err = job.run().unwrap_err();
+    assert!(matches!(err, Error::Task { .. }), "{err:?}");
+    assert!(err.is_unrecoverable(), "{err:?}");
+    assert!(
+        err.to_string().contains("a newer instance took over"),
+        "{err}"
     );
 }
 

@@ -141,11 +141,23 @@ pub(crate) struct OperatorPipe<O: Operator, K> {
     down: Box<dyn Pipe<O::Out>>,
 }
 
+/// A user operator's error, with the operator's name; keeps the error as
+/// its source (so that [`crate::Unrecoverable`] is still found).
+#[derive(Debug, thiserror::Error)]
+#[error("operator `{operator}` returned an error: {source}")]
+struct OperatorFailed {
+    operator: String,
+    source: crate::BoxError,
+}
+
 fn operator_error(task: &str, name: &str, source: crate::BoxError) -> Error {
     Error::Task {
         task: task.to_owned(),
         phase: "processing",
-        source: format!("operator `{name}` returned an error: {source}").into(),
+        source: Box::new(OperatorFailed {
+            operator: name.to_owned(),
+            source,
+        }),
     }
 }
 

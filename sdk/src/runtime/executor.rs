@@ -40,7 +40,8 @@ pub(crate) struct Executor {
 
 /// Whether a failure may be retried.
 enum Failure {
-    /// A restart cannot help (for example a corrupt checkpoint).
+    /// A restart cannot help (for example a corrupt checkpoint, or an error
+    /// marked [`crate::Unrecoverable`]).
     Fatal(Error),
     Retry(Error),
 }
@@ -279,7 +280,13 @@ impl Executor {
             while tasks.join_next().await.is_some() {}
         }
         blocking.wait_idle().await;
-        outcome.map_err(Failure::Retry)
+        outcome.map_err(|e| {
+            if e.is_unrecoverable() {
+                Failure::Fatal(e)
+            } else {
+                Failure::Retry(e)
+            }
+        })
     }
 }
 

@@ -233,6 +233,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
                 return Err(self.commit_failed(checkpoint, &handle, e));
             }
             JobMetrics::add(&self.metrics.transactions_committed, 1);
+            self.fault(FaultPoint::AfterRecoveryCommit { checkpoint })?;
         }
         for txn in to_abort {
             self.call("recover and abort", move |s| s.recover_and_abort(txn))

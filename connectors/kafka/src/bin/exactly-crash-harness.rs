@@ -1,40 +1,51 @@
 //! The crash harness: runs an exactly-once Kafka→Kafka pipeline as a child
-//! process, kills it again and again — with SIGKILL at random times, and by
-//! aborting itself at named phases of the checkpoint protocol — restarts
-//! it, and finally checks the whole output: every input record's effect
-//! exactly once, per-key order kept, final state equal to a direct count.
+//! process, kills it again and again — by aborting itself at named phases
+//! of the checkpoint protocol, with SIGKILL at random times, and by
+//! SIGKILLing the broker under it — restarts it, and finally checks the
+//! whole output: every input record's effect exactly once, per-key order
+//! kept, final state equal to a direct count, nothing left open.
 //!
 //! ```text
 //! scripts/kafka-up
-//! cargo run -p exactly-kafka --bin exactly-crash-harness              # CI size: >= 30 kills, ~2 minutes
-//! cargo run -p exactly-kafka --bin exactly-crash-harness -- --soak    # 300 kills, 200000 records
+//! cargo run -p exactly-kafka --bin exactly-crash-harness                       # 32 kills, ~1 minute
+//! cargo run -p exactly-kafka --bin exactly-crash-harness -- --broker-restarts 3 # and SIGKILL the broker 3 times
+//! cargo run -p exactly-kafka --bin exactly-crash-harness -- --soak             # 300 kills, 200000 records
 //! ```
-//!
-//! Options: `--cycles N` (kills before the final clean run, default 32),
-//! `--records N` (default 20000), `--seed N`, `--soak`.
 //!
 //! The input is `N` records `k<key> <seq>` (16 keys, sequence numbers per
 //! key from 0). The pipeline keys them and emits `k<key> <seq> <count>`
 //! for each, so a lost or doubled record is named by key and sequence. The
-//! output is read raw with the committed reader, which applies Kafka's
-//! read_committed rule itself (the test broker does not filter aborted
-//! transactions).
+//! output is read by both oracles ([`exactly_kafka::oracle`]): the raw
+//! committed reader and an rdkafka read_committed consumer, which must
+//! agree record for record.
 //!
-//! The last line is the result, for example
+//! A kill counts only when the child really died of it (SIGABRT at a
+//! phase, SIGKILL otherwise). A child that exits with an error is a
+//! failure of the run, never a kill.
+//!
+//! The subcommands `input`, `child` and `check` run one step on its own;
+//! the fault tests of `connectors/kafka/tests/broker/faults.rs` drive the
+//! pipeline through them.
+//!
+//! The last line of a run is the result, for example
 //! `crash-harness: 32 kills, 20000 records, 0 lost, 0 duplicated`; the exit
-//! code is 1 on any loss, duplicate or order violation.
+//! code is 1 on any loss, duplicate, order violation, disagreement of the
+//! oracles, transaction left open, child error, or missed phase.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::{Args, Parser, Subcommand};
 use exactly::fault::{FaultEvent, FaultHook, FaultPoint};
 use exactly::prelude::*;
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use exactly_kafka::deserialize::Utf8;
+use exactly_kafka::oracle;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
 use exactly_kafka::source::{KafkaRecord, KafkaSource};
 use exactly_kafka::{CommittedReader, ReaderConfig, bootstrap_from_env};
@@ -44,16 +55,135 @@ const KEYS: u64 = 16;
 /// The environment variable that makes the child abort at a phase:
 /// `<fault point name>:<occurrence>`, or `during-sink-commit:<occurrence>`.
 const CRASH_AT: &str = "EXACTLY_CRASH_AT";
+
+/// Kill an exactly-once Kafka pipeline at every phase of the checkpoint
+/// protocol and check that its output holds every record exactly once.
+#[derive(Debug, Parser)]
+#[command(
+    name = "exactly-crash-harness",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    step: Option<Step>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The whole run (the default).
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Kill cycles before the final clean run: every targeted phase twice,
+    /// then random SIGKILLs up to this number.
+    #[arg(long)]
+    cycles: Option<u64>,
+    /// Input records.
+    #[arg(long)]
+    records: Option<u64>,
+    /// Seed of the random kill times and occurrences (default: the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Soak: 300 cycles and 200000 records unless given.
+    #[arg(long)]
+    soak: bool,
+    /// Times to SIGKILL and restart the broker while the pipeline runs,
+    /// with --restart-broker. The pipeline must ride them out through its
+    /// restart strategy.
+    #[arg(long, default_value_t = 0)]
+    broker_restarts: u64,
+    /// The shell command that SIGKILLs the broker and starts it again on
+    /// the same data, returning once it is ready.
+    #[arg(long, default_value = "scripts/kafka-up --restart")]
+    restart_broker: String,
+    /// Fail the run with fewer kills than this.
+    #[arg(long, default_value_t = 30)]
+    min_kills: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Step {
+    /// Create the input and output topics and write the input records.
+    Input(InputArgs),
+    /// Run the pipeline until every record's update is visible, then stop
+    /// gracefully. `EXACTLY_CRASH_AT=<phase>:<n>` makes it abort at the
+    /// n-th occurrence of a phase.
+    Child(ChildArgs),
+    /// Check the output topic (both oracles, nothing left open, every
+    /// record exactly once in per-key order).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct InputArgs {
+    /// The input topic, created.
+    #[arg(long)]
+    input: String,
+    /// The output topic, created.
+    #[arg(long)]
+    output: String,
+    /// Input records.
+    #[arg(long)]
+    records: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+struct ChildArgs {
+    /// The input topic.
+    #[arg(long)]
+    input: String,
+    /// The output topic.
+    #[arg(long)]
+    output: String,
+    /// The sink's transactional-id prefix.
+    #[arg(long)]
+    prefix: String,
+    /// The checkpoint directory.
+    #[arg(long)]
+    checkpoints: PathBuf,
+    /// Stop once this many output records are visible.
+    #[arg(long)]
+    records: u64,
+    /// The job's parallelism (source, keyed counter and sink).
+    #[arg(long, default_value_t = 2)]
+    parallelism: usize,
+    /// The sink's transaction.timeout.ms.
+    #[arg(long, default_value_t = 600_000)]
+    transaction_timeout_ms: u64,
+    /// The checkpoint timeout.
+    #[arg(long, default_value_t = 60_000)]
+    checkpoint_timeout_ms: u64,
+    /// The sink's restart budget (part of the preflight's timeout check).
+    #[arg(long, default_value_t = 60_000)]
+    restart_budget_ms: u64,
+    /// In-process restarts allowed after a failure (1 s apart).
+    #[arg(long, default_value_t = 30)]
+    restarts: u32,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The output topic.
+    #[arg(long)]
+    output: String,
+    /// Input records.
+    #[arg(long)]
+    records: u64,
+}
+
 /// Targeted phases, each hit at least twice: the SDK's fault points, plus
 /// `during-sink-commit` (the commit is sent, the process dies before the
-/// answer). `during-recovery` follows `after-checkpoint-complete`, which
-/// leaves a complete checkpoint with an uncommitted transaction for the
-/// next process to recover.
+/// answer). The recovery phases follow `after-checkpoint-complete`, which
+/// leaves a complete checkpoint with an uncommitted transaction: a kill
+/// `during-recovery` leaves it uncommitted still, for the kill
+/// `after-recovery-commit` (the commit acknowledged, the commit marker not
+/// yet written).
 fn phases() -> Vec<&'static str> {
+    const RECOVERY: [&str; 2] = ["during-recovery", "after-recovery-commit"];
     let mut phases: Vec<&'static str> = FaultPoint::NAMES
         .iter()
         .copied()
-        .filter(|p| *p != "during-recovery")
+        .filter(|p| !RECOVERY.contains(p))
         .collect();
     let after = |phases: &Vec<&str>, name: &str| {
         phases
@@ -64,8 +194,12 @@ fn phases() -> Vec<&'static str> {
     let at = after(&phases, "before-sink-commit");
     phases.insert(at, "during-sink-commit");
     let at = after(&phases, "after-checkpoint-complete");
-    phases.insert(at, "during-recovery");
+    phases.splice(at..at, RECOVERY);
     phases
+}
+
+fn needs_something_to_recover(phase: &str) -> bool {
+    matches!(phase, "during-recovery" | "after-recovery-commit")
 }
 
 /// The per-key state: how many records of the key were seen.
@@ -94,13 +228,6 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % n
     }
-}
-
-struct Topics {
-    input: String,
-    output: String,
-    prefix: String,
-    checkpoints: PathBuf,
 }
 
 fn key_of(line: &str) -> String {
@@ -133,30 +260,41 @@ fn crash_hook(spec: &str) -> Option<FaultHook> {
     }))
 }
 
+/// Counts the output records visible (raw reader) on `topic`.
+async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64, exactly_kafka::ReadError> {
+    let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+    let logs = reader.read_topic(topic).await?;
+    Ok(logs.iter().map(|p| p.records.len() as u64).sum())
+}
+
 /// The child: runs the pipeline until `records` updates are visible in the
 /// output, then stops gracefully.
-fn child(topics: &Topics, records: u64) -> exactly::Result<()> {
+fn child(args: &ChildArgs) -> exactly::Result<()> {
     let settings = ClientSettings::from_env();
+    let runtime_error = |e: &dyn std::fmt::Display| exactly::Error::Runtime(e.to_string());
     let source = KafkaSource::builder(settings.clone())
-        .topic(&topics.input)
+        .topic(&args.input)
         .deserializer(Utf8)
         .build()
-        .map_err(|e| exactly::Error::Runtime(e.to_string()))?;
-    let sink = KafkaSink::builder(settings.clone(), &topics.output, |line: &String| {
+        .map_err(|e| runtime_error(&e))?;
+    let sink = KafkaSink::builder(settings.clone(), &args.output, |line: &String| {
         OutputRecord::keyed(key_of(line), line.clone())
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
-    .transactional_id_prefix(&topics.prefix)
-    .transaction_timeout(Duration::from_secs(600))
-    .broker_max_transaction_timeout(Duration::from_secs(900))
+    .transactional_id_prefix(&args.prefix)
+    .transaction_timeout(Duration::from_millis(args.transaction_timeout_ms))
+    .restart_budget(Duration::from_millis(args.restart_budget_ms))
     .build()
-    .map_err(|e| exactly::Error::Runtime(e.to_string()))?;
+    .map_err(|e| runtime_error(&e))?;
     let mut config = JobConfig::new()
-        .parallelism(2)
+        .parallelism(args.parallelism)
         .checkpoint_interval(Duration::from_millis(150))
-        .checkpoint_timeout(Duration::from_secs(60))
-        .checkpoint_dir(&topics.checkpoints)
-        .restart_strategy(RestartStrategy::none())
+        .checkpoint_timeout(Duration::from_millis(args.checkpoint_timeout_ms))
+        .checkpoint_dir(&args.checkpoints)
+        .restart_strategy(RestartStrategy::fixed_delay(
+            args.restarts,
+            Duration::from_secs(1),
+        ))
         .batch_size(25)
         .queue_capacity(4)
         .progress_interval(Duration::from_secs(2));
@@ -168,24 +306,19 @@ fn child(topics: &Topics, records: u64) -> exactly::Result<()> {
         .key_by(|r: &KafkaRecord<String>| key_of(&r.value))
         .operator(track)
         .sink(sink);
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| exactly::Error::Runtime(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| runtime_error(&e))?;
     runtime.block_on(async {
         let handle = job.spawn()?;
-        let reader = ReaderConfig::new(&settings.bootstrap);
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if handle.is_finished() {
                 break;
             }
-            let mut committed = CommittedReader::connect(reader.clone())
+            // The broker may be restarting: count again on the next tick.
+            if visible_records(&settings.bootstrap, &args.output)
                 .await
-                .map_err(|e| exactly::Error::Runtime(e.to_string()))?;
-            let logs = committed
-                .read_topic(&topics.output)
-                .await
-                .map_err(|e| exactly::Error::Runtime(e.to_string()))?;
-            if logs.iter().map(|p| p.records.len() as u64).sum::<u64>() >= records {
+                .is_ok_and(|n| n >= args.records)
+            {
                 break;
             }
         }
@@ -222,16 +355,35 @@ fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Result<(), Strin
         .map_err(|e| e.to_string())
 }
 
-/// Checks the output: per key, counts 1..n once each, with sequence
-/// numbers in order; returns (lost, duplicated, order violations).
-fn check(bootstrap: &str, output: &str, records: u64) -> Result<(u64, u64, Vec<String>), String> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let logs = runtime
-        .block_on(async {
-            let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
-            reader.read_topic(output).await
-        })
-        .map_err(|e| e.to_string())?;
+/// Creates the topics (input: 3 partitions, output: 2) and writes the
+/// input.
+fn input(args: &InputArgs) -> Result<(), String> {
+    let bootstrap = bootstrap_from_env();
+    let settings = ClientSettings::new(&bootstrap);
+    for (topic, partitions) in [(&args.input, 3), (&args.output, 2)] {
+        let missing = MissingTopics::Create { partitions };
+        ensure_topics(&settings, std::slice::from_ref(topic), missing)
+            .map_err(|e| e.to_string())?;
+    }
+    produce_input(&bootstrap, &args.input, args.records)
+        .map_err(|e| format!("cannot write the input to {bootstrap}: {e}"))
+}
+
+/// What the output check found.
+struct Verdict {
+    lost: u64,
+    duplicated: u64,
+    problems: Vec<String>,
+}
+
+/// Checks the output: both oracles agree, nothing is left open, and per
+/// key the counts 1..n appear once each, with sequence numbers in order.
+fn check(bootstrap: &str, output: &str, records: u64) -> Result<Verdict, String> {
+    let logs = oracle::read_committed(bootstrap, output).map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    if let Err(e) = oracle::settled(bootstrap, output) {
+        problems.push(e.to_string());
+    }
     let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for record in logs.iter().flat_map(|p| &p.records) {
         let text =
@@ -246,7 +398,7 @@ fn check(bootstrap: &str, output: &str, records: u64) -> Result<(u64, u64, Vec<S
         );
         by_key.entry(key.to_owned()).or_default().push((seq, count));
     }
-    let (mut lost, mut duplicated, mut problems) = (0, 0, Vec::new());
+    let (mut lost, mut duplicated) = (0, 0);
     for key in 0..KEYS {
         let name = format!("k{key}");
         let expected = (0..records).filter(|i| (i * 7) % KEYS == key).count() as u64;
@@ -270,11 +422,17 @@ fn check(bootstrap: &str, output: &str, records: u64) -> Result<(u64, u64, Vec<S
         }
         for (seq, count) in &updates {
             if *count != seq + 1 && problems.len() < 20 {
-                problems.push(format!("{name} seq {seq} was counted as number {count}: per-key order or state is wrong"));
+                problems.push(format!(
+                    "{name} seq {seq} was counted as number {count}: per-key order or state is wrong"
+                ));
             }
         }
     }
-    Ok((lost, duplicated, problems))
+    Ok(Verdict {
+        lost,
+        duplicated,
+        problems,
+    })
 }
 
 fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -290,200 +448,258 @@ fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn flag(args: &[String], name: &str) -> Option<u64> {
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1)?.parse().ok()
+/// SIGKILLs `child` and reaps it.
+fn sigkill(child: &mut Child) -> ExitStatus {
+    let _ = child.kill();
+    // A raw wait status of 9: killed by SIGKILL.
+    child.wait().unwrap_or(ExitStatus::from_raw(9))
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        let [_, input, output, prefix, checkpoints, records] = &args[..] else {
-            eprintln!("crash-harness child: bad arguments {args:?}");
-            return ExitCode::from(2);
-        };
-        let topics = Topics {
-            input: input.clone(),
-            output: output.clone(),
-            prefix: prefix.clone(),
-            checkpoints: PathBuf::from(checkpoints),
-        };
-        return match child(&topics, records.parse().unwrap_or(0)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("crash-harness child: {e}");
-                ExitCode::FAILURE
-            }
-        };
+/// How a cycle ended the child.
+enum Death {
+    /// By SIGABRT at a phase, or SIGKILL: counts as a kill.
+    Killed(&'static str),
+    /// It finished its work first (exit 0): no kill.
+    Finished,
+    /// It exited with an error: a failure of the run.
+    Failed(ExitStatus),
+}
+
+fn death(status: ExitStatus, phase: &'static str) -> Death {
+    match status.signal() {
+        Some(6) => Death::Killed(phase),
+        Some(9) => Death::Killed("random SIGKILL"),
+        _ if status.success() => Death::Finished,
+        _ => Death::Failed(status),
     }
-    let soak = args.iter().any(|a| a == "--soak");
-    let cycles = flag(&args, "--cycles").unwrap_or(if soak { 300 } else { 32 });
-    let records = flag(&args, "--records").unwrap_or(if soak { 200_000 } else { 20_000 });
-    let seed = flag(&args, "--seed").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
-    let mut rng = Rng(seed);
-    let bootstrap = bootstrap_from_env();
-    let run = format!("{}-{}", std::process::id(), seed % 1_000_000);
-    let work = std::env::temp_dir().join(format!("exactly-crash-harness-{run}"));
-    let topics = Topics {
-        input: format!("crash-harness-in-{run}"),
-        output: format!("crash-harness-out-{run}"),
-        prefix: format!("crash-harness-{run}"),
-        checkpoints: work.join("checkpoints"),
-    };
-    println!(
-        "crash-harness: seed {seed}, {records} records, {cycles} kill cycles, broker {bootstrap}"
-    );
-    let settings = ClientSettings::new(&bootstrap);
-    for (topic, partitions) in [(&topics.input, 3), (&topics.output, 2)] {
-        let missing = MissingTopics::Create { partitions };
-        if let Err(e) = ensure_topics(&settings, std::slice::from_ref(topic), missing) {
-            eprintln!("crash-harness: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    if let Err(e) = produce_input(&bootstrap, &topics.input, records) {
-        eprintln!("crash-harness: cannot write the input to {bootstrap}: {e}");
-        return ExitCode::from(2);
-    }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("crash-harness: cannot find my executable: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let spawn = |crash_at: Option<String>| {
-        let mut command = Command::new(&exe);
+}
+
+/// One cycle of the plan.
+#[derive(Debug, Clone, Copy)]
+enum Cycle {
+    /// Abort at a phase.
+    Phase(&'static str),
+    /// SIGKILL at a random time.
+    RandomKill,
+    /// SIGKILL the broker while the child runs; the child must recover.
+    BrokerRestart,
+}
+
+struct Harness {
+    exe: PathBuf,
+    child: ChildArgs,
+    bootstrap: String,
+    rng: Rng,
+}
+
+impl Harness {
+    fn spawn(&self, crash_at: Option<String>) -> std::io::Result<Child> {
+        let args = &self.child;
+        let mut command = Command::new(&self.exe);
         command
-            .arg("--child")
-            .arg(&topics.input)
-            .arg(&topics.output)
-            .arg(&topics.prefix)
-            .arg(&topics.checkpoints)
-            .arg(records.to_string());
+            .arg("child")
+            .arg("--input")
+            .arg(&args.input)
+            .arg("--output")
+            .arg(&args.output)
+            .arg("--prefix")
+            .arg(&args.prefix)
+            .arg("--checkpoints")
+            .arg(&args.checkpoints)
+            .arg("--records")
+            .arg(args.records.to_string());
         match crash_at {
             Some(spec) => command.env(CRASH_AT, spec),
             None => command.env_remove(CRASH_AT),
         };
         command.spawn()
+    }
+
+    fn visible(&self) -> Option<u64> {
+        let runtime = tokio::runtime::Runtime::new().ok()?;
+        runtime
+            .block_on(visible_records(&self.bootstrap, &self.child.output))
+            .ok()
+    }
+
+    /// Restarts the broker under a running child, then waits until the
+    /// child has made progress on the restarted broker, and SIGKILLs it.
+    fn broker_restart(&mut self, running: &mut Child, command: &str) -> Result<Death, String> {
+        let before_restart = Duration::from_millis(500 + self.rng.below(1500));
+        if let Some(status) = wait(running, before_restart) {
+            return Ok(death(status, "random SIGKILL"));
+        }
+        let visible = self.visible().unwrap_or(0);
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .status()
+            .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+        if !status.success() {
+            return Err(format!("`{command}` failed ({status})"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = wait(running, Duration::from_millis(500)) {
+                return Ok(death(status, "random SIGKILL"));
+            }
+            if self.visible().is_some_and(|n| n > visible) {
+                return Ok(death(sigkill(running), "random SIGKILL"));
+            }
+            if Instant::now() >= deadline {
+                sigkill(running);
+                return Err(format!(
+                    "the pipeline made no progress within 120 s of the broker restart (still {visible} records visible)"
+                ));
+            }
+        }
+    }
+}
+
+/// Runs the whole harness; returns the exit code.
+fn run(args: &RunArgs) -> Result<ExitCode, String> {
+    let cycles = args.cycles.unwrap_or(if args.soak { 300 } else { 32 });
+    let records = args
+        .records
+        .unwrap_or(if args.soak { 200_000 } else { 20_000 });
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let bootstrap = bootstrap_from_env();
+    let run = format!("{}-{}", std::process::id(), seed % 1_000_000);
+    let work = std::env::temp_dir().join(format!("exactly-crash-harness-{run}"));
+    let child_args = ChildArgs {
+        input: format!("crash-harness-in-{run}"),
+        output: format!("crash-harness-out-{run}"),
+        prefix: format!("crash-harness-{run}"),
+        checkpoints: work.join("checkpoints"),
+        records,
+        parallelism: 2,
+        transaction_timeout_ms: 600_000,
+        checkpoint_timeout_ms: 60_000,
+        restart_budget_ms: 60_000,
+        restarts: 30,
+    };
+    println!(
+        "crash-harness: seed {seed}, {records} records, {cycles} kill cycles, {} broker restarts, broker {bootstrap}",
+        args.broker_restarts
+    );
+    input(&InputArgs {
+        input: child_args.input.clone(),
+        output: child_args.output.clone(),
+        records,
+    })?;
+    let mut harness = Harness {
+        exe: std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?,
+        child: child_args,
+        bootstrap: bootstrap.clone(),
+        rng: Rng(seed),
     };
 
     let started = Instant::now();
-    let mut kills = 0u64;
-    let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
-    // Every phase twice, then random SIGKILLs.
+    // Every phase twice, the broker restarts, then random SIGKILLs.
     let phases = phases();
-    let mut plan: Vec<Option<&str>> = phases
+    let mut plan: VecDeque<Cycle> = phases
         .iter()
         .chain(phases.iter())
-        .map(|p| Some(*p))
+        .map(|p| Cycle::Phase(p))
+        .chain((0..args.broker_restarts).map(|_| Cycle::BrokerRestart))
         .collect();
-    while (plan.len() as u64) < cycles {
-        plan.push(None);
+    while (plan.len() as u64) < cycles + args.broker_restarts {
+        plan.push_back(Cycle::RandomKill);
     }
-    let mut plan: std::collections::VecDeque<Option<&str>> = plan.into();
+    let mut kills = 0u64;
+    let mut broker_restarts = 0u64;
+    let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut failures: Vec<String> = Vec::new();
     let mut retries: BTreeMap<&str, u32> = BTreeMap::new();
     let mut cycle = 0;
-    while let Some(phase) = plan.pop_front() {
+    while let Some(next) = plan.pop_front() {
         cycle += 1;
-        let crash_at = phase.map(|p| format!("{p}:{}", 1 + rng.below(2)));
-        let mut running = match spawn(crash_at.clone()) {
-            Ok(child) => child,
-            Err(e) => {
-                eprintln!("crash-harness: cannot start the child: {e}");
-                return ExitCode::from(2);
-            }
+        let crash_at = match next {
+            Cycle::Phase(p) => Some(format!("{p}:{}", 1 + harness.rng.below(2))),
+            Cycle::RandomKill | Cycle::BrokerRestart => None,
         };
-        let outcome = match phase {
-            Some(name) => match wait(&mut running, Duration::from_secs(30)) {
-                Some(status) if !status.success() => {
-                    *by_phase.entry(name).or_default() += 1;
-                    format!("died at {} ({status})", crash_at.unwrap_or_default())
-                }
-                missed => {
-                    if missed.is_none() {
-                        let _ = running.kill();
-                        let _ = running.wait();
-                        *by_phase.entry("random SIGKILL").or_default() += 1;
-                    }
-                    // Try the phase again (a few times), so that every
-                    // phase is hit twice.
-                    let tries = retries.entry(name).or_default();
-                    *tries += 1;
-                    if *tries <= 3 {
-                        plan.push_front(Some(name));
-                        if name == "during-recovery" {
-                            // Leave something to recover first.
-                            plan.push_front(Some("after-checkpoint-complete"));
-                        }
-                    }
-                    match missed {
-                        Some(_) => format!("finished before reaching {name}"),
-                        None => format!("did not reach {name} in 30 s: killed with SIGKILL"),
-                    }
-                }
+        let mut running = harness
+            .spawn(crash_at.clone())
+            .map_err(|e| format!("cannot start the child: {e}"))?;
+        let ended = match next {
+            Cycle::Phase(name) => match wait(&mut running, Duration::from_secs(30)) {
+                Some(status) => death(status, name),
+                None => death(sigkill(&mut running), "random SIGKILL"),
             },
-            None => {
-                let after = Duration::from_millis(300 + rng.below(1500));
+            Cycle::RandomKill => {
+                let after = Duration::from_millis(300 + harness.rng.below(1500));
                 match wait(&mut running, after) {
-                    Some(status) => {
-                        format!("exited by itself ({status}) before its kill at {after:?}")
-                    }
-                    None => {
-                        let _ = running.kill();
-                        let _ = running.wait();
-                        *by_phase.entry("random SIGKILL").or_default() += 1;
-                        format!("killed with SIGKILL after {after:?}")
-                    }
+                    Some(status) => death(status, "random SIGKILL"),
+                    None => death(sigkill(&mut running), "random SIGKILL"),
                 }
             }
+            Cycle::BrokerRestart => {
+                broker_restarts += 1;
+                harness.broker_restart(&mut running, &args.restart_broker)?
+            }
         };
-        if !outcome.starts_with("finished") && !outcome.starts_with("exited") {
-            kills += 1;
+        let outcome = match ended {
+            Death::Killed(how) => {
+                kills += 1;
+                *by_phase.entry(how).or_default() += 1;
+                match next {
+                    Cycle::BrokerRestart => {
+                        format!("the broker was restarted under it; it recovered, then {how}")
+                    }
+                    _ => format!(
+                        "died: {how}{}",
+                        crash_at
+                            .map(|c| format!(" (asked: {c})"))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+            Death::Finished => "finished its work before its kill".to_owned(),
+            Death::Failed(status) => {
+                failures.push(format!(
+                    "cycle {cycle} ({next:?}): the child exited with {status} instead of dying of the fault"
+                ));
+                format!("FAILED: exited with {status}")
+            }
+        };
+        // A phase missed (the child was killed elsewhere or finished
+        // first) is tried again, up to three times.
+        if let Cycle::Phase(name) = next
+            && !matches!(ended, Death::Killed(how) if how == name)
+        {
+            let tries = retries.entry(name).or_default();
+            *tries += 1;
+            if *tries <= 3 {
+                plan.push_front(Cycle::Phase(name));
+                if needs_something_to_recover(name) {
+                    plan.push_front(Cycle::Phase("after-checkpoint-complete"));
+                }
+            }
         }
         println!("crash-harness: cycle {cycle:>3}: {outcome}");
     }
     println!("crash-harness: final run without faults");
-    let mut last = match spawn(None) {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("crash-harness: cannot start the child: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let mut last = harness
+        .spawn(None)
+        .map_err(|e| format!("cannot start the child: {e}"))?;
     match wait(&mut last, Duration::from_secs(600)) {
         Some(status) if status.success() => {}
-        Some(status) => {
-            eprintln!("crash-harness: the final run failed ({status})");
-            return ExitCode::FAILURE;
-        }
+        Some(status) => return Err(format!("the final run failed ({status})")),
         None => {
-            let _ = last.kill();
-            eprintln!("crash-harness: the final run did not finish within 600 s");
-            return ExitCode::FAILURE;
+            sigkill(&mut last);
+            return Err("the final run did not finish within 600 s".to_owned());
         }
     }
-    let (lost, duplicated, problems) = match check(&bootstrap, &topics.output, records) {
-        Ok(result) => result,
-        Err(e) => {
-            eprintln!("crash-harness: cannot read the output: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let verdict = check(&bootstrap, &harness.child.output, records)
+        .map_err(|e| format!("cannot check the output: {e}"))?;
     let _ = std::fs::remove_dir_all(&work);
     println!(
-        "crash-harness: kills by phase: {by_phase:?}; took {:.0?}",
+        "crash-harness: kills by phase: {by_phase:?}; {broker_restarts} broker restarts; took {:.0?}",
         started.elapsed()
-    );
-    for problem in &problems {
-        println!("crash-harness: {problem}");
-    }
-    println!(
-        "crash-harness: {kills} kills, {records} records, {lost} lost, {duplicated} duplicated"
     );
     let missing_phases: Vec<&str> = phases
         .iter()
@@ -491,11 +707,69 @@ fn main() -> ExitCode {
         .filter(|p| by_phase.get(p).copied().unwrap_or(0) < 2)
         .collect();
     if !missing_phases.is_empty() {
-        println!("crash-harness: phases killed fewer than twice: {missing_phases:?}");
+        failures.push(format!(
+            "phases killed fewer than twice: {missing_phases:?}"
+        ));
     }
-    if lost > 0 || duplicated > 0 || !problems.is_empty() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    if kills < args.min_kills {
+        failures.push(format!(
+            "only {kills} kills, fewer than --min-kills {}",
+            args.min_kills
+        ));
     }
+    for problem in verdict.problems.iter().chain(&failures) {
+        println!("crash-harness: {problem}");
+    }
+    println!(
+        "crash-harness: {kills} kills, {records} records, {} lost, {} duplicated",
+        verdict.lost, verdict.duplicated
+    );
+    Ok(
+        if verdict.lost > 0
+            || verdict.duplicated > 0
+            || !verdict.problems.is_empty()
+            || !failures.is_empty()
+        {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.step {
+        None => run(&cli.run),
+        Some(Step::Input(args)) => input(args).map(|()| ExitCode::SUCCESS),
+        Some(Step::Child(args)) => {
+            return match child(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crash-harness child: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Step::Check(args)) => {
+            check(&bootstrap_from_env(), &args.output, args.records).map(|v| {
+                for problem in &v.problems {
+                    println!("crash-harness: {problem}");
+                }
+                println!(
+                    "crash-harness check: {} records, {} lost, {} duplicated",
+                    args.records, v.lost, v.duplicated
+                );
+                if v.lost == 0 && v.duplicated == 0 && v.problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("crash-harness: {e}");
+        ExitCode::from(2)
+    })
 }

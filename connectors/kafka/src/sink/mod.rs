@@ -35,12 +35,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exactly::BoxError;
 use exactly::preflight::{JobSettings, PreflightReport};
 use exactly::sink::{SinkContext, TwoPhaseCommitSink};
+use exactly::{BoxError, Unrecoverable};
+use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
-use self::producer::SinkProducer;
+use self::producer::{SinkProducer, is_fenced};
 use crate::client::{ClientSettings, MissingTopics};
 
 pub use self::recovery::{
@@ -139,7 +140,6 @@ pub struct KafkaSink<T> {
     guarantee_chosen: bool,
     prefix: Option<String>,
     transaction_timeout: Duration,
-    broker_max_timeout: Option<Duration>,
     restart_budget: Duration,
     pool_size: usize,
     missing_topics: MissingTopics,
@@ -173,7 +173,6 @@ impl<T> Clone for KafkaSink<T> {
             guarantee_chosen: self.guarantee_chosen,
             prefix: self.prefix.clone(),
             transaction_timeout: self.transaction_timeout,
-            broker_max_timeout: self.broker_max_timeout,
             restart_budget: self.restart_budget,
             pool_size: self.pool_size,
             missing_topics: self.missing_topics,
@@ -236,7 +235,6 @@ impl<T: Send + 'static> KafkaSink<T> {
                 guarantee_chosen: false,
                 prefix: None,
                 transaction_timeout: Duration::from_secs(900),
-                broker_max_timeout: None,
                 restart_budget: Duration::from_secs(60),
                 pool_size: 5,
                 missing_topics: MissingTopics::Fail,
@@ -273,21 +271,12 @@ impl<T> KafkaSinkBuilder<T> {
     /// `transaction.timeout.ms` (default 15 minutes, Kafka's default
     /// broker maximum). It must outlast a checkpoint interval plus the
     /// checkpoint timeout plus the restart budget, or transactions can be
-    /// aborted by the broker before they are committed.
+    /// aborted by the broker before they are committed; and it must not
+    /// exceed the broker's `transaction.max.timeout.ms`, which the
+    /// preflight reads with DescribeConfigs.
     #[must_use]
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.sink.transaction_timeout = timeout;
-        self
-    }
-
-    /// The broker's `transaction.max.timeout.ms`. With it, the preflight
-    /// trusts this value and does not ask the broker (some brokers do not
-    /// answer DescribeConfigs, which costs a timeout at every start);
-    /// without it, the preflight asks, and if the broker does not answer it
-    /// assumes Kafka's default, 15 minutes, and says so.
-    #[must_use]
-    pub fn broker_max_transaction_timeout(mut self, max: Duration) -> Self {
-        self.sink.broker_max_timeout = Some(max);
         self
     }
 
@@ -329,6 +318,42 @@ impl<T> KafkaSinkBuilder<T> {
         }
         Ok(sink)
     }
+}
+
+/// A transactional id of the sink was fenced: a newer producer with the
+/// same id took it over, or the broker aborted the transaction after its
+/// timeout and bumped the epoch. The sink returns it wrapped in
+/// [`Unrecoverable`], so the job stops instead of restarting and fencing
+/// the other instance in turn.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+#[error(
+    "{during} of {transaction} failed: its transactional id was fenced ({source}). Another instance of this job, or \
+     another job with the same transactional-id prefix, took the id over; or the broker aborted the transaction after \
+     transaction.timeout.ms. This instance stops rather than restart and fence the other in turn: stop the other \
+     instance, or give each job its own .transactional_id_prefix(..)"
+)]
+pub struct FencedError {
+    /// What the sink was doing.
+    pub during: String,
+    /// The transaction, as its `Display` form.
+    pub transaction: String,
+    /// The producer's error.
+    #[source]
+    pub source: KafkaError,
+}
+
+/// `error` of `what` on `transaction`, as the job should see it: fencing
+/// is [`Unrecoverable`], anything else fails the attempt.
+fn kafka_failed(what: &str, transaction: &KafkaTransaction, error: KafkaError) -> BoxError {
+    if transaction.transactional_id.is_some() && is_fenced(&error) {
+        return Unrecoverable::boxed(FencedError {
+            during: what.to_owned(),
+            transaction: transaction.to_string(),
+            source: error,
+        });
+    }
+    failed(what, Some(transaction), error)
 }
 
 fn failed(
@@ -466,7 +491,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let producer = self.slot(free)?;
         producer
             .begin_transaction()
-            .map_err(|e| failed("begin", Some(&transaction), e))?;
+            .map_err(|e| kafka_failed("begin", &transaction, e))?;
         self.busy.insert(free);
         Ok(transaction)
     }
@@ -479,7 +504,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             let record = serialize(element);
             producer
                 .send(&topic, record.key.as_deref(), &record.value)
-                .map_err(|e| failed("writing a record", None, e))?;
+                .map_err(|e| kafka_failed("writing a record", transaction, e))?;
         }
         transaction.records += batch.len() as u64;
         Ok(())
@@ -496,22 +521,18 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let producer = self.producer_for(transaction)?;
         producer
             .flush()
-            .map_err(|e| failed("flushing", Some(transaction), e))?;
+            .map_err(|e| kafka_failed("flushing", transaction, e))?;
         let deliveries = producer.take_deliveries();
         for (partition, offset) in deliveries.first_offsets {
             let first = transaction.partitions.entry(partition).or_insert(offset);
             *first = (*first).min(offset);
         }
-        if deliveries.errors > 0 {
-            return Err(failed(
-                "pre-commit",
-                Some(transaction),
-                format!(
-                    "{} records were not delivered, the first because: {}",
-                    deliveries.errors,
-                    deliveries.first_error.unwrap_or_default()
-                ),
-            ));
+        if let Some(first) = deliveries.first_error {
+            let what = format!(
+                "pre-commit ({} records were not delivered)",
+                deliveries.errors
+            );
+            return Err(kafka_failed(&what, transaction, first));
         }
         if transaction.transactional_id.is_some() {
             let (id, epoch) = producer.identity(began).ok_or_else(|| {
@@ -538,7 +559,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             producer.commit_transaction()
         };
         if let Err(error) = result {
-            return Err(failed("commit", Some(&transaction), error));
+            return Err(kafka_failed("commit", &transaction, error));
         }
         self.busy.remove(&transaction.slot);
         Ok(())
@@ -550,7 +571,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         }
         let producer = self.producer_for(&transaction)?;
         if let Err(error) = producer.abort_transaction() {
-            return Err(failed("abort", Some(&transaction), error));
+            return Err(kafka_failed("abort", &transaction, error));
         }
         self.busy.remove(&transaction.slot);
         Ok(())

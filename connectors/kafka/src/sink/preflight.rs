@@ -27,8 +27,9 @@ use crate::client::{ClientSettings, ensure_topics};
 /// Kafka's default `transaction.max.timeout.ms`.
 const KAFKA_DEFAULT_MAX_TIMEOUT: Duration = Duration::from_millis(900_000);
 
-/// The longest the check waits for the broker's configuration.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest the check waits for each answer about the broker's
+/// configuration.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn check<T>(
     sink: &KafkaSink<T>,
@@ -55,25 +56,15 @@ pub(super) fn check<T>(
             .into());
     };
     let timeout = sink.transaction_timeout;
-    let reported = match sink.broker_max_timeout {
-        // An explicit value is trusted: brokers that do not answer
-        // DescribeConfigs would otherwise cost a timeout at every start.
-        Some(_) => None,
-        None => broker_max_timeout(&sink.settings),
-    };
-    let (max, origin) = match reported {
-        Some(max) => (max, "reported by the broker"),
-        None => match sink.broker_max_timeout {
-            Some(max) => (max, "as configured with .broker_max_transaction_timeout()"),
-            None => {
-                report = report.notice(format!(
-                    "the broker did not report transaction.max.timeout.ms; assuming Kafka's default of {} ms \
-                     (set .broker_max_transaction_timeout() if the broker differs)",
-                    KAFKA_DEFAULT_MAX_TIMEOUT.as_millis()
-                ));
-                (KAFKA_DEFAULT_MAX_TIMEOUT, "Kafka's default, assumed")
-            }
-        },
+    let (max, origin) = match broker_max_timeout(&sink.settings) {
+        Ok(max) => (max, "reported by the broker"),
+        Err(why) => {
+            report = report.notice(format!(
+                "could not read transaction.max.timeout.ms from the broker ({why}); assuming Kafka's default of {} ms",
+                KAFKA_DEFAULT_MAX_TIMEOUT.as_millis()
+            ));
+            (KAFKA_DEFAULT_MAX_TIMEOUT, "Kafka's default, assumed")
+        }
     };
     if timeout > max {
         return Err(format!(
@@ -102,20 +93,37 @@ pub(super) fn check<T>(
     Ok(report.claim(format!("Kafka transactional-id prefix `{prefix}`")))
 }
 
-/// The broker's `transaction.max.timeout.ms`, if it reports it.
-fn broker_max_timeout(settings: &ClientSettings) -> Option<Duration> {
-    let consumer: BaseConsumer = settings.config(&[]).create().ok()?;
+/// The broker's `transaction.max.timeout.ms`, read with DescribeConfigs
+/// from the first broker in the cluster metadata; or why it could not be.
+fn broker_max_timeout(settings: &ClientSettings) -> Result<Duration, String> {
+    let wait = settings.timeout.min(DESCRIBE_TIMEOUT);
+    let consumer: BaseConsumer = settings.config(&[]).create().map_err(|e| e.to_string())?;
     let metadata = consumer
-        .fetch_metadata(None, settings.timeout.min(DESCRIBE_TIMEOUT))
-        .ok()?;
-    let broker = metadata.brokers().first()?.id();
-    let admin: AdminClient<DefaultClientContext> = settings.config(&[]).create().ok()?;
-    let options = AdminOptions::new().request_timeout(Some(settings.timeout.min(DESCRIBE_TIMEOUT)));
+        .fetch_metadata(None, wait)
+        .map_err(|e| format!("Metadata: {e}"))?;
+    let broker = metadata
+        .brokers()
+        .first()
+        .ok_or("the cluster metadata lists no broker")?
+        .id();
+    let admin: AdminClient<DefaultClientContext> =
+        settings.config(&[]).create().map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().request_timeout(Some(wait));
     let results = futures_executor::block_on(
         admin.describe_configs([&ResourceSpecifier::Broker(broker)], &options),
     )
-    .ok()?;
-    let config = results.into_iter().next()?.ok()?;
-    let value = config.get("transaction.max.timeout.ms")?.value.as_ref()?;
-    value.parse().ok().map(Duration::from_millis)
+    .map_err(|e| format!("DescribeConfigs: {e}"))?;
+    let config = results
+        .into_iter()
+        .next()
+        .ok_or("DescribeConfigs answered nothing")?
+        .map_err(|e| format!("DescribeConfigs of broker {broker}: {e}"))?;
+    let value = config
+        .get("transaction.max.timeout.ms")
+        .and_then(|entry| entry.value.as_ref())
+        .ok_or_else(|| format!("broker {broker} did not list transaction.max.timeout.ms"))?;
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("broker {broker} reported transaction.max.timeout.ms = {value:?}"))
 }

@@ -22,7 +22,7 @@ use crate::client::ClientSettings;
 #[derive(Debug, Default)]
 pub(crate) struct Deliveries {
     pub(crate) errors: u64,
-    pub(crate) first_error: Option<String>,
+    pub(crate) first_error: Option<KafkaError>,
     /// The lowest offset delivered, per partition.
     pub(crate) first_offsets: BTreeMap<i32, i64>,
 }
@@ -70,10 +70,24 @@ impl ProducerContext for Tracker {
                 seen.deliveries.errors += 1;
                 seen.deliveries
                     .first_error
-                    .get_or_insert_with(|| error.to_string());
+                    .get_or_insert_with(|| error.clone());
             }
         }
     }
+}
+
+/// Whether `error` says a newer producer with the same transactional id
+/// (or the coordinator, aborting a timed-out transaction) bumped the epoch
+/// this producer holds.
+pub(crate) fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
 
 /// One producer.

@@ -5,7 +5,6 @@
 
 mod audit;
 mod common;
-mod crash_harness;
 mod errors;
 mod fake_broker;
 mod read_committed;
