@@ -4,6 +4,7 @@
 //! talk to small fake brokers on the loopback interface.
 
 mod audit;
+mod broker_behaviour;
 mod common;
 mod errors;
 mod fake_broker;
