@@ -11,4 +11,5 @@ mod fake_broker;
 mod read_committed;
 mod sink;
 mod source;
+mod transaction_version;
 mod wordcount;
