@@ -29,9 +29,7 @@ use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    DescribeTransactionsRequest, ListTransactionsRequest, MetadataRequest, TransactionalId,
-};
+use kafka_protocol::messages::{DescribeTransactionsRequest, MetadataRequest, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -40,6 +38,7 @@ use crate::batch::{decode_batch, split_batches};
 use crate::committed_reader::raw_fetch_request;
 use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
+use crate::transactions::{ListError, list_open};
 use crate::visibility::{PartitionLog, VisibleRecord};
 use crate::{CommittedReader, ReaderConfig};
 
@@ -59,18 +58,8 @@ const DEFAULT_MAX_LISTED: usize = 20;
 /// The bytes the open-transaction probe fetches: the batch holding the
 /// first record comes back whole even when it is larger (KIP-74).
 const PROBE_FETCH_BYTES: i32 = 1024 * 1024;
-/// How long the probe's Fetch may wait on the broker for data. Tansu
-/// answers a Fetch with a zero wait without the partition.
+/// How long the probe's Fetch may wait on the broker for data.
 const PROBE_FETCH_MAX_WAIT_MS: i32 = 200;
-/// Transaction states (as ListTransactions names them) of a transaction
-/// that has begun and not completed.
-const OPEN_STATES: [&str; 4] = [
-    "Ongoing",
-    "PrepareCommit",
-    "PrepareAbort",
-    "PrepareEpochFence",
-];
-
 /// The `--help` text.
 pub const USAGE: &str = "\
 exactly-audit: checks a Kafka topic written by an exactly-once pipeline.
@@ -1366,58 +1355,30 @@ impl ClusterProbe {
                 Ok(connection) => connection,
                 Err(error) => return failed(error.to_string()),
             };
-            let listed = match connection
-                .request(&ListTransactionsRequest::default(), 0, 1)
-                .await
-            {
-                Ok((listed, _)) => listed,
-                Err(ReadError::UnsupportedApi {
-                    broker_min,
-                    broker_max,
-                    ..
-                }) => {
+            let mut found: Vec<ListedTransaction> = match list_open(connection, prefix).await {
+                Ok(listed) => listed
+                    .into_iter()
+                    .map(|t| ListedTransaction {
+                        transactional_id: t.transactional_id,
+                        producer_id: t.producer_id,
+                        state: t.state,
+                        coordinator: address.clone(),
+                        producer_epoch: None,
+                        start_time_ms: None,
+                        open_for_ms: None,
+                        timeout_ms: None,
+                        partitions_in_topic: Vec::new(),
+                        open_in_log: Vec::new(),
+                    })
+                    .collect(),
+                Err(ListError::Unsupported(reason)) => {
                     return TransactionLookup::Unsupported {
                         prefix: prefix.to_owned(),
-                        reason: if broker_max < 0 {
-                            format!(
-                                "the broker at {address} does not list ListTransactions in its \
-                                 API versions"
-                            )
-                        } else {
-                            format!(
-                                "the broker at {address} offers ListTransactions versions \
-                                 {broker_min}..={broker_max}, this tool speaks 0..=1"
-                            )
-                        },
+                        reason,
                     };
                 }
-                Err(error) => return failed(format!("ListTransactions: {error}")),
+                Err(ListError::Failed(error)) => return failed(error),
             };
-            if listed.error_code != 0 {
-                return failed(format!(
-                    "ListTransactions at {address}: error {} ({})",
-                    listed.error_code,
-                    error_name(listed.error_code)
-                ));
-            }
-            let mut found: Vec<ListedTransaction> = listed
-                .transaction_states
-                .iter()
-                .filter(|t| t.transactional_id.0.as_str().starts_with(prefix))
-                .filter(|t| OPEN_STATES.contains(&t.transaction_state.as_str()))
-                .map(|t| ListedTransaction {
-                    transactional_id: t.transactional_id.0.as_str().to_owned(),
-                    producer_id: t.producer_id.0,
-                    state: t.transaction_state.as_str().to_owned(),
-                    coordinator: address.clone(),
-                    producer_epoch: None,
-                    start_time_ms: None,
-                    open_for_ms: None,
-                    timeout_ms: None,
-                    partitions_in_topic: Vec::new(),
-                    open_in_log: Vec::new(),
-                })
-                .collect();
             if found.is_empty() {
                 continue;
             }

@@ -15,6 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::committed_reader::bootstrap_from_env;
+use crate::connection::ConnectionSettings;
 
 /// How to reach a Kafka cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +64,27 @@ impl ClientSettings {
             config.set(key, value);
         }
         config
+    }
+
+    /// The first bootstrap address, for the raw protocol client (which
+    /// connects to one address and learns the rest from Metadata).
+    pub(crate) fn first_bootstrap(&self) -> String {
+        self.bootstrap
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Settings for a raw protocol connection with the same bound on each
+    /// call (and at most 10 s to connect).
+    pub(crate) fn wire(&self, client_id: &str) -> ConnectionSettings {
+        ConnectionSettings {
+            connect_timeout: self.timeout.min(Duration::from_secs(10)),
+            request_timeout: self.timeout,
+            client_id: client_id.to_owned(),
+        }
     }
 }
 

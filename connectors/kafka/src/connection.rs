@@ -296,3 +296,16 @@ pub fn error_name(code: i16) -> String {
     code.err()
         .map_or_else(|| "NONE".to_owned(), |error| format!("{error:?}"))
 }
+
+/// Runs `work` to completion from blocking code: on the current tokio
+/// runtime when called from its blocking pool, else on a runtime of its
+/// own. Fails only when that runtime cannot be built.
+pub(crate) fn block_on<F: std::future::Future>(work: F) -> std::io::Result<F::Output> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(handle.block_on(work)),
+        Err(_) => Ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work)),
+    }
+}

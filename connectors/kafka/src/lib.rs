@@ -33,6 +33,7 @@ mod error;
 pub mod oracle;
 pub mod sink;
 pub mod source;
+mod transactions;
 mod visibility;
 
 pub use committed_reader::{

@@ -24,6 +24,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::committed_reader::{CommittedReader, ReaderConfig};
+use crate::connection::block_on;
 use crate::error::ReadError;
 use crate::visibility::{PartitionLog, VisibleRecord};
 
@@ -129,22 +130,18 @@ impl From<&VisibleRecord> for Seen {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ReadError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| ReadError::Io {
-            address: "local".to_owned(),
+/// Every partition of `topic` read raw, applying read_committed here.
+fn read_raw(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
+    block_on(async {
+        let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+        reader.read_topic(topic).await
+    })
+    .unwrap_or_else(|source| {
+        Err(ReadError::Io {
+            address: bootstrap.to_owned(),
             api: "runtime",
             source,
         })
-}
-
-/// Every partition of `topic` read raw, applying read_committed here.
-fn read_raw(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
-    runtime()?.block_on(async {
-        let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
-        reader.read_topic(topic).await
     })
 }
 

@@ -108,11 +108,17 @@ impl GateRegistry {
     }
 }
 
+/// A task could not send because a downstream task had stopped: the
+/// consequence of another task's failure, never the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("a downstream task stopped")]
+pub(crate) struct DownstreamStopped;
+
 fn downstream_gone(task: &str) -> Error {
     Error::Task {
         task: task.to_owned(),
         phase: "sending downstream",
-        source: "a downstream task stopped".into(),
+        source: Box::new(DownstreamStopped),
     }
 }
 

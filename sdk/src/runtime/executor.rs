@@ -18,7 +18,7 @@ use super::blocking::{BlockingCalls, panic_message};
 use super::chain::{BoxFuture, RestoredStage};
 use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, TaskLink};
 use super::env::SubtaskEnv;
-use super::exchange::GateRegistry;
+use super::exchange::{DownstreamStopped, GateRegistry};
 use super::graph::JobGraph;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
@@ -275,10 +275,23 @@ impl Executor {
                 }
             }
         };
-        if outcome.is_err() {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-        }
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                // Tasks fail in a cascade: report the cause, and do not
+                // restart when any task failed for good.
+                tasks.abort_all();
+                let mut cause = first;
+                while let Some(joined) = tasks.join_next().await {
+                    if let Ok(Err(e)) = joined
+                        && failure_rank(&e) > failure_rank(&cause)
+                    {
+                        cause = e;
+                    }
+                }
+                Err(cause)
+            }
+        };
         blocking.wait_idle().await;
         outcome.map_err(|e| {
             if e.is_unrecoverable() {
@@ -287,6 +300,18 @@ impl Executor {
                 Failure::Retry(e)
             }
         })
+    }
+}
+
+/// Which of several task failures to report: an unrecoverable one first,
+/// then a cause, last a task that only saw its downstream stop.
+fn failure_rank(error: &Error) -> u8 {
+    if error.is_unrecoverable() {
+        2
+    } else if matches!(error, Error::Task { source, .. } if source.is::<DownstreamStopped>()) {
+        0
+    } else {
+        1
     }
 }
 

@@ -147,6 +147,9 @@ struct ChildArgs {
     /// The job's parallelism (source, keyed counter and sink).
     #[arg(long, default_value_t = 2)]
     parallelism: usize,
+    /// The checkpoint interval.
+    #[arg(long, default_value_t = 150)]
+    checkpoint_interval_ms: u64,
     /// The sink's transaction.timeout.ms.
     #[arg(long, default_value_t = 600_000)]
     transaction_timeout_ms: u64,
@@ -288,7 +291,7 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
     .map_err(|e| runtime_error(&e))?;
     let mut config = JobConfig::new()
         .parallelism(args.parallelism)
-        .checkpoint_interval(Duration::from_millis(150))
+        .checkpoint_interval(Duration::from_millis(args.checkpoint_interval_ms))
         .checkpoint_timeout(Duration::from_millis(args.checkpoint_timeout_ms))
         .checkpoint_dir(&args.checkpoints)
         .restart_strategy(RestartStrategy::fixed_delay(
@@ -525,7 +528,8 @@ impl Harness {
     /// Restarts the broker under a running child, then waits until the
     /// child has made progress on the restarted broker, and SIGKILLs it.
     fn broker_restart(&mut self, running: &mut Child, command: &str) -> Result<Death, String> {
-        let before_restart = Duration::from_millis(500 + self.rng.below(1500));
+        // Into steady state (start-up takes about a second), then the broker.
+        let before_restart = Duration::from_millis(2500 + self.rng.below(1500));
         if let Some(status) = wait(running, before_restart) {
             return Ok(death(status, "random SIGKILL"));
         }
@@ -577,6 +581,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         checkpoints: work.join("checkpoints"),
         records,
         parallelism: 2,
+        checkpoint_interval_ms: 150,
         transaction_timeout_ms: 600_000,
         checkpoint_timeout_ms: 60_000,
         restart_budget_ms: 60_000,
@@ -743,6 +748,15 @@ fn main() -> ExitCode {
         None => run(&cli.run),
         Some(Step::Input(args)) => input(args).map(|()| ExitCode::SUCCESS),
         Some(Step::Child(args)) => {
+            // Restarts and recoveries are logged with tracing: warnings and
+            // errors by default, more with RUST_LOG.
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
             return match child(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -41,8 +41,10 @@ use exactly::{BoxError, Unrecoverable};
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
-use self::producer::{SinkProducer, is_fenced};
+use self::producer::SinkProducer;
 use crate::client::{ClientSettings, MissingTopics};
+use crate::connection::block_on;
+use crate::transactions::list_open_in_cluster;
 
 pub use self::recovery::{
     RECOVERY_END_TXN_MAX_VERSION, Recovered, RecoveryError, recover_transaction,
@@ -145,6 +147,7 @@ pub struct KafkaSink<T> {
     missing_topics: MissingTopics,
     serialize: Serializer<T>,
     subtask: usize,
+    parallelism: usize,
     slots: Vec<Option<SinkProducer>>,
     busy: HashSet<usize>,
     plain: Option<SinkProducer>,
@@ -178,6 +181,7 @@ impl<T> Clone for KafkaSink<T> {
             missing_topics: self.missing_topics,
             serialize: Arc::clone(&self.serialize),
             subtask: self.subtask,
+            parallelism: self.parallelism,
             slots: Vec::new(),
             busy: HashSet::new(),
             plain: None,
@@ -240,6 +244,7 @@ impl<T: Send + 'static> KafkaSink<T> {
                 missing_topics: MissingTopics::Fail,
                 serialize: Arc::new(serialize),
                 subtask: 0,
+                parallelism: 1,
                 slots: Vec::new(),
                 busy: HashSet::new(),
                 plain: None,
@@ -345,8 +350,13 @@ pub struct FencedError {
 
 /// `error` of `what` on `transaction`, as the job should see it: fencing
 /// is [`Unrecoverable`], anything else fails the attempt.
-fn kafka_failed(what: &str, transaction: &KafkaTransaction, error: KafkaError) -> BoxError {
-    if transaction.transactional_id.is_some() && is_fenced(&error) {
+fn kafka_failed(
+    what: &str,
+    transaction: &KafkaTransaction,
+    producer: &SinkProducer,
+    error: KafkaError,
+) -> BoxError {
+    if transaction.transactional_id.is_some() && producer.is_fenced(&error) {
         return Unrecoverable::boxed(FencedError {
             during: what.to_owned(),
             transaction: transaction.to_string(),
@@ -354,6 +364,14 @@ fn kafka_failed(what: &str, transaction: &KafkaTransaction, error: KafkaError) -
         });
     }
     failed(what, Some(transaction), error)
+}
+
+/// The subtask and slot of a transactional id `{prefix}{subtask}-{slot}`
+/// (with `prefix` ending in `-`), or `None` for another id that merely
+/// starts with the prefix.
+fn pool_position(prefix: &str, id: &str) -> Option<(usize, usize)> {
+    let (subtask, slot) = id.strip_prefix(prefix)?.split_once('-')?;
+    Some((subtask.parse().ok()?, slot.parse().ok()?))
 }
 
 fn failed(
@@ -407,6 +425,63 @@ impl<T> KafkaSink<T> {
         Ok(self.slots[slot].as_ref().expect("created above"))
     }
 
+    /// Aborts the open transactions under the prefix that this subtask
+    /// owns but its pool does not cover: those of subtasks that a smaller
+    /// parallelism no longer runs (`{prefix}-{s}-{slot}` with
+    /// `s % parallelism == subtask`, as restored state is handed over) and
+    /// of slots beyond a smaller pool. Initialising a producer with such an
+    /// id aborts its transaction, which would otherwise pin the last stable
+    /// offset until it times out (FLINK-40626). Found with ListTransactions;
+    /// a broker that cannot list them leaves them to their timeout, with a
+    /// warning.
+    fn abort_lingering(&mut self) -> Result<(), BoxError> {
+        let prefix = format!("{}-", self.prefix.as_deref().unwrap_or_default());
+        let wire = self.settings.wire("exactly-kafka-sink");
+        let bootstrap = self.settings.first_bootstrap();
+        let listed = match block_on(list_open_in_cluster(&bootstrap, &wire, &prefix)) {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    %error,
+                    prefix = %prefix,
+                    "cannot list open transactions, so transactions left open under the prefix by subtasks that no \
+                     longer run are aborted only by their transaction.timeout.ms"
+                );
+                return Ok(());
+            }
+            Err(error) => return Err(failed("listing open transactions", None, error)),
+        };
+        for lingering in listed {
+            let Some((subtask, slot)) = pool_position(&prefix, &lingering.transactional_id) else {
+                continue;
+            };
+            let covered = subtask == self.subtask && slot < self.pool_size;
+            if subtask % self.parallelism != self.subtask || covered {
+                continue;
+            }
+            let id = &lingering.transactional_id;
+            let producer =
+                SinkProducer::create(&self.settings, Some((id, self.transaction_timeout)), true)
+                    .map_err(|e| {
+                        failed(&format!("creating a producer to abort `{id}`"), None, e)
+                    })?;
+            producer.init_transactions().map_err(|e| {
+                failed(
+                    &format!("aborting the lingering transaction of `{id}`"),
+                    None,
+                    e,
+                )
+            })?;
+            tracing::info!(
+                transactional_id = %id,
+                producer_id = lingering.producer_id,
+                state = %lingering.state,
+                "aborted a lingering transaction"
+            );
+        }
+        Ok(())
+    }
+
     fn plain(&mut self) -> Result<&SinkProducer, BoxError> {
         if self.plain.is_none() {
             let idempotent = self.guarantee == DeliveryGuarantee::AtLeastOnce;
@@ -449,6 +524,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
 
     fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
         self.subtask = ctx.subtask.index;
+        self.parallelism = ctx.subtask.parallelism.max(1);
         Ok(())
     }
 
@@ -477,6 +553,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             for slot in 0..self.pool_size {
                 self.slot(slot)?;
             }
+            self.abort_lingering()?;
         }
         let free = (0..self.pool_size).find(|s| !self.busy.contains(s)).ok_or_else(|| {
             format!(
@@ -491,7 +568,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let producer = self.slot(free)?;
         producer
             .begin_transaction()
-            .map_err(|e| kafka_failed("begin", &transaction, e))?;
+            .map_err(|e| kafka_failed("begin", &transaction, producer, e))?;
         self.busy.insert(free);
         Ok(transaction)
     }
@@ -504,7 +581,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             let record = serialize(element);
             producer
                 .send(&topic, record.key.as_deref(), &record.value)
-                .map_err(|e| kafka_failed("writing a record", transaction, e))?;
+                .map_err(|e| kafka_failed("writing a record", transaction, producer, e))?;
         }
         transaction.records += batch.len() as u64;
         Ok(())
@@ -521,7 +598,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let producer = self.producer_for(transaction)?;
         producer
             .flush()
-            .map_err(|e| kafka_failed("flushing", transaction, e))?;
+            .map_err(|e| kafka_failed("flushing", transaction, producer, e))?;
         let deliveries = producer.take_deliveries();
         for (partition, offset) in deliveries.first_offsets {
             let first = transaction.partitions.entry(partition).or_insert(offset);
@@ -532,7 +609,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
                 "pre-commit ({} records were not delivered)",
                 deliveries.errors
             );
-            return Err(kafka_failed(&what, transaction, first));
+            return Err(kafka_failed(&what, transaction, producer, first));
         }
         if transaction.transactional_id.is_some() {
             let (id, epoch) = producer.identity(began).ok_or_else(|| {
@@ -559,7 +636,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             producer.commit_transaction()
         };
         if let Err(error) = result {
-            return Err(kafka_failed("commit", &transaction, error));
+            return Err(kafka_failed("commit", &transaction, producer, error));
         }
         self.busy.remove(&transaction.slot);
         Ok(())
@@ -571,7 +648,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         }
         let producer = self.producer_for(&transaction)?;
         if let Err(error) = producer.abort_transaction() {
-            return Err(kafka_failed("abort", &transaction, error));
+            return Err(kafka_failed("abort", &transaction, producer, error));
         }
         self.busy.remove(&transaction.slot);
         Ok(())
@@ -581,7 +658,11 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         if transaction.transactional_id.is_none() || transaction.records == 0 {
             return Ok(());
         }
-        let recovered = recover_transaction(&self.settings, &transaction)?;
+        // Lost records stay lost however often the job restarts: stop it.
+        let recovered = recover_transaction(&self.settings, &transaction).map_err(|e| match e {
+            RecoveryError::Lost { .. } => Unrecoverable::boxed(e),
+            other => other.into(),
+        })?;
         tracing::info!(
             transaction = %transaction,
             answer = %recovered.answer,
@@ -608,5 +689,20 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
                 e,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_position;
+
+    #[test]
+    fn pool_ids_are_told_from_other_ids_under_the_prefix() {
+        assert_eq!(pool_position("job-", "job-3-4"), Some((3, 4)));
+        assert_eq!(pool_position("job-", "job-12-0"), Some((12, 0)));
+        assert_eq!(pool_position("job-", "job-x-0-1"), None, "another prefix");
+        assert_eq!(pool_position("job-", "job-1-0-1"), None, "prefix job-1");
+        assert_eq!(pool_position("job-", "other-1-0"), None);
+        assert_eq!(pool_position("job-", "job-1"), None);
     }
 }

@@ -76,17 +76,16 @@ impl ProducerContext for Tracker {
     }
 }
 
-/// Whether `error` says a newer producer with the same transactional id
-/// (or the coordinator, aborting a timed-out transaction) bumped the epoch
-/// this producer holds.
-pub(crate) fn is_fenced(error: &KafkaError) -> bool {
+/// librdkafka's codes for an epoch that a newer producer with the same
+/// transactional id (or the coordinator, aborting a timed-out transaction)
+/// bumped: the broker's PRODUCER_FENCED and INVALID_PRODUCER_EPOCH, and the
+/// local `_FENCED` that librdkafka raises for them.
+fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Fenced
-                | RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-        )
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
     )
 }
 
@@ -111,16 +110,16 @@ impl SinkProducer {
         transactional_id: Option<(&str, Duration)>,
         idempotent: bool,
     ) -> Result<Self, KafkaError> {
+        // librdkafka refuses message and socket timeouts above the
+        // transaction timeout.
+        let bound = match transactional_id {
+            Some((_, transaction_timeout)) => settings.timeout.min(transaction_timeout),
+            None => settings.timeout,
+        };
         let mut defaults = vec![
             ("enable.idempotence", idempotent.to_string()),
-            (
-                "message.timeout.ms",
-                settings.timeout.as_millis().to_string(),
-            ),
-            (
-                "socket.timeout.ms",
-                settings.timeout.as_millis().to_string(),
-            ),
+            ("message.timeout.ms", bound.as_millis().to_string()),
+            ("socket.timeout.ms", bound.as_millis().to_string()),
         ];
         if let Some((id, transaction_timeout)) = transactional_id {
             defaults.push(("transactional.id", id.to_owned()));
@@ -139,6 +138,21 @@ impl SinkProducer {
             tracker,
             timeout: settings.timeout,
         })
+    }
+
+    /// Whether `error`, which this producer returned, means it was fenced:
+    /// directly, or as the generic `_FATAL` that every call returns once
+    /// the producer is in the fatal state fencing put it in.
+    pub(crate) fn is_fenced(&self, error: &KafkaError) -> bool {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => self
+                .producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| is_fenced_code(code)),
+            Some(code) => is_fenced_code(code),
+            None => false,
+        }
     }
 
     pub(crate) fn init_transactions(&self) -> Result<(), KafkaError> {

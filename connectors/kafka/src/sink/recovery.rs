@@ -37,7 +37,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::KafkaTransaction;
 use crate::client::ClientSettings;
 use crate::committed_reader::{CommittedReader, ReaderConfig};
-use crate::connection::{Connection, ConnectionSettings, error_name};
+use crate::connection::{self, Connection, ConnectionSettings, error_name};
 use crate::error::ReadError;
 use crate::visibility::PartitionLog;
 
@@ -183,14 +183,6 @@ pub(crate) fn fate(transaction: &KafkaTransaction, logs: &[PartitionLog]) -> Fat
     if open { Fate::Open } else { Fate::Committed }
 }
 
-fn connection_settings(settings: &ClientSettings) -> ConnectionSettings {
-    ConnectionSettings {
-        connect_timeout: settings.timeout.min(Duration::from_secs(10)),
-        request_timeout: settings.timeout,
-        client_id: "exactly-kafka-recovery".to_owned(),
-    }
-}
-
 /// Sends `EndTxn(commit)` for the transaction to its coordinator; returns
 /// the answer and the version used.
 async fn end_transaction(
@@ -242,18 +234,13 @@ async fn read_partitions(
 fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, ReadError>>,
 ) -> Result<T, ReadError> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.block_on(work),
-        Err(_) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| ReadError::Io {
-                address: "local".to_owned(),
-                api: "runtime",
-                source,
-            })?
-            .block_on(work),
-    }
+    connection::block_on(work).unwrap_or_else(|source| {
+        Err(ReadError::Io {
+            address: "local".to_owned(),
+            api: "runtime",
+            source,
+        })
+    })
 }
 
 /// Commits `transaction`, a pre-committed transaction that a completed
@@ -280,14 +267,8 @@ pub fn recover_transaction(
         transaction: name.clone(),
         source,
     };
-    let bootstrap = settings
-        .bootstrap
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let conn_settings = connection_settings(settings);
+    let bootstrap = settings.first_bootstrap();
+    let conn_settings = settings.wire("exactly-kafka-recovery");
     let mut attempt = 0;
     loop {
         let (answer, version) =

@@ -8,6 +8,7 @@ mod broker_behaviour;
 mod common;
 mod errors;
 mod fake_broker;
+mod faults;
 mod read_committed;
 mod sink;
 mod source;
