@@ -297,9 +297,8 @@ impl CommittedReader {
         let partition = leader.partition;
         let log_start_offset = self.log_start_offset(topic, leader).await?;
         let mut fetched = self.fetch(topic, leader, log_start_offset).await?;
-        // The first Fetch fixes the end of the read. Its high watermark, not
-        // ListOffsets(LATEST), which tansu answers with the base offset of
-        // the last batch plus one (docs/kafka-broker.md).
+        // The first Fetch fixes the end of the read: its high watermark
+        // (the same as ListOffsets(LATEST), one round trip fewer).
         let high_watermark = fetched.high_watermark;
         let mut scan = PartitionScan::new(log_start_offset, high_watermark);
         let mut next_offset = log_start_offset;

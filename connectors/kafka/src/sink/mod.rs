@@ -658,9 +658,11 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         if transaction.transactional_id.is_none() || transaction.records == 0 {
             return Ok(());
         }
-        // Lost records stay lost however often the job restarts: stop it.
+        // No restart changes what the log says (lost, or undecidable): stop.
         let recovered = recover_transaction(&self.settings, &transaction).map_err(|e| match e {
-            RecoveryError::Lost { .. } => Unrecoverable::boxed(e),
+            RecoveryError::Lost { .. } | RecoveryError::Undecidable { .. } => {
+                Unrecoverable::boxed(e)
+            }
             other => other.into(),
         })?;
         tracing::info!(
@@ -670,6 +672,40 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             committed_earlier = recovered.committed_earlier,
             "recovered a pre-committed transaction"
         );
+        Ok(())
+    }
+
+    /// Without transactions, waits for the records still in flight at the
+    /// end of the input: `None` does not flush at checkpoints, and dropping
+    /// a producer discards what it has not delivered. Delivery errors fail
+    /// the job with `AtLeastOnce` (already flushed at every checkpoint) and
+    /// are only counted in a warning with `None`.
+    fn close(&mut self) -> Result<(), BoxError> {
+        let Some(producer) = &self.plain else {
+            return Ok(());
+        };
+        producer
+            .flush()
+            .map_err(|e| failed("flushing at the end of the input", None, e))?;
+        let deliveries = producer.take_deliveries();
+        if let Some(first) = deliveries.first_error {
+            if self.guarantee == DeliveryGuarantee::AtLeastOnce {
+                return Err(failed(
+                    &format!(
+                        "the final flush ({} records were not delivered)",
+                        deliveries.errors
+                    ),
+                    None,
+                    first,
+                ));
+            }
+            tracing::warn!(
+                topic = %self.topic,
+                undelivered = deliveries.errors,
+                first_error = %first,
+                "records were not delivered (DeliveryGuarantee::None)"
+            );
+        }
         Ok(())
     }
 

@@ -87,15 +87,37 @@ pub enum RecoveryError {
     },
     /// The broker aborted the transaction: its records are lost.
     #[error(
-        "the records of {transaction} are LOST: {reason}. The broker aborted the transaction, for example because \
-         transaction.timeout.ms expired while the job was down; raise the sink's transaction timeout (and the broker's \
-         transaction.max.timeout.ms) above the longest outage you must survive"
+        "the records of {transaction} are LOST: {reason}. The broker aborted the transaction: either its \
+         transaction.timeout.ms expired while the job was down (then raise the sink's transaction timeout, and the \
+         broker's transaction.max.timeout.ms, above the longest outage you must survive), or another producer took its \
+         transactional id over (then make sure one instance of the job runs per transactional-id prefix)"
     )]
     Lost {
         /// The transaction.
         transaction: String,
         /// What the broker and the log said.
         reason: String,
+    },
+    /// The broker refused the commit, and the log no longer holds the
+    /// transaction's first record, so whether it was committed cannot be
+    /// told.
+    #[error(
+        "committing {transaction} on recovery: the broker answered {answer}, and the log no longer holds the \
+         transaction's first record (offset {first_offset} of partition {partition} is below the log start \
+         offset {log_start_offset}: retention or compaction removed it), so whether it was committed cannot be told. \
+         Restore a newer checkpoint, or check the output by hand"
+    )]
+    Undecidable {
+        /// The transaction.
+        transaction: String,
+        /// What the broker answered.
+        answer: String,
+        /// The partition.
+        partition: i32,
+        /// The transaction's first offset there.
+        first_offset: i64,
+        /// The partition's log start offset.
+        log_start_offset: i64,
     },
     /// The transaction handle lacks the producer id or epoch.
     #[error(
@@ -156,17 +178,24 @@ pub(crate) enum Fate {
     Aborted,
     /// It is still open.
     Open,
+    /// The log no longer holds its first record (retention or compaction
+    /// removed it), so the log cannot tell.
+    Unknown,
 }
 
 /// The fate of `transaction` in the logs of the partitions it wrote: its
 /// first record in every partition is visible (committed), or inside an
-/// open transaction of its producer (open), or neither (aborted).
+/// open transaction of its producer (open), or deleted from the log
+/// (unknown), or none of these (aborted).
 pub(crate) fn fate(transaction: &KafkaTransaction, logs: &[PartitionLog]) -> Fate {
     let mut open = false;
     for (partition, first) in &transaction.partitions {
         let Some(log) = logs.iter().find(|l| l.partition == *partition) else {
             return Fate::Aborted;
         };
+        if *first < log.log_start_offset {
+            return Fate::Unknown;
+        }
         if log.records.iter().any(|r| r.offset == *first) {
             continue;
         }
@@ -309,6 +338,27 @@ pub fn recover_transaction(
                         answer: format!("{answer}, and the log shows the transaction still open"),
                         transaction: name,
                     }),
+                    Fate::Unknown => {
+                        let (partition, first_offset, log_start_offset) = transaction
+                            .partitions
+                            .iter()
+                            .find_map(|(p, first)| {
+                                let log = logs.iter().find(|l| l.partition == *p)?;
+                                (*first < log.log_start_offset).then_some((
+                                    *p,
+                                    *first,
+                                    log.log_start_offset,
+                                ))
+                            })
+                            .unwrap_or((-1, -1, -1));
+                        Err(RecoveryError::Undecidable {
+                            transaction: name,
+                            answer: answer.to_string(),
+                            partition,
+                            first_offset,
+                            log_start_offset,
+                        })
+                    }
                 };
             }
         }
@@ -408,6 +458,13 @@ mod tests {
             fate(&txn, &[log(0, &[10], None)]),
             Fate::Aborted,
             "a partition that cannot be read"
+        );
+        let mut truncated = log(1, &[], None);
+        truncated.log_start_offset = 5;
+        assert_eq!(
+            fate(&txn, &[log(0, &[10, 11], None), truncated]),
+            Fate::Unknown,
+            "retention deleted the first record: committed or aborted cannot be told"
         );
     }
 }

@@ -22,13 +22,8 @@
 //!   partitions. On restore every subtask sees every old subtask's position
 //!   and seeks its partitions to exactly those offsets; partitions without
 //!   one start at the earliest offset (FLIP-288), never at the latest.
-//! * `isolation.level=read_committed` by default.
-//!   **Caveat of the test broker** (tansu, `docs/kafka-broker.md`): it lists
-//!   no aborted transactions in Fetch responses, so against it a
-//!   read_committed source also receives the records of aborted
-//!   transactions. Against Apache Kafka it does not. This source does not
-//!   try to repair that; exactly-once output is checked with
-//!   [`CommittedReader`](crate::CommittedReader), not with this source.
+//! * `isolation.level=read_committed` by default: records of open
+//!   transactions are held back, those of aborted ones never delivered.
 //! * Offsets are committed to a consumer group only when a group id is
 //!   given, only after a checkpoint completes, and only for monitoring: the
 //!   source never reads them back.
