@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -146,6 +146,29 @@ impl Connection {
     /// Whether an earlier I/O error or timeout left the stream unusable.
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// A new connection to the transaction coordinator of
+    /// `transactional_id`, found with FindCoordinator (versions 1 to 3,
+    /// which take one key); or the error code the broker answered instead.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError`] when either broker cannot be reached or answers
+    /// nonsense.
+    pub async fn transaction_coordinator(
+        &mut self,
+        transactional_id: &str,
+    ) -> Result<Result<Connection, i16>, ReadError> {
+        let find = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(transactional_id.to_owned()))
+            .with_key_type(1);
+        let (found, _) = self.request(&find, 1, 3).await?;
+        if found.error_code != 0 {
+            return Ok(Err(found.error_code));
+        }
+        let address = format!("{}:{}", found.host.as_str(), found.port);
+        Connection::open(&address, &self.settings).await.map(Ok)
     }
 
     /// Sends `request` with the highest version that both the broker and

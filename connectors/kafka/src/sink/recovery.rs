@@ -29,9 +29,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use kafka_protocol::messages::{
-    EndTxnRequest, FindCoordinatorRequest, ProducerId, TransactionalId,
-};
+use kafka_protocol::messages::{EndTxnRequest, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 
 use super::KafkaTransaction;
@@ -54,7 +52,8 @@ pub struct Recovered {
     /// The coordinator's last answer to `EndTxn(commit)`, by Kafka's error
     /// name (`NONE` for success).
     pub answer: String,
-    /// The `EndTxn` version used.
+    /// The `EndTxn` version of the last answer (-1 when the last answer
+    /// came from FindCoordinator).
     pub end_txn_version: i16,
     /// Whether the answer was a refusal and the log showed the transaction
     /// committed already.
@@ -213,24 +212,19 @@ pub(crate) fn fate(transaction: &KafkaTransaction, logs: &[PartitionLog]) -> Fat
 }
 
 /// Sends `EndTxn(commit)` for the transaction to its coordinator; returns
-/// the answer and the version used.
+/// the answer and the version used (none when FindCoordinator answered an
+/// error and no `EndTxn` was sent).
 async fn end_transaction(
     bootstrap: &str,
     settings: &ConnectionSettings,
     id: &str,
     transaction: &KafkaTransaction,
-) -> Result<(Answer, i16), ReadError> {
+) -> Result<(Answer, Option<i16>), ReadError> {
     let mut connection = Connection::open(bootstrap, settings).await?;
-    // Versions 1 to 3 take one key (version 4 moved to a list).
-    let find = FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_string(id.to_owned()))
-        .with_key_type(1);
-    let (found, version) = connection.request(&find, 1, 3).await?;
-    if found.error_code != 0 {
-        return Ok((Answer(found.error_code), version));
-    }
-    let mut coordinator =
-        Connection::open(&format!("{}:{}", found.host, found.port), settings).await?;
+    let mut coordinator = match connection.transaction_coordinator(id).await? {
+        Ok(coordinator) => coordinator,
+        Err(code) => return Ok((Answer(code), None)),
+    };
     let end = EndTxnRequest::default()
         .with_transactional_id(TransactionalId(StrBytes::from_string(id.to_owned())))
         .with_producer_id(ProducerId(transaction.producer_id))
@@ -239,7 +233,7 @@ async fn end_transaction(
     let (response, version) = coordinator
         .request(&end, 0, RECOVERY_END_TXN_MAX_VERSION)
         .await?;
-    Ok((Answer(response.error_code), version))
+    Ok((Answer(response.error_code), Some(version)))
 }
 
 /// Reads every partition the transaction wrote.
@@ -305,7 +299,7 @@ pub fn recover_transaction(
                 .map_err(connection_error)?;
         let recovered = |committed_earlier| Recovered {
             answer: error_name(answer.0),
-            end_txn_version: version,
+            end_txn_version: version.unwrap_or(-1),
             committed_earlier,
         };
         match decide(answer) {

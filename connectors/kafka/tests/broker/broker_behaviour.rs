@@ -217,19 +217,12 @@ fn settled(broker: &str, topic: &str) -> PartitionLog {
     logs.remove(0)
 }
 
-/// The transaction coordinator of `id`, found with FindCoordinator v1..3.
+/// The transaction coordinator of `id`, found with FindCoordinator.
 async fn coordinator(connection: &mut Connection, id: &str) -> Result<Connection, ReadError> {
-    let find = FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_string(id.to_owned()))
-        .with_key_type(1);
-    let (found, _) = connection.request(&find, 1, 3).await?;
-    assert_eq!(
-        found.error_code,
-        0,
-        "FindCoordinator({id}): {}",
-        error_name(found.error_code)
-    );
-    Connection::open(&format!("{}:{}", found.host, found.port), &settings()).await
+    Ok(connection
+        .transaction_coordinator(id)
+        .await?
+        .unwrap_or_else(|code| panic!("FindCoordinator({id}): {}", error_name(code))))
 }
 
 /// Sends EndTxn for (`id`, `producer_id`, `epoch`) to its coordinator on a

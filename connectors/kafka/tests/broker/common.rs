@@ -7,6 +7,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use exactly::sink::SinkContext;
+use exactly::source::SubtaskContext;
 use exactly_kafka::oracle::{self, OracleError};
 use exactly_kafka::{CommittedReader, PartitionLog, ReadError, ReaderConfig, bootstrap_from_env};
 use rdkafka::ClientConfig;
@@ -129,4 +131,20 @@ pub fn send_to(producer: &BaseProducer, topic: &str, partition: i32, values: &[&
     producer
         .flush(RDKAFKA_TIMEOUT)
         .unwrap_or_else(|e| panic!("flushing {values:?} to {topic}: {e}"));
+}
+
+/// What the runtime tells subtask 0 of 1 of a sink when it opens, restoring
+/// `restored_checkpoint` if given: for tests that drive a sink by hand.
+pub fn sink_context(restored_checkpoint: Option<u64>) -> SinkContext {
+    SinkContext {
+        subtask: SubtaskContext {
+            job: "test".into(),
+            stage: "sink".into(),
+            index: 0,
+            parallelism: 1,
+            attempt: 0,
+        },
+        restored_checkpoint,
+        restored_parallelism: restored_checkpoint.map(|_| 1),
+    }
 }

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use exactly::Unrecoverable;
 use exactly::prelude::*;
-use exactly::sink::SinkContext;
-use exactly::source::SubtaskContext;
 use exactly_kafka::client::ClientSettings;
 use exactly_kafka::sink::{
     DeliveryGuarantee, KafkaSink, KafkaTransaction, OutputRecord, SinkConfigError,
@@ -16,7 +14,9 @@ use exactly_kafka::sink::{
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::common::{RDKAFKA_TIMEOUT, broker, create_topic, read_topic, unique_topic};
+use crate::common::{
+    RDKAFKA_TIMEOUT, broker, create_topic, read_topic, sink_context, unique_topic,
+};
 
 fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
     KafkaSink::builder(ClientSettings::new(broker), topic, |v: &String| {
@@ -26,20 +26,6 @@ fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
     .transactional_id_prefix(prefix)
     .build()
     .unwrap()
-}
-
-fn context(restored_checkpoint: Option<u64>) -> SinkContext {
-    SinkContext {
-        subtask: SubtaskContext {
-            job: "test".into(),
-            stage: "sink".into(),
-            index: 0,
-            parallelism: 1,
-            attempt: 0,
-        },
-        restored_checkpoint,
-        restored_parallelism: restored_checkpoint.map(|_| 1),
-    }
 }
 
 fn records(n: usize, tag: &str) -> Vec<String> {
@@ -93,7 +79,7 @@ fn a_pre_committed_transaction_is_invisible_until_it_is_committed() {
     let topic = unique_topic("sink-visibility");
     create_topic(&broker, &topic, 2);
     let mut sink = exactly_once(&broker, &topic, &unique_topic("prefix"));
-    sink.open(&context(None)).unwrap();
+    sink.open(&sink_context(None)).unwrap();
     let mut txn = sink.begin_transaction(1).unwrap();
     sink.write(&mut txn, records(10, "a")).unwrap();
     sink.pre_commit(&mut txn).unwrap();
@@ -132,7 +118,7 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     let prefix = unique_topic("prefix");
     let txn: KafkaTransaction = {
         let mut sink = exactly_once(&broker, &topic, &prefix);
-        sink.open(&context(None)).unwrap();
+        sink.open(&sink_context(None)).unwrap();
         let mut txn = sink.begin_transaction(1).unwrap();
         sink.write(&mut txn, records(5, "r")).unwrap();
         sink.pre_commit(&mut txn).unwrap();
@@ -141,7 +127,7 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     };
     assert!(visible(&broker, &topic).is_empty());
     let mut recovered = exactly_once(&broker, &topic, &prefix);
-    recovered.open(&context(Some(1))).unwrap();
+    recovered.open(&sink_context(Some(1))).unwrap();
     recovered.recover_and_commit(txn.clone()).unwrap();
     assert_eq!(visible(&broker, &topic).len(), 5);
 }
@@ -153,7 +139,7 @@ fn a_zombie_sink_is_fenced_stops_for_good_and_a_restarted_sink_works() {
     create_topic(&broker, &topic, 1);
     let prefix = unique_topic("prefix");
     let mut zombie = exactly_once(&broker, &topic, &prefix);
-    zombie.open(&context(None)).unwrap();
+    zombie.open(&sink_context(None)).unwrap();
     let mut txn = zombie.begin_transaction(1).unwrap();
     zombie.write(&mut txn, records(3, "z")).unwrap();
     zombie.pre_commit(&mut txn).unwrap();
@@ -161,7 +147,7 @@ fn a_zombie_sink_is_fenced_stops_for_good_and_a_restarted_sink_works() {
     // The successor's first transaction initialises the ids, which fences
     // the zombie and aborts its transaction.
     let mut successor = exactly_once(&broker, &topic, &prefix);
-    successor.open(&context(None)).unwrap();
+    successor.open(&sink_context(None)).unwrap();
     let mut next = successor.begin_transaction(1).unwrap();
     successor.write(&mut next, records(2, "s")).unwrap();
     successor.pre_commit(&mut next).unwrap();
@@ -192,7 +178,7 @@ fn a_zombie_sink_is_fenced_stops_for_good_and_a_restarted_sink_works() {
     // A restart clones the sink from its prototype, without the fenced
     // producers: its transactions work.
     let mut restarted = zombie.clone();
-    restarted.open(&context(None)).unwrap();
+    restarted.open(&sink_context(None)).unwrap();
     let mut again = restarted.begin_transaction(2).unwrap();
     restarted.write(&mut again, records(1, "r")).unwrap();
     restarted.pre_commit(&mut again).unwrap();

@@ -14,8 +14,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use exactly::sink::{SinkContext, TwoPhaseCommitSink};
-use exactly::source::SubtaskContext;
+use exactly::sink::TwoPhaseCommitSink;
 use exactly_kafka::ReadError;
 use exactly_kafka::client::ClientSettings;
 use exactly_kafka::connection::{Connection, ConnectionSettings, error_name};
@@ -25,11 +24,11 @@ use exactly_kafka::sink::{
     Recovered, RecoveryError, recover_transaction,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, EndTxnRequest, FindCoordinatorRequest, ProducerId, TransactionalId,
+    ApiKey, ApiVersionsRequest, EndTxnRequest, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::common::{broker, create_topic, producer, read_topic, unique_topic};
+use crate::common::{broker, create_topic, producer, read_topic, sink_context, unique_topic};
 
 /// Where the test suite's `transaction.version=0` broker listens.
 const TV0_BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_TV0_BOOTSTRAP";
@@ -184,18 +183,15 @@ fn end_txn(
     block_on(async {
         let settings = connection_settings();
         let mut connection = Connection::open(broker, &settings).await?;
-        let find = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(id.clone()))
-            .with_key_type(1);
-        let (found, _) = connection.request(&find, 1, 3).await?;
-        assert_eq!(
-            found.error_code,
-            0,
-            "FindCoordinator for {id} at {broker} answered {}",
-            error_name(found.error_code)
-        );
-        let mut coordinator =
-            Connection::open(&format!("{}:{}", found.host, found.port), &settings).await?;
+        let mut coordinator = connection
+            .transaction_coordinator(&id)
+            .await?
+            .unwrap_or_else(|code| {
+                panic!(
+                    "FindCoordinator for {id} at {broker} answered {}",
+                    error_name(code)
+                )
+            });
         let end = EndTxnRequest::default()
             .with_transactional_id(TransactionalId(StrBytes::from_string(id)))
             .with_producer_id(ProducerId(transaction.producer_id))
@@ -219,20 +215,6 @@ fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
     .producer_pool_size(1)
     .build()
     .unwrap()
-}
-
-fn context(restored_checkpoint: Option<u64>) -> SinkContext {
-    SinkContext {
-        subtask: SubtaskContext {
-            job: "test".into(),
-            stage: "sink".into(),
-            index: 0,
-            parallelism: 1,
-            attempt: 0,
-        },
-        restored_checkpoint,
-        restored_parallelism: restored_checkpoint.map(|_| 1),
-    }
 }
 
 fn records(tag: &str) -> Vec<String> {
@@ -259,7 +241,7 @@ fn pre_committed_by_a_dead_sink(
 ) -> KafkaTransaction {
     let txn = {
         let mut sink = exactly_once(broker, topic, prefix);
-        sink.open(&context(None)).unwrap();
+        sink.open(&sink_context(None)).unwrap();
         let mut txn = sink.begin_transaction(1).unwrap();
         sink.write(&mut txn, records(tag)).unwrap();
         sink.pre_commit(&mut txn).unwrap();
@@ -331,7 +313,7 @@ fn librdkafka_keeps_producer_id_and_epoch_across_transactions(cluster: Cluster) 
     let broker = cluster.broker();
     let (topic, prefix) = topic_and_prefix(&broker, "tv-epochs");
     let mut sink = exactly_once(&broker, &topic, &prefix);
-    sink.open(&context(None)).unwrap();
+    sink.open(&sink_context(None)).unwrap();
     let mut identities = Vec::new();
     let mut written = Vec::new();
     for checkpoint in 1..=3 {
@@ -387,14 +369,14 @@ fn a_repeated_recovery_is_answered_none_and_doubles_nothing(cluster: Cluster) {
     let (topic, prefix) = topic_and_prefix(&broker, "tv-repeat");
     let txn = pre_committed_by_a_dead_sink(&broker, &topic, &prefix, "b");
     let mut restored = exactly_once(&broker, &topic, &prefix);
-    restored.open(&context(Some(1))).unwrap();
+    restored.open(&sink_context(Some(1))).unwrap();
     restored.recover_and_commit(txn.clone()).unwrap();
     assert_visible_once(&broker, &topic, &records("b"));
 
     let again = recover(&broker, &txn).unwrap();
     assert_answered_none(&again);
     let mut restored_again = exactly_once(&broker, &topic, &prefix);
-    restored_again.open(&context(Some(1))).unwrap();
+    restored_again.open(&sink_context(Some(1))).unwrap();
     restored_again.recover_and_commit(txn).unwrap();
     assert_visible_once(&broker, &topic, &records("b"));
 }
@@ -417,7 +399,7 @@ fn a_repeated_recovery_after_the_id_moved_on_is_settled_by_the_log(cluster: Clus
     let (topic, prefix) = topic_and_prefix(&broker, "tv-repeat-reused");
     let txn = pre_committed_by_a_dead_sink(&broker, &topic, &prefix, "b2");
     let mut restored = exactly_once(&broker, &topic, &prefix);
-    restored.open(&context(Some(1))).unwrap();
+    restored.open(&sink_context(Some(1))).unwrap();
     restored.recover_and_commit(txn.clone()).unwrap();
     let mut next = restored.begin_transaction(2).unwrap();
     assert_eq!(next.transactional_id, txn.transactional_id);
