@@ -214,12 +214,20 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             // Transactions the old subtask is known to have committed are
             // not committed again: their ids may have been reused since.
             let committed = self.marker().read(old).await?;
-            to_commit.extend(
-                state
-                    .pending
-                    .into_iter()
-                    .filter(|(checkpoint, _)| committed.is_none_or(|up_to| *checkpoint > up_to)),
-            );
+            for (checkpoint, txn) in state.pending {
+                if committed.is_none_or(|up_to| checkpoint > up_to) {
+                    to_commit.push((checkpoint, txn));
+                } else {
+                    tracing::info!(
+                        task = %self.task,
+                        old_subtask = old,
+                        checkpoint,
+                        committed_up_to = committed,
+                        transaction = ?txn,
+                        "not committing again a transaction the commit marker covers"
+                    );
+                }
+            }
             to_abort.extend(state.current);
         }
         to_commit.sort_by_key(|(checkpoint, _)| *checkpoint);

@@ -33,6 +33,7 @@
 //! oracles, transaction left open, child error, or missed phase.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus};
@@ -99,6 +100,16 @@ struct RunArgs {
     /// Fail the run with fewer kills than this.
     #[arg(long, default_value_t = 30)]
     min_kills: u64,
+    /// Skip the targeted phases: only broker restarts and random SIGKILLs
+    /// (to soak one kind of fault).
+    #[arg(long)]
+    no_phases: bool,
+    /// The client timeout of the pipeline while the broker restarts under
+    /// it. The default outlasts a restart, so the job rides it out; a
+    /// shorter one (say 4000) fails the attempt during the outage, so the
+    /// job goes through its restart strategy and recovery instead.
+    #[arg(long, default_value_t = 30_000)]
+    outage_client_timeout_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +173,9 @@ struct ChildArgs {
     /// In-process restarts allowed after a failure (1 s apart).
     #[arg(long, default_value_t = 30)]
     restarts: u32,
+    /// The bound on each Kafka client call (ClientSettings::timeout).
+    #[arg(long, default_value_t = 30_000)]
+    client_timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +287,10 @@ async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64, exactly_ka
 /// The child: runs the pipeline until `records` updates are visible in the
 /// output, then stops gracefully.
 fn child(args: &ChildArgs) -> exactly::Result<()> {
-    let settings = ClientSettings::from_env();
+    let settings = ClientSettings {
+        timeout: Duration::from_millis(args.client_timeout_ms),
+        ..ClientSettings::from_env()
+    };
     let runtime_error = |e: &dyn std::fmt::Display| exactly::Error::Runtime(e.to_string());
     let source = KafkaSource::builder(settings.clone())
         .topic(&args.input)
@@ -496,7 +513,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn spawn(&self, crash_at: Option<String>) -> std::io::Result<Child> {
+    fn spawn(&self, crash_at: Option<String>, extra: &[&str]) -> std::io::Result<Child> {
         let args = &self.child;
         let mut command = Command::new(&self.exe);
         command
@@ -510,7 +527,8 @@ impl Harness {
             .arg("--checkpoints")
             .arg(&args.checkpoints)
             .arg("--records")
-            .arg(args.records.to_string());
+            .arg(args.records.to_string())
+            .args(extra);
         match crash_at {
             Some(spec) => command.env(CRASH_AT, spec),
             None => command.env_remove(CRASH_AT),
@@ -586,6 +604,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         checkpoint_timeout_ms: 60_000,
         restart_budget_ms: 60_000,
         restarts: 30,
+        client_timeout_ms: 30_000,
     };
     println!(
         "crash-harness: seed {seed}, {records} records, {cycles} kill cycles, {} broker restarts, broker {bootstrap}",
@@ -605,7 +624,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
 
     let started = Instant::now();
     // Every phase twice, the broker restarts, then random SIGKILLs.
-    let phases = phases();
+    let phases = if args.no_phases { Vec::new() } else { phases() };
     let mut plan: VecDeque<Cycle> = phases
         .iter()
         .chain(phases.iter())
@@ -627,8 +646,13 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
             Cycle::Phase(p) => Some(format!("{p}:{}", 1 + harness.rng.below(2))),
             Cycle::RandomKill | Cycle::BrokerRestart => None,
         };
+        let outage_timeout = args.outage_client_timeout_ms.to_string();
+        let extra: &[&str] = match next {
+            Cycle::BrokerRestart => &["--client-timeout-ms", &outage_timeout],
+            _ => &[],
+        };
         let mut running = harness
-            .spawn(crash_at.clone())
+            .spawn(crash_at.clone(), extra)
             .map_err(|e| format!("cannot start the child: {e}"))?;
         let ended = match next {
             Cycle::Phase(name) => match wait(&mut running, Duration::from_secs(30)) {
@@ -689,7 +713,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     }
     println!("crash-harness: final run without faults");
     let mut last = harness
-        .spawn(None)
+        .spawn(None, &[])
         .map_err(|e| format!("cannot start the child: {e}"))?;
     match wait(&mut last, Duration::from_secs(600)) {
         Some(status) if status.success() => {}
@@ -701,7 +725,14 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     }
     let verdict = check(&bootstrap, &harness.child.output, records)
         .map_err(|e| format!("cannot check the output: {e}"))?;
-    let _ = std::fs::remove_dir_all(&work);
+    if verdict.lost == 0 && verdict.duplicated == 0 && verdict.problems.is_empty() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        println!(
+            "crash-harness: the checkpoints are kept for a post-mortem in {}",
+            work.display()
+        );
+    }
     println!(
         "crash-harness: kills by phase: {by_phase:?}; {broker_restarts} broker restarts; took {:.0?}",
         started.elapsed()
@@ -751,6 +782,7 @@ fn main() -> ExitCode {
             // Restarts and recoveries are logged with tracing: warnings and
             // errors by default, more with RUST_LOG.
             tracing_subscriber::fmt()
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
