@@ -20,8 +20,13 @@
 //!   (FLINK-31363);
 //! - before its first transaction (on a fresh start, and after recovery on a
 //!   restore), the sink initialises every id of its pool, which aborts
-//!   transactions left open under them, so that they cannot pin the last
-//!   stable offset.
+//!   transactions left open under them, and aborts the open transactions
+//!   under its prefix that it owns but its pool does not cover (those of
+//!   subtasks a smaller parallelism no longer runs, found with
+//!   ListTransactions), so that none can pin the last stable offset;
+//! - a producer fenced by a newer one with the same id fails the job with
+//!   [`FencedError`], wrapped in [`Unrecoverable`]: no restart, which would
+//!   fence the other instance in turn.
 //!
 //! Every method blocks (librdkafka's transaction calls do); the SDK runs
 //! them on the blocking pool.
