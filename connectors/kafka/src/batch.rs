@@ -178,6 +178,14 @@ pub(crate) fn decode_batch(raw: &RawBatch) -> Result<DecodedBatch, BatchError> {
     let producer_epoch = header.get_i16();
     let _base_sequence = header.get_i32();
     let record_count = header.get_i32();
+    // The base offset is outside the CRC: a garbage value must not overflow.
+    let last_offset = base_offset
+        .checked_add(i64::from(last_offset_delta))
+        .ok_or_else(|| {
+            fail(format!(
+                "base offset {base_offset} plus last offset delta {last_offset_delta} overflows"
+            ))
+        })?;
 
     let payload = bytes.slice(HEADER_LEN..);
     let mut records_bytes = match attributes & ATTR_COMPRESSION_MASK {
@@ -215,7 +223,7 @@ pub(crate) fn decode_batch(raw: &RawBatch) -> Result<DecodedBatch, BatchError> {
     }
     Ok(DecodedBatch {
         base_offset,
-        last_offset: base_offset + i64::from(last_offset_delta),
+        last_offset,
         producer_id,
         producer_epoch,
         transactional: attributes & ATTR_TRANSACTIONAL != 0,
@@ -271,8 +279,13 @@ fn decode_record(
             record.remaining()
         ));
     }
+    let offset = base_offset
+        .checked_add(i64::from(offset_delta))
+        .ok_or_else(|| {
+            format!("base offset {base_offset} plus offset delta {offset_delta} overflows")
+        })?;
     Ok(DecodedRecord {
-        offset: base_offset + i64::from(offset_delta),
+        offset,
         timestamp: base_timestamp.wrapping_add(timestamp_delta),
         key,
         value,
@@ -446,6 +459,13 @@ pub(crate) mod tests {
         assert_eq!(framed.truncated_tail, None);
         assert_eq!(framed.batches.len(), 1);
         decode_batch(&framed.batches[0])
+    }
+
+    #[test]
+    fn a_base_offset_that_overflows_is_an_error_not_a_panic() {
+        let error = decode_one(plain(i64::MAX)).unwrap_err();
+        assert_eq!(error.offset, i64::MAX);
+        assert!(error.reason.contains("overflows"), "{}", error.reason);
     }
 
     #[test]
