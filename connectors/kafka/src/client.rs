@@ -66,17 +66,6 @@ impl ClientSettings {
         config
     }
 
-    /// The first bootstrap address, for the raw protocol client (which
-    /// connects to one address and learns the rest from Metadata).
-    pub(crate) fn first_bootstrap(&self) -> String {
-        self.bootstrap
-            .split(',')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
     /// Settings for a raw protocol connection with the same bound on each
     /// call (and at most 10 s to connect).
     pub(crate) fn wire(&self, client_id: &str) -> ConnectionSettings {

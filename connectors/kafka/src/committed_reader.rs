@@ -54,7 +54,8 @@ pub fn bootstrap_from_env() -> String {
 /// How to reach the cluster and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
-    /// One broker of the cluster, `host:port`.
+    /// Brokers of the cluster, `host:port`, several separated by commas
+    /// (the first that answers is used).
     pub bootstrap: String,
     /// The bound on opening a TCP connection.
     pub connect_timeout: Duration,
@@ -130,7 +131,8 @@ pub struct CommittedReader {
 impl CommittedReader {
     /// Connects to the bootstrap broker and negotiates API versions.
     pub async fn connect(config: ReaderConfig) -> Result<Self, ReadError> {
-        let bootstrap = Connection::open(&config.bootstrap, &config.connection_settings()).await?;
+        let bootstrap =
+            Connection::open_any(&config.bootstrap, &config.connection_settings()).await?;
         Ok(Self {
             config,
             bootstrap,
@@ -181,7 +183,7 @@ impl CommittedReader {
     async fn bootstrap(&mut self) -> Result<&mut Connection, ReadError> {
         if self.bootstrap.is_broken() {
             self.bootstrap =
-                Connection::open(&self.config.bootstrap, &self.config.connection_settings())
+                Connection::open_any(&self.config.bootstrap, &self.config.connection_settings())
                     .await?;
         }
         Ok(&mut self.bootstrap)

@@ -138,6 +138,34 @@ impl Connection {
         Ok(connection)
     }
 
+    /// Connects to the first broker of `bootstrap` (`host:port`, or several
+    /// separated by commas, as librdkafka's `bootstrap.servers`) that
+    /// answers, trying them in order, so that one broker down does not
+    /// make a healthy cluster unreachable.
+    ///
+    /// # Errors
+    ///
+    /// The last address's [`ReadError`] when none answers.
+    pub async fn open_any(
+        bootstrap: &str,
+        settings: &ConnectionSettings,
+    ) -> Result<Self, ReadError> {
+        let mut last = None;
+        for address in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Connection::open(address, settings).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| ReadError::InvalidAddress {
+            address: bootstrap.to_owned(),
+        }))
+    }
+
     /// The broker address this connection talks to.
     pub fn address(&self) -> &str {
         &self.address

@@ -108,7 +108,7 @@ pub(crate) async fn list_open_in_cluster(
     prefix: &str,
 ) -> Result<Vec<Listed>, ListError> {
     let failed = |e: ReadError| ListError::Failed(e.to_string());
-    let mut connection = Connection::open(bootstrap, settings)
+    let mut connection = Connection::open_any(bootstrap, settings)
         .await
         .map_err(failed)?;
     let (metadata, _) = connection

@@ -442,8 +442,11 @@ impl<T> KafkaSink<T> {
     fn abort_lingering(&mut self) -> Result<(), BoxError> {
         let prefix = format!("{}-", self.prefix.as_deref().unwrap_or_default());
         let wire = self.settings.wire("exactly-kafka-sink");
-        let bootstrap = self.settings.first_bootstrap();
-        let listed = match block_on(list_open_in_cluster(&bootstrap, &wire, &prefix)) {
+        let listed = match block_on(list_open_in_cluster(
+            &self.settings.bootstrap,
+            &wire,
+            &prefix,
+        )) {
             Ok(Ok(listed)) => listed,
             Ok(Err(error)) => {
                 tracing::warn!(

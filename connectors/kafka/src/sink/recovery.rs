@@ -220,7 +220,7 @@ async fn end_transaction(
     id: &str,
     transaction: &KafkaTransaction,
 ) -> Result<(Answer, Option<i16>), ReadError> {
-    let mut connection = Connection::open(bootstrap, settings).await?;
+    let mut connection = Connection::open_any(bootstrap, settings).await?;
     let mut coordinator = match connection.transaction_coordinator(id).await? {
         Ok(coordinator) => coordinator,
         Err(code) => return Ok((Answer(code), None)),
@@ -290,12 +290,12 @@ pub fn recover_transaction(
         transaction: name.clone(),
         source,
     };
-    let bootstrap = settings.first_bootstrap();
+    let bootstrap = settings.bootstrap.as_str();
     let conn_settings = settings.wire("exactly-kafka-recovery");
     let mut attempt = 0;
     loop {
         let (answer, version) =
-            block_on(end_transaction(&bootstrap, &conn_settings, id, transaction))
+            block_on(end_transaction(bootstrap, &conn_settings, id, transaction))
                 .map_err(connection_error)?;
         let recovered = |committed_earlier| Recovered {
             answer: error_name(answer.0),
@@ -316,7 +316,7 @@ pub fn recover_transaction(
             }
             Decision::CheckLog => {
                 let logs =
-                    block_on(read_partitions(&bootstrap, transaction)).map_err(connection_error)?;
+                    block_on(read_partitions(bootstrap, transaction)).map_err(connection_error)?;
                 return match fate(transaction, &logs) {
                     Fate::Committed => {
                         tracing::info!(transaction = %name, %answer, "the transaction was already committed");

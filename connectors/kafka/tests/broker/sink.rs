@@ -10,6 +10,7 @@ use exactly::prelude::*;
 use exactly_kafka::client::ClientSettings;
 use exactly_kafka::sink::{
     DeliveryGuarantee, KafkaSink, KafkaTransaction, OutputRecord, SinkConfigError,
+    recover_transaction,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -130,6 +131,32 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     recovered.open(&sink_context(Some(1))).unwrap();
     recovered.recover_and_commit(txn.clone()).unwrap();
     assert_eq!(visible(&broker, &topic).len(), 5);
+}
+
+/// Recovery tries every bootstrap address, as librdkafka does: the first
+/// one being down does not make a healthy cluster unreachable.
+#[test]
+fn recovery_reaches_the_cluster_when_the_first_bootstrap_address_is_down() {
+    let broker = broker();
+    let topic = unique_topic("sink-recovery-bootstrap");
+    create_topic(&broker, &topic, 1);
+    let prefix = unique_topic("prefix");
+    let txn = {
+        let mut sink = exactly_once(&broker, &topic, &prefix);
+        sink.open(&sink_context(None)).unwrap();
+        let mut txn = sink.begin_transaction(1).unwrap();
+        sink.write(&mut txn, records(4, "b")).unwrap();
+        sink.pre_commit(&mut txn).unwrap();
+        txn
+    };
+    let down_first = ClientSettings {
+        timeout: Duration::from_secs(5),
+        ..ClientSettings::new(format!("127.0.0.1:1,{broker}"))
+    };
+    let recovered = recover_transaction(&down_first, &txn)
+        .unwrap_or_else(|e| panic!("recovery with a dead first address: {e}"));
+    assert_eq!(recovered.answer, "NONE");
+    assert_eq!(visible(&broker, &topic).len(), 4);
 }
 
 #[test]
