@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
-use super::assign::{TopicPartition, merge_restored, start_offsets};
+use super::assign::{TopicPartition, merge_restored, partition_owner, start_offsets};
 use super::error::KafkaSourceError;
 use super::metrics::KafkaSourceMetrics;
 use super::record::{KafkaPosition, KafkaRecord, PartitionOffset};
@@ -80,6 +80,10 @@ pub(crate) struct Reader {
     /// (restored, or read since).
     next: BTreeMap<TopicPartition, i64>,
     assigned: BTreeSet<TopicPartition>,
+    /// Restored positions of partitions not assigned yet (missing from the
+    /// metadata so far): kept until discovery finds the partition, so that
+    /// it resumes there rather than at the earliest offset.
+    restored: BTreeMap<TopicPartition, i64>,
     discovery: Option<JoinHandle<Counts>>,
     next_discovery: Option<Instant>,
     last_probe: Instant,
@@ -143,6 +147,7 @@ impl Reader {
             parallelism: ctx.parallelism,
             next: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            restored,
             discovery: None,
             next_discovery: None,
             last_probe: Instant::now(),
@@ -150,7 +155,8 @@ impl Reader {
             dead_letter,
             committing: None,
         };
-        let unknown: Vec<&TopicPartition> = restored
+        let unknown: Vec<&TopicPartition> = reader
+            .restored
             .keys()
             .filter(|(topic, partition)| {
                 reader.config.topics.contains(topic)
@@ -163,26 +169,26 @@ impl Reader {
             tracing::warn!(
                 partitions = ?unknown,
                 "Kafka source: the checkpoint has offsets for partitions the cluster does not list \
-                 (was a topic re-created?); they are ignored"
+                 (yet); they are kept, and such a partition resumes there once discovery finds it"
             );
         }
-        reader.assign_new(&counts, &restored, true)?;
+        reader.assign_new(&counts, true)?;
         reader.next_discovery = reader.config.discovery.map(|every| Instant::now() + every);
         Ok(reader)
     }
 
-    /// Assigns the owned partitions of `counts` not assigned yet.
+    /// Assigns the owned partitions of `counts` not assigned yet, at their
+    /// restored positions, or the earliest offset when there is none.
     fn assign_new(
         &mut self,
         counts: &HashMap<String, usize>,
-        restored: &BTreeMap<TopicPartition, i64>,
         first: bool,
     ) -> Result<(), KafkaSourceError> {
         let starts = start_offsets(
             counts,
             self.index,
             self.parallelism,
-            restored,
+            &self.restored,
             &self.assigned,
         );
         if starts.is_empty() && !first {
@@ -200,6 +206,7 @@ impl Reader {
         };
         assigned.map_err(|source| self.consumer_error("assign partitions", source))?;
         for (key, offset) in starts {
+            self.restored.remove(&key);
             if let Offset::Offset(next) = offset {
                 self.next.insert(key.clone(), next);
             }
@@ -208,7 +215,8 @@ impl Reader {
                     topic = %key.0,
                     partition = key.1,
                     subtask = self.index,
-                    "Kafka source: discovered a new partition; reading it from the earliest offset"
+                    start = ?offset,
+                    "Kafka source: discovered a partition; reading it from its restored offset, or the earliest"
                 );
             }
             self.assigned.insert(key);
@@ -259,7 +267,7 @@ impl Reader {
         match counts {
             Ok(counts) => {
                 self.trouble = None;
-                self.assign_new(&counts, &BTreeMap::new(), false)
+                self.assign_new(&counts, false)
             }
             Err(error) => {
                 self.note_trouble(error.to_string());
@@ -483,10 +491,17 @@ impl Reader {
 
     /// The next offsets of this subtask's partitions.
     pub(crate) fn position(&self) -> KafkaPosition {
+        // Restored positions of owned partitions that the metadata has not
+        // listed yet are carried into every checkpoint until they are read.
+        let pending = self.restored.iter().filter(|((topic, partition), _)| {
+            self.config.topics.contains(topic)
+                && partition_owner(topic, *partition, self.parallelism) == self.index
+        });
         KafkaPosition {
             partitions: self
                 .next
                 .iter()
+                .chain(pending)
                 .map(|((topic, partition), &next_offset)| PartitionOffset {
                     topic: topic.clone(),
                     partition: *partition,
@@ -694,6 +709,7 @@ mod tests {
             parallelism,
             next: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            restored: BTreeMap::new(),
             discovery: None,
             next_discovery: None,
             last_probe: Instant::now(),
@@ -723,8 +739,8 @@ mod tests {
     #[test]
     fn discovered_partitions_join_the_assignment_without_a_position() {
         let mut reader = reader(0, 1, Duration::from_secs(30));
-        let restored = BTreeMap::from([(("t".to_owned(), 0), 5)]);
-        reader.assign_new(&partitions(1), &restored, true).unwrap();
+        reader.restored = BTreeMap::from([(("t".to_owned(), 0), 5)]);
+        reader.assign_new(&partitions(1), true).unwrap();
         assert_eq!(assignment(&reader), [0]);
 
         reader.on_metadata(Ok(partitions(3))).unwrap();
@@ -744,11 +760,31 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_partition_missing_at_open_resumes_at_its_restored_offset() {
+        let mut reader = reader(0, 1, Duration::from_secs(30));
+        reader.restored = BTreeMap::from([(("t".to_owned(), 0), 5), (("t".to_owned(), 1), 7)]);
+        reader.assign_new(&partitions(1), true).unwrap();
+        assert_eq!(assignment(&reader), [0]);
+        let offset = |partition, next_offset| PartitionOffset {
+            topic: "t".into(),
+            partition,
+            next_offset,
+        };
+        assert_eq!(
+            reader.position().partitions,
+            [offset(0, 5), offset(1, 7)],
+            "a checkpoint taken before the partition appears keeps its position"
+        );
+        reader.on_metadata(Ok(partitions(2))).unwrap();
+        assert_eq!(assignment(&reader), [0, 1]);
+        assert_eq!(reader.position().partitions, [offset(0, 5), offset(1, 7)]);
+        assert!(reader.restored.is_empty());
+    }
+
+    #[test]
     fn a_subtask_takes_only_the_new_partitions_it_owns() {
         let mut reader = reader(1, 2, Duration::from_secs(30));
-        reader
-            .assign_new(&partitions(1), &BTreeMap::new(), true)
-            .unwrap();
+        reader.assign_new(&partitions(1), true).unwrap();
         let before = assignment(&reader);
         reader.on_metadata(Ok(partitions(6))).unwrap();
         let expected: Vec<i32> = (0..6)
