@@ -184,6 +184,59 @@ fn a_savepoint_is_kept_and_restores_into_a_new_checkpoint_directory() {
     );
 }
 
+/// A job configured with `restore_from(savepoint)` that a supervisor
+/// starts again, unchanged, resumes from its newest checkpoint, not from
+/// the savepoint a second time (Flink's rule): its output holds every
+/// update once.
+#[test]
+fn a_second_start_with_the_same_savepoint_resumes_from_the_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let savepoint = dir.path().join("savepoint");
+    let records = 3000;
+    let first = CollectSink::new();
+    let job = wordcount_like(config(&dir.path().join("first")), records, 2, first.clone());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        handle.savepoint(&savepoint).await.unwrap();
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+    let restored = || config(&dir.path().join("second")).restore_from(&savepoint);
+    let output = CollectSink::new();
+    run_then_stop(wordcount_like(restored(), records, 2, output.clone()));
+    let after_first_start = output.committed().len();
+    wordcount_like(restored(), records, 2, output.clone())
+        .run()
+        .unwrap();
+    let mut updates = output.committed();
+    assert!(updates.len() > after_first_start);
+    updates.sort_unstable();
+    let before = updates.len();
+    updates.dedup();
+    assert_eq!(
+        before,
+        updates.len(),
+        "{} updates were written twice: the second start went back to the savepoint",
+        before - updates.len()
+    );
+    let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (key, n) in updates {
+        by_key.entry(key).or_default().push(n);
+    }
+    for (key, counts) in by_key {
+        let expected = (0..records).filter(|x| x % KEYS == key).count() as u64;
+        let first = counts[0];
+        assert_eq!(
+            counts,
+            (first..=expected).collect::<Vec<_>>(),
+            "key {key}: the updates after the savepoint are not contiguous"
+        );
+    }
+}
+
 #[test]
 fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,10 @@ impl Executor {
             None => None,
         };
         self.preflight().await?;
+        let explicit = match (&storage, explicit) {
+            (Some(storage), Some(savepoint)) => self.savepoint_or_newer(storage, savepoint).await?,
+            (_, explicit) => explicit,
+        };
         let run_first_id = highest_id(&storage)
             .await?
             .max(explicit.as_ref().map_or(0, |c| c.id()))
@@ -98,6 +102,44 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Flink's rule for an explicit savepoint: it is restored only when the
+    /// checkpoint directory holds no newer complete checkpoint that
+    /// continues it (a job restarted unchanged by its supervisor must not
+    /// go back to the savepoint and write again what it committed since).
+    /// Returns the savepoint to restore, or `None` to resume from the
+    /// newest checkpoint; records the savepoint as the directory's origin.
+    async fn savepoint_or_newer(
+        &self,
+        storage: &Arc<dyn CheckpointStorage>,
+        savepoint: CompletedCheckpoint,
+    ) -> Result<Option<CompletedCheckpoint>> {
+        let origin = savepoint.origin();
+        let continues = {
+            let storage = Arc::clone(storage);
+            tokio::task::spawn_blocking(move || storage.read_restore_origin())
+                .await
+                .map_err(|e| Error::Runtime(format!("reading the restore origin: {e}")))??
+        };
+        if continues.as_deref() == Some(origin.as_str())
+            && let Some(newest) = latest(storage).await?
+            && newest.id() > savepoint.id()
+        {
+            tracing::info!(
+                job = %self.name,
+                savepoint = %savepoint.path.display(),
+                checkpoint = newest.id(),
+                "resuming from the newest checkpoint, which continues the savepoint given with restore_from \
+                 (start with an empty checkpoint directory to replay the savepoint)"
+            );
+            return Ok(None);
+        }
+        let storage = Arc::clone(storage);
+        tokio::task::spawn_blocking(move || storage.write_restore_origin(&origin))
+            .await
+            .map_err(|e| Error::Runtime(format!("recording the restore origin: {e}")))??;
+        Ok(Some(savepoint))
     }
 
     /// Runs every source's and sink's start-up check and prints their

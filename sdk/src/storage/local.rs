@@ -2,7 +2,9 @@
 //!
 //! Layout: `<root>/chk-<id>/<stage>-<subtask>.state` for task states and
 //! `<root>/chk-<id>/_metadata`, written last; `<root>/commits/<stage>-<subtask>`
-//! holds the checkpoint up to which a sink subtask has committed. Every file is written to a
+//! holds the checkpoint up to which a sink subtask has committed;
+//! `<root>/restored-from` names the savepoint the directory's checkpoints
+//! continue, when the job was started with `restore_from`. Every file is written to a
 //! temporary name, fsynced, renamed into place, and its directory fsynced, so
 //! a crash leaves either the old state or the new one, never half a file.
 
@@ -17,6 +19,9 @@ use super::{
 
 /// The name of the file that completes a checkpoint.
 pub const METADATA_FILE: &str = "_metadata";
+
+/// The file naming the savepoint a checkpoint directory continues.
+const RESTORE_ORIGIN_FILE: &str = "restored-from";
 
 /// Checkpoint storage in a local directory: the embedded default.
 #[derive(Debug, Clone)]
@@ -245,6 +250,23 @@ impl CheckpointStorage for LocalStorage {
                     path,
                     reason: format!("expected a checkpoint id, found {text:?}"),
                 }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    fn write_restore_origin(&self, origin: &str) -> Result<(), StorageError> {
+        fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        write_atomically(
+            &self.root.join(RESTORE_ORIGIN_FILE),
+            format!("{origin}\n").as_bytes(),
+        )
+    }
+
+    fn read_restore_origin(&self) -> Result<Option<String>, StorageError> {
+        let path = self.root.join(RESTORE_ORIGIN_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim_end().to_owned())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("read", &path)(e)),
         }

@@ -103,6 +103,17 @@ pub struct CompletedCheckpoint {
 }
 
 impl CompletedCheckpoint {
+    /// What identifies it wherever it is copied: job, checkpoint id and
+    /// trigger time.
+    pub fn origin(&self) -> String {
+        format!(
+            "{} checkpoint {} triggered at {} ms",
+            self.metadata.job, self.metadata.checkpoint_id, self.metadata.triggered_unix_ms
+        )
+    }
+}
+
+impl CompletedCheckpoint {
     /// The checkpoint id.
     pub fn id(&self) -> u64 {
         self.metadata.checkpoint_id
@@ -168,6 +179,14 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// known to have committed its sink transactions, if recorded.
     fn read_commit_marker(&self, stage: usize, subtask: usize)
     -> Result<Option<u64>, StorageError>;
+
+    /// Records that the checkpoints of this directory continue the savepoint
+    /// `origin` (its [`CompletedCheckpoint::origin`]), restored with
+    /// `JobConfig::restore_from`.
+    fn write_restore_origin(&self, origin: &str) -> Result<(), StorageError>;
+
+    /// The savepoint this directory's checkpoints continue, if recorded.
+    fn read_restore_origin(&self) -> Result<Option<String>, StorageError>;
 
     /// Copies complete checkpoint `checkpoint` to `target`, a directory that
     /// must not exist yet, as a self-contained savepoint. Storage never
