@@ -175,6 +175,7 @@ impl Job {
             config: self.config,
             metrics: Arc::clone(&metrics),
             commands: commands_rx,
+            stop_requested: false,
         };
         let name = self.name;
         let reporter_metrics = Arc::clone(&metrics);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use exactly::prelude::*;
@@ -708,5 +708,41 @@ fn a_finished_source_subtask_still_commits_its_sink_on_later_checkpoints() {
             committed_early, 10,
             "the finished subtask's records waited for the end of the job"
         );
+    });
+}
+
+/// A stop request outlives a failure of the attempt that was stopping: the
+/// restarted attempt stops too, instead of reading an unbounded source
+/// forever.
+#[test]
+fn a_stop_is_kept_across_a_failure_during_the_final_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let trigger = Arc::clone(&armed);
+    let hook: exactly::fault::FaultHook = Arc::new(move |event| {
+        if event.point.name() == "before-sink-commit" && trigger.swap(false, Ordering::SeqCst) {
+            return Err("the commit service hiccupped".into());
+        }
+        Ok(())
+    });
+    let job = Job::new("stop-then-fail", config(dir.path()).fault_hook(hook));
+    job.source(Uneven {
+        fast: u64::MAX,
+        subtask: 0,
+        next: 0,
+    })
+    .sink(CollectSink::new());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        armed.store(true, Ordering::SeqCst);
+        handle.stop();
+        let ended = tokio::time::timeout(Duration::from_secs(30), handle.join())
+            .await
+            .expect("the restarted attempt forgot the stop and ran on");
+        let metrics = ended.unwrap();
+        assert_eq!(metrics.restarts, 1, "{metrics:?}");
     });
 }

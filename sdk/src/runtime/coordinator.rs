@@ -128,11 +128,18 @@ impl Coordinator {
     }
 
     /// Runs until every task has finished (all event senders are gone).
-    pub(crate) async fn run(mut self, commands: &mut UnboundedReceiver<JobCommand>) -> Result<()> {
+    /// Runs one attempt's checkpoints. `stop_requested` outlives the
+    /// attempt: a stop received by an attempt that then fails is carried
+    /// out by the next one.
+    pub(crate) async fn run(
+        mut self,
+        commands: &mut UnboundedReceiver<JobCommand>,
+        stop_requested: &mut bool,
+    ) -> Result<()> {
         let mut in_flight: Option<InFlight> = None;
         let mut last_trigger = Instant::now();
         let mut last_done = Instant::now();
-        let mut finishing = false;
+        let mut finishing = *stop_requested;
         let mut final_done = false;
         let mut sources_finished = 0;
         let mut savepoints: VecDeque<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = VecDeque::new();
@@ -195,7 +202,10 @@ impl Coordinator {
                 },
                 command = commands.recv(), if commands_open => match command {
                     None => commands_open = false,
-                    Some(JobCommand::Stop) => finishing = true,
+                    Some(JobCommand::Stop) => {
+                        finishing = true;
+                        *stop_requested = true;
+                    }
                     Some(JobCommand::Savepoint { target, reply }) => {
                         if self.storage.is_none() {
                             let _ = reply.send(Err(Error::config(
@@ -391,7 +401,7 @@ mod tests {
             metrics: Arc::clone(&metrics),
             blocking: BlockingCalls::default(),
         };
-        let task = tokio::spawn(async move { coordinator.run(&mut commands).await });
+        let task = tokio::spawn(async move { coordinator.run(&mut commands, &mut false).await });
         Harness {
             source,
             events,

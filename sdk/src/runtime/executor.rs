@@ -36,6 +36,8 @@ pub(crate) struct Executor {
     pub(crate) config: JobConfig,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) commands: UnboundedReceiver<JobCommand>,
+    /// Whether `JobHandle::stop` was received, by any attempt.
+    pub(crate) stop_requested: bool,
 }
 
 /// Whether a failure may be retried.
@@ -288,7 +290,7 @@ impl Executor {
         };
 
         let outcome = {
-            let coordinator = coordinator.run(&mut self.commands);
+            let coordinator = coordinator.run(&mut self.commands, &mut self.stop_requested);
             tokio::pin!(coordinator);
             let mut coordinator_done = false;
             loop {
