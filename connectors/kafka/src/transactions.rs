@@ -2,18 +2,27 @@
 //! Kafka 3.0+).
 //!
 //! Owns: asking every broker (each lists the transactions it coordinates)
-//! for the open transactions whose transactional id starts with a prefix.
-//! Two users: the sink's start-up cleanup of lingering transactions (ids of
-//! subtasks that a smaller parallelism no longer runs), and the audit's
-//! lingering-by-prefix report. Does not own what is done with them.
+//! for the open transactions whose transactional id starts with a prefix,
+//! and asking partition leaders where a producer's open transaction began
+//! (DescribeProducers). Users: the sink's start-up cleanup of lingering
+//! transactions (ids of subtasks that a smaller parallelism no longer
+//! runs), the sink's recovery (which commits only the transaction a
+//! checkpoint recorded), and the audit's lingering-by-prefix report. Does
+//! not own what is done with the answers.
 //!
 //! librdkafka has no ListTransactions, so this speaks the protocol through
 //! [`crate::connection`].
 
-use kafka_protocol::messages::{ListTransactionsRequest, MetadataRequest};
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::describe_producers_request::TopicRequest;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    DescribeProducersRequest, ListTransactionsRequest, MetadataRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::connection::{Connection, ConnectionSettings, error_name};
+use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
 
 /// Transaction states (as ListTransactions names them) of a transaction
@@ -127,4 +136,78 @@ pub(crate) async fn list_open_in_cluster(
     }
     found.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
     Ok(found)
+}
+
+/// Where `producer_id`'s open transaction began in each of `partitions` of
+/// `topic`: DescribeProducers (KIP-664, Kafka 3.0+) at each partition's
+/// leader. `None` for a partition where the producer has no open
+/// transaction.
+pub(crate) async fn open_transaction_starts(
+    bootstrap: &str,
+    settings: &ConnectionSettings,
+    topic: &str,
+    partitions: &[i32],
+    producer_id: i64,
+) -> Result<BTreeMap<i32, Option<i64>>, ReadError> {
+    let mut connection = Connection::open_any(bootstrap, settings).await?;
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let (metadata, _) = connection.request(&request, 1, 12).await?;
+    let brokers: BTreeMap<i32, String> = metadata
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect();
+    let leaders: BTreeMap<i32, i32> = metadata
+        .topics
+        .iter()
+        .filter(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        .flat_map(|t| &t.partitions)
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
+    let mut by_leader: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for &partition in partitions {
+        let leader = leaders
+            .get(&partition)
+            .and_then(|id| brokers.get(id))
+            .ok_or_else(|| ReadError::NoLeader {
+                topic: topic.to_owned(),
+                partition,
+                leader_id: leaders.get(&partition).copied().unwrap_or(-1),
+            })?;
+        by_leader.entry(leader.clone()).or_default().push(partition);
+    }
+    let mut starts = BTreeMap::new();
+    for (leader, asked) in by_leader {
+        let mut at_leader = Connection::open(&leader, settings).await?;
+        let request = DescribeProducersRequest::default().with_topics(vec![
+            TopicRequest::default()
+                .with_name(topic_name(topic))
+                .with_partition_indexes(asked.clone()),
+        ]);
+        let (described, _) = at_leader.request(&request, 0, 0).await?;
+        for partition in described.topics.iter().flat_map(|t| &t.partitions) {
+            if partition.error_code != 0 {
+                return Err(ReadError::Broker {
+                    address: leader.clone(),
+                    api: "DescribeProducers",
+                    topic: topic.to_owned(),
+                    partition: partition.partition_index,
+                    code: partition.error_code,
+                    name: error_name(partition.error_code),
+                });
+            }
+            let start = partition
+                .active_producers
+                .iter()
+                .find(|p| p.producer_id.0 == producer_id)
+                .map(|p| p.current_txn_start_offset)
+                .filter(|&offset| offset >= 0);
+            starts.insert(partition.partition_index, start);
+        }
+    }
+    Ok(starts)
 }

@@ -26,6 +26,7 @@
 //! lost, which is reported as such, with the checkpoint and partitions. It
 //! is never dropped.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use crate::client::ClientSettings;
 use crate::committed_reader::{CommittedReader, ReaderConfig};
 use crate::connection::{self, Connection, ConnectionSettings, error_name};
 use crate::error::ReadError;
+use crate::transactions::open_transaction_starts;
 use crate::visibility::PartitionLog;
 
 /// Attempts after a transient answer.
@@ -118,9 +120,10 @@ pub enum RecoveryError {
         /// The partition's log start offset.
         log_start_offset: i64,
     },
-    /// The transaction handle lacks the producer id or epoch.
+    /// The transaction handle lacks the producer id, epoch or partitions.
     #[error(
-        "cannot commit {transaction} on recovery: the checkpoint does not record its producer id and epoch"
+        "cannot commit {transaction} on recovery: the checkpoint does not record its producer id, epoch and \
+         partitions"
     )]
     Incomplete {
         /// The transaction.
@@ -282,7 +285,9 @@ pub fn recover_transaction(
     let name = transaction.to_string();
     let (Some(id), true) = (
         &transaction.transactional_id,
-        transaction.producer_id >= 0 && transaction.epoch >= 0,
+        transaction.producer_id >= 0
+            && transaction.epoch >= 0
+            && !transaction.partitions.is_empty(),
     ) else {
         return Err(RecoveryError::Incomplete { transaction: name });
     };
@@ -292,6 +297,73 @@ pub fn recover_transaction(
     };
     let bootstrap = settings.bootstrap.as_str();
     let conn_settings = settings.wire("exactly-kafka-recovery");
+    let settle = |answer: String| -> Result<bool, RecoveryError> {
+        let logs = block_on(read_partitions(bootstrap, transaction)).map_err(connection_error)?;
+        match fate(transaction, &logs) {
+            Fate::Committed => {
+                tracing::info!(transaction = %name, %answer, "the transaction was already committed");
+                Ok(true)
+            }
+            Fate::Aborted => Err(RecoveryError::Lost {
+                reason: format!("{answer}, and the log shows the transaction aborted"),
+                transaction: name.clone(),
+            }),
+            Fate::Open => Err(RecoveryError::Refused {
+                answer: format!("{answer}, and the log shows the transaction still open"),
+                transaction: name.clone(),
+            }),
+            Fate::Unknown => {
+                let (partition, first_offset, log_start_offset) = transaction
+                    .partitions
+                    .iter()
+                    .find_map(|(p, first)| {
+                        let log = logs.iter().find(|l| l.partition == *p)?;
+                        (*first < log.log_start_offset).then_some((
+                            *p,
+                            *first,
+                            log.log_start_offset,
+                        ))
+                    })
+                    .unwrap_or((-1, -1, -1));
+                Err(RecoveryError::Undecidable {
+                    transaction: name.clone(),
+                    answer,
+                    partition,
+                    first_offset,
+                    log_start_offset,
+                })
+            }
+        }
+    };
+    // Commit only the transaction the checkpoint recorded: the producer id
+    // and epoch stay the same across a librdkafka producer's transactions,
+    // so EndTxn would commit a later one on the same id too (FLINK-8132).
+    let partitions: Vec<i32> = transaction.partitions.keys().copied().collect();
+    let starts = block_on(open_transaction_starts(
+        bootstrap,
+        &conn_settings,
+        &transaction.topic,
+        &partitions,
+        transaction.producer_id,
+    ));
+    match starts {
+        Ok(starts) => {
+            if let Some(not_ours) = not_the_recorded_transaction(transaction, &starts) {
+                let committed_earlier = settle(format!("EndTxn not sent: {not_ours}"))?;
+                return Ok(Recovered {
+                    answer: "NOT_SENT".to_owned(),
+                    end_txn_version: -1,
+                    committed_earlier,
+                });
+            }
+        }
+        Err(ReadError::UnsupportedApi { .. }) => tracing::warn!(
+            transaction = %name,
+            "the cluster has no DescribeProducers (Kafka before 3.0): committing without checking that the \
+             producer's open transaction is the recorded one"
+        ),
+        Err(error) => return Err(connection_error(error)),
+    }
     let mut attempt = 0;
     loop {
         let (answer, version) =
@@ -315,48 +387,38 @@ pub fn recover_transaction(
                 });
             }
             Decision::CheckLog => {
-                let logs =
-                    block_on(read_partitions(bootstrap, transaction)).map_err(connection_error)?;
-                return match fate(transaction, &logs) {
-                    Fate::Committed => {
-                        tracing::info!(transaction = %name, %answer, "the transaction was already committed");
-                        Ok(recovered(true))
-                    }
-                    Fate::Aborted => Err(RecoveryError::Lost {
-                        reason: format!(
-                            "the broker answered {answer}, and the log shows the transaction aborted"
-                        ),
-                        transaction: name,
-                    }),
-                    Fate::Open => Err(RecoveryError::Refused {
-                        answer: format!("{answer}, and the log shows the transaction still open"),
-                        transaction: name,
-                    }),
-                    Fate::Unknown => {
-                        let (partition, first_offset, log_start_offset) = transaction
-                            .partitions
-                            .iter()
-                            .find_map(|(p, first)| {
-                                let log = logs.iter().find(|l| l.partition == *p)?;
-                                (*first < log.log_start_offset).then_some((
-                                    *p,
-                                    *first,
-                                    log.log_start_offset,
-                                ))
-                            })
-                            .unwrap_or((-1, -1, -1));
-                        Err(RecoveryError::Undecidable {
-                            transaction: name,
-                            answer: answer.to_string(),
-                            partition,
-                            first_offset,
-                            log_start_offset,
-                        })
-                    }
-                };
+                return settle(format!("the broker answered {answer}")).map(recovered);
             }
         }
     }
+}
+
+/// Why the producer's open transactions (first offset per partition, from
+/// DescribeProducers) are not the one `transaction` recorded, if they are
+/// not: a later transaction is open, or none is open on a partition the
+/// transaction wrote (it ended already).
+fn not_the_recorded_transaction(
+    transaction: &KafkaTransaction,
+    starts: &BTreeMap<i32, Option<i64>>,
+) -> Option<String> {
+    let producer = transaction.producer_id;
+    for (partition, first) in &transaction.partitions {
+        match starts.get(partition).copied().flatten() {
+            Some(start) if start == *first => {}
+            Some(start) => {
+                return Some(format!(
+                    "producer {producer} has a later transaction open at offset {start} of partition {partition}, \
+                     not the recorded one at {first}"
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "producer {producer} has no transaction open at offset {first} of partition {partition}"
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -435,6 +497,28 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
+    }
+
+    #[test]
+    fn only_the_recorded_open_transaction_is_committed() {
+        let txn = transaction(&[(0, 10), (1, 4)]);
+        let starts = |p0, p1| BTreeMap::from([(0, p0), (1, p1)]);
+        assert_eq!(
+            not_the_recorded_transaction(&txn, &starts(Some(10), Some(4))),
+            None
+        );
+        let later = not_the_recorded_transaction(&txn, &starts(Some(10), Some(9))).unwrap();
+        assert!(
+            later.contains("later transaction open at offset 9 of partition 1"),
+            "{later}"
+        );
+        let ended = not_the_recorded_transaction(&txn, &starts(None, Some(4))).unwrap();
+        assert!(
+            ended.contains("no transaction open at offset 10 of partition 0"),
+            "{ended}"
+        );
+        let unlisted = not_the_recorded_transaction(&txn, &BTreeMap::new()).unwrap();
+        assert!(unlisted.contains("no transaction open"), "{unlisted}");
     }
 
     #[test]

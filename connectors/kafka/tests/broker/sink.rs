@@ -133,6 +133,67 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     assert_eq!(visible(&broker, &topic).len(), 5);
 }
 
+/// FLINK-8132: librdkafka keeps one producer id and epoch for every
+/// transaction of a producer, so an `EndTxn(commit)` for a recorded
+/// transaction's triple would commit a later transaction on the same id.
+/// Recovery checks with DescribeProducers that the producer's open
+/// transaction is the recorded one, and here it is not: it sends no
+/// `EndTxn`, reads the recorded one committed, and "late" stays invisible.
+#[test]
+fn recovery_never_commits_a_later_transaction_on_the_same_id() {
+    let broker = broker();
+    let topic = unique_topic("sink-8132");
+    create_topic(&broker, &topic, 1);
+    let prefix = unique_topic("prefix");
+    let single = || {
+        KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
+            OutputRecord::value(v.clone())
+        })
+        .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+        .transactional_id_prefix(&prefix)
+        .producer_pool_size(1)
+        .build()
+        .unwrap()
+    };
+    let recorded = {
+        let mut sink = single();
+        sink.open(&sink_context(None)).unwrap();
+        let mut t1 = sink.begin_transaction(1).unwrap();
+        sink.write(&mut t1, records(2, "early")).unwrap();
+        sink.pre_commit(&mut t1).unwrap();
+        let recorded = t1.clone();
+        sink.commit(t1).unwrap();
+        let mut t3 = sink.begin_transaction(3).unwrap();
+        assert_eq!(t3.transactional_id, recorded.transactional_id);
+        sink.write(&mut t3, records(1, "late")).unwrap();
+        sink.pre_commit(&mut t3).unwrap();
+        assert_eq!(
+            (t3.producer_id, t3.epoch),
+            (recorded.producer_id, recorded.epoch),
+            "librdkafka reuses the producer id and epoch"
+        );
+        recorded
+        // The process is abandoned here, "late" open.
+    };
+    let recovered = recover_transaction(&ClientSettings::new(&broker), &recorded).unwrap();
+    assert_eq!(
+        visible(&broker, &topic),
+        ["early-0", "early-1"],
+        "recovery committed the later transaction ({recovered:?})"
+    );
+    assert!(
+        recovered.answer == "NOT_SENT" && recovered.committed_earlier,
+        "{recovered:?}"
+    );
+    // A restarted sink's first transaction initialises the id, which
+    // aborts "late" for good.
+    let mut restarted = single();
+    restarted.open(&sink_context(Some(1))).unwrap();
+    restarted.begin_transaction(4).unwrap();
+    exactly_kafka::oracle::settled(&broker, &topic).unwrap();
+    assert_eq!(visible(&broker, &topic), ["early-0", "early-1"]);
+}
+
 /// Recovery tries every bootstrap address, as librdkafka does: the first
 /// one being down does not make a healthy cluster unreachable.
 #[test]

@@ -292,6 +292,23 @@ fn assert_answered_none(recovered: &Recovered) {
     assert!(!recovered.committed_earlier, "{recovered:?}");
 }
 
+/// A recovery that found, with DescribeProducers, that the producer's open
+/// transaction is not the recorded one, sent no `EndTxn`, and read the
+/// transaction committed in the log.
+fn assert_settled_without_end_txn(recovered: &Recovered) {
+    assert_eq!(recovered.answer, "NOT_SENT", "{recovered:?}");
+    assert_eq!(recovered.end_txn_version, -1, "{recovered:?}");
+    assert!(recovered.committed_earlier, "{recovered:?}");
+}
+
+/// What a raw `EndTxn(commit)` at recovery's version answers for the
+/// recorded triple now (recovery itself no longer sends it).
+fn raw_v4_answer(broker: &str, txn: &KafkaTransaction) -> String {
+    let raw = end_txn(broker, txn, 0, RECOVERY_END_TXN_MAX_VERSION).unwrap();
+    assert_eq!(raw.version, RECOVERY_END_TXN_MAX_VERSION);
+    raw.answer
+}
+
 #[test]
 fn both_brokers_finalize_the_transaction_version_they_claim_and_offer_end_txn_v5() {
     for (cluster, level) in [(Cluster::Tv2, Some(2)), (Cluster::Tv0, None)] {
@@ -363,8 +380,10 @@ fn tv0_recovery_commits_a_dead_sinks_transaction() {
 }
 
 /// Scenario b: a restored sink commits the transaction, and a second
-/// restore from the same checkpoint recovers it again.
-fn a_repeated_recovery_is_answered_none_and_doubles_nothing(cluster: Cluster) {
+/// restore from the same checkpoint recovers it again: recovery sees the
+/// producer has no transaction open, sends no `EndTxn`, and reads it
+/// committed (a raw v4 repeat would be answered `NONE`).
+fn a_repeated_recovery_sends_no_end_txn_and_doubles_nothing(cluster: Cluster) {
     let broker = cluster.broker();
     let (topic, prefix) = topic_and_prefix(&broker, "tv-repeat");
     let txn = pre_committed_by_a_dead_sink(&broker, &topic, &prefix, "b");
@@ -374,7 +393,8 @@ fn a_repeated_recovery_is_answered_none_and_doubles_nothing(cluster: Cluster) {
     assert_visible_once(&broker, &topic, &records("b"));
 
     let again = recover(&broker, &txn).unwrap();
-    assert_answered_none(&again);
+    assert_settled_without_end_txn(&again);
+    assert_eq!(raw_v4_answer(&broker, &txn), "NONE");
     let mut restored_again = exactly_once(&broker, &topic, &prefix);
     restored_again.open(&sink_context(Some(1))).unwrap();
     restored_again.recover_and_commit(txn).unwrap();
@@ -382,13 +402,13 @@ fn a_repeated_recovery_is_answered_none_and_doubles_nothing(cluster: Cluster) {
 }
 
 #[test]
-fn tv2_a_repeated_recovery_is_answered_none_and_doubles_nothing() {
-    a_repeated_recovery_is_answered_none_and_doubles_nothing(Cluster::Tv2);
+fn tv2_a_repeated_recovery_sends_no_end_txn_and_doubles_nothing() {
+    a_repeated_recovery_sends_no_end_txn_and_doubles_nothing(Cluster::Tv2);
 }
 
 #[test]
-fn tv0_a_repeated_recovery_is_answered_none_and_doubles_nothing() {
-    a_repeated_recovery_is_answered_none_and_doubles_nothing(Cluster::Tv0);
+fn tv0_a_repeated_recovery_sends_no_end_txn_and_doubles_nothing() {
+    a_repeated_recovery_sends_no_end_txn_and_doubles_nothing(Cluster::Tv0);
 }
 
 /// Scenario b after the restored sink went on: its next transaction
@@ -410,12 +430,8 @@ fn a_repeated_recovery_after_the_id_moved_on_is_settled_by_the_log(cluster: Clus
     restored.commit(next).unwrap();
 
     let again = recover(&broker, &txn).unwrap();
-    assert_eq!(again.answer, "ProducerFenced", "{again:?}");
-    assert_eq!(
-        again.end_txn_version, RECOVERY_END_TXN_MAX_VERSION,
-        "{again:?}"
-    );
-    assert!(again.committed_earlier, "{again:?}");
+    assert_settled_without_end_txn(&again);
+    assert_eq!(raw_v4_answer(&broker, &txn), "ProducerFenced");
     let mut expected = records("b2");
     expected.extend(records("next"));
     assert_visible_once(&broker, &topic, &expected);
@@ -449,9 +465,12 @@ fn a_transaction_aborted_by_a_takeover_is_reported_lost(cluster: Cluster) {
     };
     assert_eq!(*transaction, txn.to_string());
     assert!(
-        reason.contains("answered ProducerFenced (90)") && reason.contains("aborted"),
+        reason.contains("EndTxn not sent: producer")
+            && reason.contains("has no transaction open")
+            && reason.contains("aborted"),
         "{reason}"
     );
+    assert_eq!(raw_v4_answer(&broker, &txn), "ProducerFenced");
     let message = error.to_string();
     assert!(message.contains("LOST"), "{message}");
     drop(takeover);
@@ -470,8 +489,8 @@ fn tv0_a_transaction_aborted_by_a_takeover_is_reported_lost() {
 
 /// The trap recovery's version cap avoids: `EndTxn` v5 repeating the
 /// commit of a librdkafka transaction that recovery already committed. The
-/// refusal changes nothing: a later recovery at v4 or below is still
-/// answered NONE.
+/// refusal changes nothing: a raw v4 repeat is still answered NONE, and a
+/// later recovery reads the transaction committed.
 fn end_txn_v5_repeating_a_recovered_commit_answers_invalid_txn_state(cluster: Cluster) {
     let broker = cluster.broker();
     let (topic, prefix) = topic_and_prefix(&broker, "tv-v5-repeat");
@@ -483,7 +502,8 @@ fn end_txn_v5_repeating_a_recovered_commit_answers_invalid_txn_state(cluster: Cl
     assert_eq!(v5.answer, "InvalidTxnState", "{v5:?}");
     assert_visible_once(&broker, &topic, &records("t"));
 
-    assert_answered_none(&recover(&broker, &txn).unwrap());
+    assert_eq!(raw_v4_answer(&broker, &txn), "NONE");
+    assert_settled_without_end_txn(&recover(&broker, &txn).unwrap());
     assert_visible_once(&broker, &topic, &records("t"));
 }
 
@@ -499,8 +519,8 @@ fn tv0_end_txn_v5_repeating_a_recovered_commit_answers_invalid_txn_state() {
 
 /// What a version-5 recovery would do on the default cluster: its first
 /// `EndTxn` commits and bumps the epoch (the version-2 rules), so every
-/// later recovery from the same checkpoint at v4 or below is refused with
-/// the stored epoch and can only be settled by reading the log.
+/// later `EndTxn` at v4 or below is refused with the stored epoch; recovery
+/// sends none (the producer has no transaction open) and reads the log.
 #[test]
 fn tv2_end_txn_v5_as_the_first_commit_bumps_the_epoch() {
     let broker = Cluster::Tv2.broker();
@@ -513,8 +533,7 @@ fn tv2_end_txn_v5_as_the_first_commit_bumps_the_epoch() {
 
     let repeated_v5 = end_txn(&broker, &txn, 5, 5).unwrap();
     assert_eq!(repeated_v5.answer, "NONE", "{repeated_v5:?}");
-    let recovered = recover(&broker, &txn).unwrap();
-    assert_eq!(recovered.answer, "ProducerFenced", "{recovered:?}");
-    assert!(recovered.committed_earlier, "{recovered:?}");
+    assert_eq!(raw_v4_answer(&broker, &txn), "ProducerFenced");
+    assert_settled_without_end_txn(&recover(&broker, &txn).unwrap());
     assert_visible_once(&broker, &topic, &records("f"));
 }
