@@ -24,10 +24,10 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
 };
 
-use crate::batch::{decode_batch, split_batches};
+use crate::batch::{BatchError, DecodedBatch, decode_batch, split_batches};
 use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
-use crate::visibility::{PartitionLog, PartitionScan};
+use crate::visibility::{OutcomeScan, PartitionLog, PartitionScan, TransactionOutcome};
 
 /// The environment variable naming the bootstrap broker, `host:port`.
 pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
@@ -167,16 +167,7 @@ impl CommittedReader {
         topic: &str,
         partition: i32,
     ) -> Result<PartitionLog, ReadError> {
-        let partitions = self.topic_metadata(topic).await?;
-        let leader = partitions
-            .iter()
-            .find(|p| p.partition == partition)
-            .copied()
-            .ok_or_else(|| ReadError::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partition_count: partitions.len(),
-            })?;
+        let leader = self.partition_leader(topic, partition).await?;
         self.read_from_leader(topic, leader).await
     }
 
@@ -296,17 +287,100 @@ impl CommittedReader {
         topic: &str,
         leader: PartitionLeader,
     ) -> Result<PartitionLog, ReadError> {
-        let partition = leader.partition;
         let log_start_offset = self.log_start_offset(topic, leader).await?;
-        let mut fetched = self.fetch(topic, leader, log_start_offset).await?;
+        let mut scan: Option<PartitionScan> = None;
+        let end = self
+            .scan(
+                topic,
+                leader,
+                log_start_offset,
+                &mut |batch, high_watermark| {
+                    scan.get_or_insert_with(|| PartitionScan::new(log_start_offset, high_watermark))
+                        .apply(batch)
+                        .map(|()| Flow::Continue)
+                },
+            )
+            .await?;
+        Ok(scan
+            .unwrap_or_else(|| PartitionScan::new(log_start_offset, end.high_watermark))
+            .finish(
+                topic,
+                leader.partition,
+                log_start_offset,
+                end.last_stable_offset,
+            ))
+    }
+
+    /// How the transaction of `producer_id` whose first record in
+    /// `topic`/`partition` is at `first_offset` ended, read from the log
+    /// itself: from that offset only, batch by batch (never the whole
+    /// partition in memory), up to that producer's first control record
+    /// after it.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError`] when the partition cannot be read.
+    pub async fn transaction_outcome(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        producer_id: i64,
+    ) -> Result<TransactionOutcome, ReadError> {
+        let leader = self.partition_leader(topic, partition).await?;
+        let log_start_offset = self.log_start_offset(topic, leader).await?;
+        if first_offset < log_start_offset {
+            return Ok(TransactionOutcome::Deleted { log_start_offset });
+        }
+        let mut outcome = OutcomeScan::new(first_offset, producer_id);
+        self.scan(topic, leader, first_offset, &mut |batch, _| {
+            Ok(if outcome.visit(&batch)? {
+                Flow::Continue
+            } else {
+                Flow::Stop
+            })
+        })
+        .await?;
+        Ok(outcome.finish())
+    }
+
+    /// The leader of `topic`/`partition`.
+    async fn partition_leader(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionLeader, ReadError> {
+        let partitions = self.topic_metadata(topic).await?;
+        partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .copied()
+            .ok_or_else(|| ReadError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partition_count: partitions.len(),
+            })
+    }
+
+    /// Fetches the partition from `from` up to the high watermark of the
+    /// first Fetch, handing every batch at or after `from`, in log order,
+    /// to `visit` with that high watermark, until it says stop.
+    async fn scan(
+        &mut self,
+        topic: &str,
+        leader: PartitionLeader,
+        from: i64,
+        visit: &mut dyn FnMut(DecodedBatch, i64) -> Result<Flow, BatchError>,
+    ) -> Result<ScanEnd, ReadError> {
+        let partition = leader.partition;
+        let mut fetched = self.fetch(topic, leader, from).await?;
         // The first Fetch fixes the end of the read: its high watermark
         // (the same as ListOffsets(LATEST), one round trip fewer).
         let high_watermark = fetched.high_watermark;
-        let mut scan = PartitionScan::new(log_start_offset, high_watermark);
-        let mut next_offset = log_start_offset;
+        let mut next_offset = from;
         let mut empty_fetches = 0;
         loop {
-            let corrupt = |error: crate::batch::BatchError| ReadError::CorruptBatch {
+            let corrupt = |error: BatchError| ReadError::CorruptBatch {
                 topic: topic.to_owned(),
                 partition,
                 offset: error.offset,
@@ -321,7 +395,12 @@ impl CommittedReader {
                 }
                 next_offset = batch.last_offset + 1;
                 progressed = true;
-                scan.apply(batch).map_err(corrupt)?;
+                if visit(batch, high_watermark).map_err(corrupt)? == Flow::Stop {
+                    return Ok(ScanEnd {
+                        high_watermark,
+                        last_stable_offset: fetched.last_stable_offset,
+                    });
+                }
             }
             if next_offset >= high_watermark {
                 break;
@@ -351,12 +430,10 @@ impl CommittedReader {
             }
             fetched = self.fetch(topic, leader, next_offset).await?;
         }
-        Ok(scan.finish(
-            topic,
-            partition,
-            log_start_offset,
-            fetched.last_stable_offset,
-        ))
+        Ok(ScanEnd {
+            high_watermark,
+            last_stable_offset: fetched.last_stable_offset,
+        })
     }
 
     /// The partition's log start offset, from ListOffsets.
@@ -455,6 +532,20 @@ impl CommittedReader {
             records: data.records.unwrap_or_default(),
         })
     }
+}
+
+/// Whether a scan goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Where a scan ended: the high watermark it read up to, and the last
+/// stable offset of its last Fetch.
+struct ScanEnd {
+    high_watermark: i64,
+    last_stable_offset: i64,
 }
 
 /// What one Fetch returned for the partition.

@@ -297,6 +297,90 @@ fn control_type(key: Option<&[u8]>) -> Option<i16> {
     }
 }
 
+/// How a transaction ended in one partition, from the log
+/// ([`crate::CommittedReader::transaction_outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionOutcome {
+    /// Its producer's next control record is a COMMIT.
+    Committed,
+    /// Its producer's next control record is an ABORT.
+    Aborted,
+    /// No control record of its producer follows yet.
+    Open,
+    /// Retention or compaction removed the offset: the log cannot tell.
+    Deleted {
+        /// The partition's log start offset.
+        log_start_offset: i64,
+    },
+    /// The record at the offset is another producer's (or a marker): the
+    /// recorded offset does not belong to the transaction.
+    NotItsRecord {
+        /// The producer whose record is there.
+        producer_id: i64,
+    },
+}
+
+/// Finds how the transaction of `producer_id` that begins at
+/// `first_offset` ended, from batches read in log order from that offset:
+/// the record at the offset must be that producer's (when it is still in
+/// the log), and the producer's first control record after it decides.
+#[derive(Debug)]
+pub(crate) struct OutcomeScan {
+    first_offset: i64,
+    producer_id: i64,
+    outcome: TransactionOutcome,
+}
+
+impl OutcomeScan {
+    pub(crate) fn new(first_offset: i64, producer_id: i64) -> Self {
+        Self {
+            first_offset,
+            producer_id,
+            outcome: TransactionOutcome::Open,
+        }
+    }
+
+    /// Looks at the next batch; `false` once the outcome is known.
+    pub(crate) fn visit(&mut self, batch: &DecodedBatch) -> Result<bool, BatchError> {
+        let holds_first = batch.base_offset <= self.first_offset
+            && self.first_offset <= batch.last_offset
+            && batch.records.iter().any(|r| r.offset == self.first_offset);
+        if holds_first && (batch.producer_id != self.producer_id || batch.control) {
+            self.outcome = TransactionOutcome::NotItsRecord {
+                producer_id: batch.producer_id,
+            };
+            return Ok(false);
+        }
+        if !batch.control || batch.producer_id != self.producer_id {
+            return Ok(true);
+        }
+        for record in &batch.records {
+            match control_type(record.key.as_deref()) {
+                Some(CONTROL_COMMIT) => self.outcome = TransactionOutcome::Committed,
+                Some(CONTROL_ABORT) => self.outcome = TransactionOutcome::Aborted,
+                Some(_) => continue,
+                None => {
+                    return Err(BatchError {
+                        offset: record.offset,
+                        reason: format!(
+                            "control record of producer id {} has a key of {} bytes, not a 4-byte (version, type) key",
+                            batch.producer_id,
+                            record.key.as_ref().map_or(0, Bytes::len)
+                        ),
+                    });
+                }
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn finish(self) -> TransactionOutcome {
+        self.outcome
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +506,60 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.offset, 4);
         assert!(error.reason.contains("2 bytes"), "{}", error.reason);
+    }
+
+    fn outcome(first_offset: i64, producer_id: i64, batches: &[Bytes]) -> TransactionOutcome {
+        let mut scan = OutcomeScan::new(first_offset, producer_id);
+        for bytes in batches {
+            for raw in split_batches(bytes.clone()).unwrap().batches {
+                if !scan.visit(&decode_batch(&raw).unwrap()).unwrap() {
+                    return scan.finish();
+                }
+            }
+        }
+        scan.finish()
+    }
+
+    #[test]
+    fn the_producers_first_marker_after_the_offset_decides() {
+        let ours = data(4, 7, true, &["a", "b"]);
+        let theirs = data(6, 8, true, &["x"]);
+        let committed = outcome(
+            4,
+            7,
+            &[
+                ours.clone(),
+                theirs.clone(),
+                marker(7, 8, false),
+                marker(8, 7, true),
+            ],
+        );
+        assert_eq!(
+            committed,
+            TransactionOutcome::Committed,
+            "another producer's ABORT does not count"
+        );
+        assert_eq!(
+            outcome(4, 7, &[ours.clone(), marker(6, 7, false)]),
+            TransactionOutcome::Aborted
+        );
+        assert_eq!(outcome(4, 7, &[ours, theirs]), TransactionOutcome::Open);
+    }
+
+    #[test]
+    fn another_producers_record_at_the_offset_is_not_the_transaction() {
+        assert_eq!(
+            outcome(4, 7, &[data(4, 8, true, &["x"]), marker(5, 7, true)]),
+            TransactionOutcome::NotItsRecord { producer_id: 8 }
+        );
+    }
+
+    #[test]
+    fn a_commit_after_a_missing_offset_still_decides() {
+        // Offset 4 is gone (compacted); the first batch starts after it.
+        assert_eq!(
+            outcome(4, 7, &[data(5, 7, true, &["b"]), marker(6, 7, true)]),
+            TransactionOutcome::Committed
+        );
     }
 }

@@ -39,7 +39,7 @@ use crate::committed_reader::{CommittedReader, ReaderConfig};
 use crate::connection::{self, Connection, ConnectionSettings, error_name};
 use crate::error::ReadError;
 use crate::transactions::open_transaction_starts;
-use crate::visibility::PartitionLog;
+use crate::visibility::TransactionOutcome;
 
 /// Attempts after a transient answer.
 const RETRIES: u32 = 5;
@@ -99,26 +99,19 @@ pub enum RecoveryError {
         /// What the broker and the log said.
         reason: String,
     },
-    /// The broker refused the commit, and the log no longer holds the
-    /// transaction's first record, so whether it was committed cannot be
-    /// told.
+    /// The broker refused the commit, or was not asked, and the log cannot
+    /// tell whether the transaction was committed.
     #[error(
-        "committing {transaction} on recovery: the broker answered {answer}, and the log no longer holds the \
-         transaction's first record (offset {first_offset} of partition {partition} is below the log start \
-         offset {log_start_offset}: retention or compaction removed it), so whether it was committed cannot be told. \
-         Restore a newer checkpoint, or check the output by hand"
+        "committing {transaction} on recovery: {answer}, and the log cannot tell whether it was committed: \
+         {reason}. Restore a newer checkpoint, or check the output by hand"
     )]
     Undecidable {
         /// The transaction.
         transaction: String,
-        /// What the broker answered.
+        /// What the broker answered, or why it was not asked.
         answer: String,
-        /// The partition.
-        partition: i32,
-        /// The transaction's first offset there.
-        first_offset: i64,
-        /// The partition's log start offset.
-        log_start_offset: i64,
+        /// Why the log cannot tell.
+        reason: String,
     },
     /// The transaction handle lacks the producer id, epoch or partitions.
     #[error(
@@ -172,46 +165,56 @@ pub(crate) fn decide(answer: Answer) -> Decision {
 }
 
 /// What the log says happened to a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fate {
-    /// Its records are visible under read_committed.
+    /// Its producer committed it in every partition it wrote.
     Committed,
-    /// Its records were aborted.
+    /// Its producer aborted it.
     Aborted,
-    /// It is still open.
+    /// It is still open somewhere.
     Open,
-    /// The log no longer holds its first record (retention or compaction
-    /// removed it), so the log cannot tell.
-    Unknown,
+    /// The log cannot tell, and why.
+    Unknown(String),
 }
 
-/// The fate of `transaction` in the logs of the partitions it wrote: its
-/// first record in every partition is visible (committed), or inside an
-/// open transaction of its producer (open), or deleted from the log
-/// (unknown), or none of these (aborted).
-pub(crate) fn fate(transaction: &KafkaTransaction, logs: &[PartitionLog]) -> Fate {
-    let mut open = false;
-    for (partition, first) in &transaction.partitions {
-        let Some(log) = logs.iter().find(|l| l.partition == *partition) else {
-            return Fate::Aborted;
-        };
-        if *first < log.log_start_offset {
-            return Fate::Unknown;
-        }
-        if log.records.iter().any(|r| r.offset == *first) {
-            continue;
-        }
-        if log
-            .open_transactions
-            .iter()
-            .any(|t| t.producer_id == transaction.producer_id && t.first_offset <= *first)
-        {
-            open = true;
-            continue;
-        }
-        return Fate::Aborted;
+/// The fate of `transaction` from how it ended in each partition it wrote
+/// (the producer's first control record after the recorded first offset).
+pub(crate) fn fate(
+    transaction: &KafkaTransaction,
+    outcomes: &BTreeMap<i32, TransactionOutcome>,
+) -> Fate {
+    if transaction.partitions.is_empty() {
+        return Fate::Unknown("the checkpoint recorded no partition".to_owned());
     }
-    if open { Fate::Open } else { Fate::Committed }
+    let producer = transaction.producer_id;
+    let mut fate = Fate::Committed;
+    for (partition, first) in &transaction.partitions {
+        match outcomes.get(partition) {
+            Some(TransactionOutcome::Committed) => {}
+            Some(TransactionOutcome::Aborted) => fate = Fate::Aborted,
+            Some(TransactionOutcome::Open) => {
+                if fate == Fate::Committed {
+                    fate = Fate::Open;
+                }
+            }
+            Some(TransactionOutcome::Deleted { log_start_offset }) => {
+                return Fate::Unknown(format!(
+                    "offset {first} of partition {partition} is below its log start offset {log_start_offset} \
+                     (retention or compaction removed it)"
+                ));
+            }
+            Some(TransactionOutcome::NotItsRecord { producer_id }) => {
+                return Fate::Unknown(format!(
+                    "the record at offset {first} of partition {partition} is producer {producer_id}'s, not \
+                     producer {producer}'s"
+                ));
+            }
+            None => {
+                return Fate::Unknown(format!("partition {partition} was not read"));
+            }
+        }
+    }
+    fate
 }
 
 /// Sends `EndTxn(commit)` for the transaction to its coordinator; returns
@@ -239,21 +242,26 @@ async fn end_transaction(
     Ok((Answer(response.error_code), Some(version)))
 }
 
-/// Reads every partition the transaction wrote.
-async fn read_partitions(
+/// How the transaction ended in each partition it wrote, from the log,
+/// read from its recorded first offsets only.
+async fn read_outcomes(
     bootstrap: &str,
     transaction: &KafkaTransaction,
-) -> Result<Vec<PartitionLog>, ReadError> {
+) -> Result<BTreeMap<i32, TransactionOutcome>, ReadError> {
     let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
-    let mut logs = Vec::new();
-    for partition in transaction.partitions.keys() {
-        logs.push(
-            reader
-                .read_partition(&transaction.topic, *partition)
-                .await?,
-        );
+    let mut outcomes = BTreeMap::new();
+    for (&partition, &first) in &transaction.partitions {
+        let outcome = reader
+            .transaction_outcome(
+                &transaction.topic,
+                partition,
+                first,
+                transaction.producer_id,
+            )
+            .await?;
+        outcomes.insert(partition, outcome);
     }
-    Ok(logs)
+    Ok(outcomes)
 }
 
 /// Runs `work` to completion from blocking code.
@@ -298,8 +306,8 @@ pub fn recover_transaction(
     let bootstrap = settings.bootstrap.as_str();
     let conn_settings = settings.wire("exactly-kafka-recovery");
     let settle = |answer: String| -> Result<bool, RecoveryError> {
-        let logs = block_on(read_partitions(bootstrap, transaction)).map_err(connection_error)?;
-        match fate(transaction, &logs) {
+        let outcomes = block_on(read_outcomes(bootstrap, transaction)).map_err(connection_error)?;
+        match fate(transaction, &outcomes) {
             Fate::Committed => {
                 tracing::info!(transaction = %name, %answer, "the transaction was already committed");
                 Ok(true)
@@ -312,27 +320,11 @@ pub fn recover_transaction(
                 answer: format!("{answer}, and the log shows the transaction still open"),
                 transaction: name.clone(),
             }),
-            Fate::Unknown => {
-                let (partition, first_offset, log_start_offset) = transaction
-                    .partitions
-                    .iter()
-                    .find_map(|(p, first)| {
-                        let log = logs.iter().find(|l| l.partition == *p)?;
-                        (*first < log.log_start_offset).then_some((
-                            *p,
-                            *first,
-                            log.log_start_offset,
-                        ))
-                    })
-                    .unwrap_or((-1, -1, -1));
-                Err(RecoveryError::Undecidable {
-                    transaction: name.clone(),
-                    answer,
-                    partition,
-                    first_offset,
-                    log_start_offset,
-                })
-            }
+            Fate::Unknown(reason) => Err(RecoveryError::Undecidable {
+                transaction: name.clone(),
+                answer,
+                reason,
+            }),
         }
     };
     // Commit only the transaction the checkpoint recorded: the producer id
@@ -425,10 +417,7 @@ fn not_the_recorded_transaction(
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::visibility::{OpenTransaction, VisibleRecord};
 
     #[test]
     fn every_answer_the_broker_can_give_is_classified() {
@@ -466,39 +455,6 @@ mod tests {
         }
     }
 
-    fn log(partition: i32, visible: &[i64], open: Option<(i64, i64)>) -> PartitionLog {
-        PartitionLog {
-            topic: "out".into(),
-            partition,
-            log_start_offset: 0,
-            high_watermark: 100,
-            last_stable_offset: open.map_or(100, |(_, first)| first),
-            broker_last_stable_offset: -1,
-            records: visible
-                .iter()
-                .map(|&offset| VisibleRecord {
-                    offset,
-                    key: None,
-                    value: Some(Bytes::from_static(b"v")),
-                    headers: Vec::new(),
-                    timestamp: 0,
-                    producer_id: 7,
-                    transactional: true,
-                })
-                .collect(),
-            producers: BTreeMap::new(),
-            open_transactions: open
-                .map(|(producer_id, first_offset)| OpenTransaction {
-                    producer_id,
-                    producer_epoch: 2,
-                    first_offset,
-                    records: 3,
-                })
-                .into_iter()
-                .collect(),
-        }
-    }
-
     #[test]
     fn only_the_recorded_open_transaction_is_committed() {
         let txn = transaction(&[(0, 10), (1, 4)]);
@@ -522,27 +478,38 @@ mod tests {
     }
 
     #[test]
-    fn the_log_tells_committed_aborted_and_open_apart() {
+    fn the_log_tells_committed_aborted_open_and_unknown_apart() {
+        use TransactionOutcome::{Aborted, Committed, Deleted, NotItsRecord, Open};
         let txn = transaction(&[(0, 10), (1, 4)]);
-        let committed = [log(0, &[10, 11], None), log(1, &[4], None)];
-        assert_eq!(fate(&txn, &committed), Fate::Committed);
-        let aborted_in_one = [log(0, &[10, 11], None), log(1, &[], None)];
-        assert_eq!(fate(&txn, &aborted_in_one), Fate::Aborted);
-        let open = [log(0, &[10], None), log(1, &[], Some((7, 4)))];
-        assert_eq!(fate(&txn, &open), Fate::Open);
-        let someone_elses_open = [log(0, &[10], None), log(1, &[], Some((8, 4)))];
-        assert_eq!(fate(&txn, &someone_elses_open), Fate::Aborted);
-        assert_eq!(
-            fate(&txn, &[log(0, &[10], None)]),
-            Fate::Aborted,
-            "a partition that cannot be read"
+        let outcomes = |p0, p1| BTreeMap::from([(0, p0), (1, p1)]);
+        assert_eq!(fate(&txn, &outcomes(Committed, Committed)), Fate::Committed);
+        assert_eq!(fate(&txn, &outcomes(Committed, Aborted)), Fate::Aborted);
+        assert_eq!(fate(&txn, &outcomes(Open, Committed)), Fate::Open);
+        let deleted = fate(
+            &txn,
+            &outcomes(
+                Committed,
+                Deleted {
+                    log_start_offset: 5,
+                },
+            ),
         );
-        let mut truncated = log(1, &[], None);
-        truncated.log_start_offset = 5;
-        assert_eq!(
-            fate(&txn, &[log(0, &[10, 11], None), truncated]),
-            Fate::Unknown,
-            "retention deleted the first record: committed or aborted cannot be told"
+        let Fate::Unknown(deleted) = deleted else {
+            panic!("a deleted offset is not aborted: {deleted:?}");
+        };
+        assert!(
+            deleted.contains("offset 4 of partition 1 is below its log start offset 5"),
+            "{deleted}"
         );
+        let other = fate(&txn, &outcomes(NotItsRecord { producer_id: 8 }, Committed));
+        let Fate::Unknown(other) = other else {
+            panic!("another producer's record is not the transaction's: {other:?}");
+        };
+        assert!(other.contains("producer 8's, not producer 7's"), "{other}");
+        let none = fate(&transaction(&[]), &BTreeMap::new());
+        let Fate::Unknown(none) = none else {
+            panic!("no partition recorded is not committed: {none:?}");
+        };
+        assert!(none.contains("no partition"), "{none}");
     }
 }

@@ -496,6 +496,9 @@ fn end_txn_v5_repeating_a_recovered_commit_answers_invalid_txn_state(cluster: Cl
     let (topic, prefix) = topic_and_prefix(&broker, "tv-v5-repeat");
     let txn = pre_committed_by_a_dead_sink(&broker, &topic, &prefix, "t");
     assert_answered_none(&recover(&broker, &txn).unwrap());
+    // Until the markers are written the coordinator answers
+    // CONCURRENT_TRANSACTIONS to anything.
+    assert_visible_once(&broker, &topic, &records("t"));
 
     let v5 = end_txn(&broker, &txn, 5, 5).unwrap();
     assert_eq!(v5.version, 5);
