@@ -746,3 +746,91 @@ fn a_stop_is_kept_across_a_failure_during_the_final_checkpoint() {
         assert_eq!(metrics.restarts, 1, "{metrics:?}");
     });
 }
+
+/// Records whether a subtask's instance (one that began a transaction;
+/// the prototype never does) was dropped on an async worker thread, where
+/// blocking is not allowed (`Handle::block_on` panics there).
+#[derive(Clone)]
+struct DropSpy {
+    inner: CollectSink<u64>,
+    used: bool,
+    dropped_on_worker: Arc<AtomicU32>,
+    drops: Arc<AtomicU32>,
+}
+
+impl Drop for DropSpy {
+    fn drop(&mut self) {
+        if !self.used {
+            return;
+        }
+        self.drops.fetch_add(1, Ordering::SeqCst);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let blocking_allowed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle.block_on(async {})
+            }))
+            .is_ok();
+            if !blocking_allowed {
+                self.dropped_on_worker.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl TwoPhaseCommitSink for DropSpy {
+    type Item = u64;
+    type Transaction = exactly::sink::CollectTransaction<u64>;
+
+    fn name(&self) -> String {
+        "drop-spy".into()
+    }
+    fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<Self::Transaction, BoxError> {
+        self.used = true;
+        self.inner.begin_transaction(checkpoint_id)
+    }
+    fn write(&mut self, txn: &mut Self::Transaction, batch: Vec<u64>) -> Result<(), BoxError> {
+        self.inner.write(txn, batch)
+    }
+    fn pre_commit(&mut self, txn: &mut Self::Transaction) -> Result<(), BoxError> {
+        self.inner.pre_commit(txn)
+    }
+    fn commit(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.inner.commit(txn)
+    }
+    fn abort(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.inner.abort(txn)
+    }
+}
+
+/// A sink may block when dropped (an rdkafka producer flushes for up to
+/// 500 ms): the runtime drops it on the blocking pool, also when an attempt
+/// fails and its tasks are aborted.
+#[test]
+fn sinks_are_dropped_on_the_blocking_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spy = DropSpy {
+        inner: CollectSink::new(),
+        used: false,
+        dropped_on_worker: Arc::new(AtomicU32::new(0)),
+        drops: Arc::new(AtomicU32::new(0)),
+    };
+    let failing = Job::new("drop-on-failure", config(dir.path()));
+    failing
+        .source(VecSource::new((0..200u64).collect::<Vec<_>>()))
+        .operator(always_fails)
+        .sink(spy.clone());
+    failing.run().unwrap_err();
+    let finishing = Job::new("drop-at-end", config(dir.path()));
+    finishing
+        .source(VecSource::new((0..200u64).collect::<Vec<_>>()))
+        .sink(spy.clone());
+    finishing.run().unwrap();
+    assert!(
+        spy.drops.load(Ordering::SeqCst) >= 2,
+        "the subtasks' sinks were dropped"
+    );
+    assert_eq!(
+        spy.dropped_on_worker.load(Ordering::SeqCst),
+        0,
+        "a sink was dropped on an async worker thread"
+    );
+}

@@ -54,6 +54,24 @@ impl BlockingCalls {
         })
     }
 
+    /// Runs `f` on the blocking pool without waiting for it (it still
+    /// counts for [`Self::wait_idle`]); inline when there is no runtime.
+    pub(crate) fn detach<F>(&self, f: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            f();
+            return;
+        }
+        self.inner.running.fetch_add(1, Ordering::AcqRel);
+        let guard = Guard(Arc::clone(&self.inner));
+        drop(tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            f();
+        }));
+    }
+
     /// Waits until no blocking call is running.
     pub(crate) async fn wait_idle(&self) {
         loop {

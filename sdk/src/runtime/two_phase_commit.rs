@@ -343,6 +343,18 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
     }
 }
 
+impl<S: TwoPhaseCommitSink> Drop for TwoPhaseCommitDriver<S> {
+    /// Drops the sink on the blocking pool: dropping may block (an rdkafka
+    /// producer flushes for up to 500 ms), and an aborted attempt drops its
+    /// tasks on the async workers. The restart waits for it, so an old
+    /// producer is gone before recovery begins.
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            self.blocking.detach(move || drop(sink));
+        }
+    }
+}
+
 impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
     fn open(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.open_and_recover())
