@@ -834,3 +834,46 @@ fn sinks_are_dropped_on_the_blocking_pool() {
         "a sink was dropped on an async worker thread"
     );
 }
+
+/// Two jobs on one checkpoint directory would interleave their checkpoint
+/// ids and commit markers: the second fails at start, naming the first.
+#[test]
+fn a_second_job_on_a_checkpoint_directory_in_use_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Job::new("first-owner", config(dir.path()));
+    first
+        .source(Uneven {
+            fast: u64::MAX,
+            subtask: 0,
+            next: 0,
+        })
+        .sink(CollectSink::new());
+    runtime().block_on(async {
+        let handle = first.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = Job::new("second-owner", config(dir.path()));
+        second
+            .source(VecSource::new(vec![1u64, 2, 3]))
+            .sink(CollectSink::new());
+        let err = second.spawn().unwrap().join().await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("is in use by another job")
+                && text.contains("job `first-owner`")
+                && text.contains(&format!("process {}", std::process::id())),
+            "{text}"
+        );
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+    // Released when the first job ended: a third job gets past the claim
+    // (to the check that the newest checkpoint fits its pipeline).
+    let third = Job::new("third-owner", config(dir.path()));
+    third
+        .source(VecSource::new(vec![1u64, 2, 3]))
+        .sink(CollectSink::new());
+    let err = third.run().unwrap_err();
+    assert!(matches!(err, Error::Restore { .. }), "{err}");
+}

@@ -58,6 +58,20 @@ impl Executor {
             None => None,
         };
         self.preflight().await?;
+        // Held until the job ends: a second job on this directory fails.
+        let _claim = match &storage {
+            Some(storage) => {
+                let (storage, job) = (Arc::clone(storage), self.name.clone());
+                Some(
+                    tokio::task::spawn_blocking(move || storage.claim(&job))
+                        .await
+                        .map_err(|e| {
+                            Error::Runtime(format!("claiming checkpoint storage: {e}"))
+                        })??,
+                )
+            }
+            None => None,
+        };
         let explicit = match (&storage, explicit) {
             (Some(storage), Some(savepoint)) => self.savepoint_or_newer(storage, savepoint).await?,
             (_, explicit) => explicit,

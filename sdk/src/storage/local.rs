@@ -4,7 +4,8 @@
 //! `<root>/chk-<id>/_metadata`, written last; `<root>/commits/<stage>-<subtask>`
 //! holds the checkpoint up to which a sink subtask has committed;
 //! `<root>/restored-from` names the savepoint the directory's checkpoints
-//! continue, when the job was started with `restore_from`. Every file is written to a
+//! continue, when the job was started with `restore_from`; `<root>/lock`
+//! is locked by the running job and names it. Every file is written to a
 //! temporary name, fsynced, renamed into place, and its directory fsynced, so
 //! a crash leaves either the old state or the new one, never half a file.
 
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use super::frame::{self, PayloadKind};
 use super::{
-    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageError, TaskStateHandle,
+    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageClaim, StorageError,
+    TaskStateHandle,
 };
 
 /// The name of the file that completes a checkpoint.
@@ -22,6 +24,9 @@ pub const METADATA_FILE: &str = "_metadata";
 
 /// The file naming the savepoint a checkpoint directory continues.
 const RESTORE_ORIGIN_FILE: &str = "restored-from";
+
+/// The file a running job locks, and names itself in.
+const LOCK_FILE: &str = "lock";
 
 /// Checkpoint storage in a local directory: the embedded default.
 #[derive(Debug, Clone)]
@@ -253,6 +258,48 @@ impl CheckpointStorage for LocalStorage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("read", &path)(e)),
         }
+    }
+
+    /// Locks `<root>/lock` (an advisory `flock`, released when the process
+    /// dies, even by SIGKILL) and writes the claimer into it.
+    fn claim(&self, job: &str) -> Result<StorageClaim, StorageError> {
+        fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
+        let path = self.root.join(LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                return Err(StorageError::InUse {
+                    path: self.root.clone(),
+                    holder: match holder.trim() {
+                        "" => "a job that has not written its name yet".to_owned(),
+                        named => named.to_owned(),
+                    },
+                });
+            }
+            Err(fs::TryLockError::Error(source)) => return Err(io("lock", &path)(source)),
+        }
+        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let claimer = format!(
+            "job `{job}`, process {} on host {}",
+            std::process::id(),
+            match host.trim() {
+                "" => "unknown",
+                named => named,
+            }
+        );
+        file.set_len(0).map_err(io("write", &path))?;
+        file.write_all(claimer.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io("write", &path))?;
+        Ok(StorageClaim::new(file))
     }
 
     fn write_restore_origin(&self, origin: &str) -> Result<(), StorageError> {

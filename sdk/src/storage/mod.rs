@@ -42,6 +42,18 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another job holds the checkpoint directory.
+    #[error(
+        "checkpoint directory {} is in use by another job ({holder}): two jobs on one directory would interleave \
+         their checkpoint ids and commit markers; stop the other one, or give this job its own checkpoint_dir",
+        path.display()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it, as it wrote itself into the lock file.
+        holder: String,
+    },
     /// A path does not hold a complete checkpoint or savepoint.
     #[error("{} is not a complete checkpoint or savepoint: {reason}", path.display())]
     NotACheckpoint {
@@ -91,6 +103,28 @@ pub struct CheckpointMetadata {
     pub stages: Vec<StageMetadata>,
     /// One state file per subtask.
     pub task_states: Vec<TaskStateHandle>,
+}
+
+/// Holds a claim on checkpoint storage ([`CheckpointStorage::claim`])
+/// until dropped.
+#[derive(Debug)]
+pub struct StorageClaim {
+    /// What keeps the claim (a locked file), released when dropped.
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl StorageClaim {
+    /// A claim on `held` (for example a locked file), released on drop.
+    pub fn new(held: impl std::any::Any + Send + Sync) -> Self {
+        StorageClaim {
+            _held: Some(Box::new(held)),
+        }
+    }
+
+    /// A claim that holds nothing, for storage that cannot be locked.
+    pub fn none() -> Self {
+        StorageClaim { _held: None }
+    }
 }
 
 /// A complete checkpoint or savepoint that can be restored.
@@ -179,6 +213,13 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// known to have committed its sink transactions, if recorded.
     fn read_commit_marker(&self, stage: usize, subtask: usize)
     -> Result<Option<u64>, StorageError>;
+
+    /// Claims the storage for one running job until the returned guard is
+    /// dropped (or the process dies). A second claim fails with
+    /// [`StorageError::InUse`] naming the holder. `job` describes the
+    /// claimer for that message. Storage that cannot be claimed returns a
+    /// guard that holds nothing.
+    fn claim(&self, job: &str) -> Result<StorageClaim, StorageError>;
 
     /// Records that the checkpoints of this directory continue the savepoint
     /// `origin` (its [`CompletedCheckpoint::origin`]), restored with

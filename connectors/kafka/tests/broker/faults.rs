@@ -7,7 +7,7 @@
 //! left open, every record exactly once.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,22 @@ impl Pipeline {
     /// (`<phase>:<n>`) if given, with extra `child` options; it stops
     /// once `stop_after` output records are visible.
     fn spawn_until(&self, crash_at: Option<&str>, extra: &[&str], stop_after: u64) -> Child {
+        self.spawn_in(&self.checkpoints, crash_at, extra, stop_after)
+    }
+
+    /// [`Self::spawn_until`] with the checkpoint directory `checkpoints`.
+    fn spawn_in(
+        &self,
+        checkpoints: &Path,
+        crash_at: Option<&str>,
+        extra: &[&str],
+        stop_after: u64,
+    ) -> Child {
         let mut command = harness(&self.broker);
         command
             .args(["child", "--input", &self.input, "--output", &self.output])
             .args(["--prefix", &self.prefix, "--checkpoints"])
-            .arg(&self.checkpoints)
+            .arg(checkpoints)
             .args(["--records", &stop_after.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
@@ -239,11 +250,13 @@ fn a_transaction_that_times_out_while_the_job_is_down_is_reported_lost() {
     assert_eq!(visible, 0, "nothing may have been committed silently");
 }
 
-/// 4.4: a second instance of the same job (same prefix and checkpoint
-/// directory) starts while the first is frozen (SIGSTOP: a long GC pause or
-/// a partition). The second takes over and finishes; the first, thawed, is
+/// 4.4: a second instance of the same job (same prefix, restoring a copy
+/// of the first's checkpoints, as a failover onto replicated storage does)
+/// starts while the first is frozen (SIGSTOP: a long GC pause or a
+/// partition). The second takes over and finishes; the first, thawed, is
 /// fenced and stops with a clear error instead of restarting; the output
-/// holds everything once.
+/// holds everything once. (Both on one directory is refused at start: the
+/// directory is locked.)
 #[test]
 fn a_zombie_instance_is_fenced_and_stops() {
     let pipeline = Pipeline::new("zombie", 20_000);
@@ -263,7 +276,16 @@ fn a_zombie_instance_is_fenced_and_stops() {
     }
     signal(&zombie, "STOP");
 
-    pipeline.complete(&[]);
+    let failover = pipeline._dir.path().join("failover");
+    copy_dir(&pipeline.checkpoints, &failover);
+    let successor = pipeline.spawn_in(&failover, None, &[], pipeline.records);
+    let output = finish(successor, "the successor");
+    assert!(
+        output.status.success(),
+        "the successor failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     signal(&zombie, "CONT");
     let output = finish(zombie, "the zombie");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -281,6 +303,20 @@ fn a_zombie_instance_is_fenced_and_stops() {
         "a fenced instance must not restart (it would fence the other back):\n{stderr}"
     );
     pipeline.assert_exactly_once();
+}
+
+/// Copies the directory `from` to `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the checkpoints") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a checkpoint file");
+        }
+    }
 }
 
 /// Sends `kill -<name>` to `child`.
