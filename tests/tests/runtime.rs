@@ -877,3 +877,118 @@ fn a_second_job_on_a_checkpoint_directory_in_use_fails_at_start() {
     let err = third.run().unwrap_err();
     assert!(matches!(err, Error::Restore { .. }), "{err}");
 }
+
+/// Local storage in which checkpoint 2 expires (is discarded) between the
+/// coordinator beginning it and a task writing its snapshot into it.
+struct ExpiresUnderATask {
+    inner: exactly::storage::LocalStorage,
+    discarded: AtomicBool,
+}
+
+impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
+    fn begin_checkpoint(&self, id: u64) -> Result<(), exactly::storage::StorageError> {
+        self.inner.begin_checkpoint(id)
+    }
+    fn write_task_state(
+        &self,
+        id: u64,
+        stage: usize,
+        subtask: usize,
+        framed: &[u8],
+    ) -> Result<exactly::storage::TaskStateHandle, exactly::storage::StorageError> {
+        if id == 2 && !self.discarded.swap(true, Ordering::SeqCst) {
+            self.inner.discard(id)?;
+        }
+        self.inner.write_task_state(id, stage, subtask, framed)
+    }
+    fn complete(
+        &self,
+        metadata: &exactly::storage::CheckpointMetadata,
+        framed: &[u8],
+    ) -> Result<exactly::storage::CompletedCheckpoint, exactly::storage::StorageError> {
+        self.inner.complete(metadata, framed)
+    }
+    fn discard(&self, id: u64) -> Result<(), exactly::storage::StorageError> {
+        self.inner.discard(id)
+    }
+    fn latest(
+        &self,
+    ) -> Result<Option<exactly::storage::CompletedCheckpoint>, exactly::storage::StorageError> {
+        self.inner.latest()
+    }
+    fn highest_id(&self) -> Result<u64, exactly::storage::StorageError> {
+        self.inner.highest_id()
+    }
+    fn read_task_state(
+        &self,
+        checkpoint: &exactly::storage::CompletedCheckpoint,
+        handle: &exactly::storage::TaskStateHandle,
+    ) -> Result<Vec<u8>, exactly::storage::StorageError> {
+        self.inner.read_task_state(checkpoint, handle)
+    }
+    fn retain(&self, keep: usize) -> Result<(), exactly::storage::StorageError> {
+        self.inner.retain(keep)
+    }
+    fn write_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+        id: u64,
+    ) -> Result<(), exactly::storage::StorageError> {
+        self.inner.write_commit_marker(stage, subtask, id)
+    }
+    fn read_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+    ) -> Result<Option<u64>, exactly::storage::StorageError> {
+        self.inner.read_commit_marker(stage, subtask)
+    }
+    fn claim(
+        &self,
+        job: &str,
+    ) -> Result<exactly::storage::StorageClaim, exactly::storage::StorageError> {
+        self.inner.claim(job)
+    }
+    fn write_restore_origin(&self, origin: &str) -> Result<(), exactly::storage::StorageError> {
+        self.inner.write_restore_origin(origin)
+    }
+    fn read_restore_origin(&self) -> Result<Option<String>, exactly::storage::StorageError> {
+        self.inner.read_restore_origin()
+    }
+    fn export_savepoint(
+        &self,
+        checkpoint: &exactly::storage::CompletedCheckpoint,
+        target: &Path,
+    ) -> Result<exactly::storage::CompletedCheckpoint, exactly::storage::StorageError> {
+        self.inner.export_savepoint(checkpoint, target)
+    }
+}
+
+/// A task whose snapshot arrives after its checkpoint expired and was
+/// discarded drops it quietly: the attempt goes on (no restart), the next
+/// checkpoints complete, and the output is exact.
+#[test]
+fn a_late_snapshot_of_a_discarded_checkpoint_is_dropped_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = ExpiresUnderATask {
+        inner: exactly::storage::LocalStorage::new(dir.path()),
+        discarded: AtomicBool::new(false),
+    };
+    let config = JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(20))
+        .checkpoint_timeout(Duration::from_millis(300))
+        .checkpoint_storage(storage)
+        .restart_strategy(RestartStrategy::none())
+        .batch_size(16)
+        .worker_threads(2);
+    let sink = CollectSink::new();
+    let records = 3000;
+    let metrics = runtime().block_on(async {
+        let job = wordcount_like(config, records, 2, sink.clone());
+        job.spawn().unwrap().join().await.unwrap()
+    });
+    assert_eq!(metrics.restarts, 0, "{metrics:?}");
+    assert!(metrics.checkpoints_expired >= 1, "{metrics:?}");
+    assert_exactly_once(&sink.committed(), records);
+}

@@ -226,14 +226,14 @@ impl Coordinator {
                     } else {
                         let savepoint = savepoints.pop_front();
                         last_trigger = Instant::now();
-                        in_flight = Some(self.trigger(finishing, savepoint)?);
+                        in_flight = Some(self.trigger(finishing, savepoint).await?);
                     }
                 }
             }
         }
     }
 
-    fn trigger(
+    async fn trigger(
         &mut self,
         is_final: bool,
         savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)>,
@@ -241,6 +241,12 @@ impl Coordinator {
         let id = self.next_id;
         self.next_id += 1;
         self.fault(FaultPoint::CheckpointTriggered { checkpoint: id })?;
+        if let Some(storage) = self.storage.clone() {
+            self.blocking
+                .run("begin checkpoint", move || storage.begin_checkpoint(id))
+                .await
+                .map_err(Error::Runtime)??;
+        }
         tracing::debug!(job = %self.job, checkpoint = id, is_final, "triggering checkpoint");
         let barrier = Barrier { checkpoint_id: id };
         for source in &self.sources {

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::fault::FaultPoint;
 use crate::metrics::JobMetrics;
 use crate::source::{Source, SourcePoll};
+use crate::storage::StorageError;
 use crate::storage::frame::{self, PayloadKind};
 
 /// How long an idle source waits before polling again, unless a command
@@ -55,8 +56,17 @@ async fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWrite
                     storage.write_task_state(checkpoint, stage, subtask, &framed)
                 })
                 .await
-                .map_err(|m| task_error(env, "writing task state")(m.into()))??;
-            Some(written)
+                .map_err(|m| task_error(env, "writing task state")(m.into()))?;
+            match written {
+                Ok(handle) => Some(handle),
+                // The checkpoint expired while this task was late: its
+                // snapshot is not needed, and nothing waits for the ack.
+                Err(StorageError::Discarded { .. }) => {
+                    tracing::debug!(task = %env.task_name(), checkpoint, "dropping a late snapshot of an expired checkpoint");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         _ => None,
     };

@@ -140,6 +140,14 @@ impl LocalStorage {
 }
 
 impl CheckpointStorage for LocalStorage {
+    fn begin_checkpoint(&self, checkpoint_id: u64) -> Result<(), StorageError> {
+        let dir = self.checkpoint_dir(checkpoint_id);
+        fs::create_dir_all(&dir).map_err(io("create", &dir))
+    }
+
+    /// Writes into the directory `begin_checkpoint` created, and never
+    /// creates it: a directory removed by an expiry stays removed, and the
+    /// late write fails with [`StorageError::Discarded`].
     fn write_task_state(
         &self,
         checkpoint_id: u64,
@@ -148,9 +156,15 @@ impl CheckpointStorage for LocalStorage {
         framed: &[u8],
     ) -> Result<TaskStateHandle, StorageError> {
         let dir = self.checkpoint_dir(checkpoint_id);
-        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let file = format!("{stage}-{subtask}.state");
-        write_atomically(&dir.join(&file), framed)?;
+        let discarded = StorageError::Discarded {
+            checkpoint: checkpoint_id,
+        };
+        if !dir.is_dir() {
+            return Err(discarded);
+        }
+        write_atomically(&dir.join(&file), framed)
+            .map_err(|e| if dir.is_dir() { e } else { discarded })?;
         Ok(TaskStateHandle {
             stage,
             subtask,
@@ -383,6 +397,7 @@ mod tests {
 
     fn complete(storage: &LocalStorage, id: u64, state: &[u8]) -> CompletedCheckpoint {
         let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, state);
+        storage.begin_checkpoint(id).unwrap();
         let handle = storage.write_task_state(id, 0, 0, &framed).unwrap();
         let meta = metadata(id, vec![handle]);
         let bytes = frame::encode(
@@ -400,6 +415,7 @@ mod tests {
         assert!(storage.latest().unwrap().is_none());
         complete(&storage, 1, b"one");
         // Checkpoint 2 has a task state but no metadata: not complete.
+        storage.begin_checkpoint(2).unwrap();
         storage
             .write_task_state(
                 2,
@@ -419,12 +435,31 @@ mod tests {
     }
 
     #[test]
+    fn a_late_task_state_of_a_discarded_checkpoint_is_refused_as_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        storage.begin_checkpoint(3).unwrap();
+        storage.discard(3).unwrap();
+        let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, b"late");
+        let err = storage.write_task_state(3, 0, 0, &framed).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Discarded { checkpoint: 3 }),
+            "{err:?}"
+        );
+        assert!(
+            !storage.checkpoint_dir(3).exists(),
+            "a late write must not bring a discarded checkpoint back"
+        );
+    }
+
+    #[test]
     fn retain_keeps_the_newest_and_the_in_progress_one() {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::new(dir.path());
         for id in 1..=5 {
             complete(&storage, id, b"s");
         }
+        storage.begin_checkpoint(6).unwrap();
         storage
             .write_task_state(
                 6,

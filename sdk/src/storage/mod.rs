@@ -42,6 +42,13 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The checkpoint was discarded (it expired) while a late task state
+    /// was being written to it: the state is not needed any more.
+    #[error("checkpoint {checkpoint} was discarded before this task state could be written")]
+    Discarded {
+        /// The checkpoint id.
+        checkpoint: u64,
+    },
     /// Another job holds the checkpoint directory.
     #[error(
         "checkpoint directory {} is in use by another job ({holder}): two jobs on one directory would interleave \
@@ -159,8 +166,15 @@ impl CompletedCheckpoint {
 ///
 /// All methods block on I/O; the runtime calls them from the blocking pool.
 pub trait CheckpointStorage: Send + Sync + 'static {
+    /// Starts checkpoint `checkpoint_id` (for a directory store, creates its
+    /// directory). Called by the coordinator before any task writes to it.
+    fn begin_checkpoint(&self, checkpoint_id: u64) -> Result<(), StorageError>;
+
     /// Makes one subtask's framed state durable under checkpoint
-    /// `checkpoint_id` and returns its handle.
+    /// `checkpoint_id` and returns its handle. Fails with
+    /// [`StorageError::Discarded`] when the checkpoint was discarded (or
+    /// never begun), so that a late snapshot of an expired checkpoint is
+    /// dropped rather than failing its task.
     fn write_task_state(
         &self,
         checkpoint_id: u64,
