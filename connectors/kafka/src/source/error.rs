@@ -35,6 +35,27 @@ pub enum KafkaSourceError {
         source: rdkafka::error::KafkaError,
     },
 
+    /// A restored offset lies outside the partition's log.
+    #[error(
+        "{topic}/{partition}: the checkpoint resumes at offset {offset}, but the log holds offsets {log_start}..{log_end}: \
+         {cause}; resuming anywhere else would skip or repeat records. Restore another checkpoint, or allow it with \
+         KafkaSource::builder(..).reset_out_of_range_offsets_to_earliest()"
+    )]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The restored offset.
+        offset: i64,
+        /// The partition's log start offset.
+        log_start: i64,
+        /// The partition's high watermark.
+        log_end: i64,
+        /// What removed it.
+        cause: &'static str,
+    },
+
     /// A topic the source reads does not exist (any more).
     #[error(
         "topic `{topic}` does not exist on {bootstrap}; the Kafka source reads it, so create it \

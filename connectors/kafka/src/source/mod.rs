@@ -128,6 +128,7 @@ pub(crate) struct SourceConfig {
     pub(crate) discovery: Option<Duration>,
     pub(crate) on_error: DeserializeErrorPolicy,
     pub(crate) missing: MissingTopics,
+    pub(crate) reset_out_of_range: bool,
 }
 
 /// A Kafka source whose read positions are part of the job's checkpoints.
@@ -178,6 +179,7 @@ impl KafkaSource {
             discovery: Some(DEFAULT_DISCOVERY_INTERVAL),
             on_error: DeserializeErrorPolicy::Fail,
             missing: MissingTopics::Fail,
+            reset_out_of_range: false,
         }
     }
 }
@@ -209,6 +211,7 @@ pub struct KafkaSourceBuilder<D> {
     discovery: Option<Duration>,
     on_error: DeserializeErrorPolicy,
     missing: MissingTopics,
+    reset_out_of_range: bool,
 }
 
 impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
@@ -236,6 +239,7 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
             discovery: self.discovery,
             on_error: self.on_error,
             missing: self.missing,
+            reset_out_of_range: self.reset_out_of_range,
         }
     }
 
@@ -293,6 +297,17 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
     /// `partitions` partitions, instead of failing.
     pub fn create_missing_topics(mut self, partitions: i32) -> Self {
         self.missing = MissingTopics::Create { partitions };
+        self
+    }
+
+    /// Resumes a partition from its earliest offset, with a warning, when
+    /// the checkpoint's offset is no longer in the log (retention deleted
+    /// it, or the log was truncated). Without this, such an offset stops
+    /// the job with [`KafkaSourceError::OffsetOutOfRange`]: resuming
+    /// anywhere else skips or repeats records. The same holds for an offset
+    /// that falls out of the log while the job runs.
+    pub fn reset_out_of_range_offsets_to_earliest(mut self) -> Self {
+        self.reset_out_of_range = true;
         self
     }
 
@@ -383,6 +398,7 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
                 discovery: self.discovery,
                 on_error: self.on_error,
                 missing: self.missing,
+                reset_out_of_range: self.reset_out_of_range,
             }),
             deserializer: self.deserializer,
             metrics: Arc::new(KafkaSourceMetrics::default()),

@@ -172,9 +172,83 @@ impl Reader {
                  (yet); they are kept, and such a partition resumes there once discovery finds it"
             );
         }
+        reader.check_restored_offsets(&counts).await?;
         reader.assign_new(&counts, true)?;
         reader.next_discovery = reader.config.discovery.map(|every| Instant::now() + every);
         Ok(reader)
+    }
+
+    /// Checks the restored offsets of the owned partitions of `counts`
+    /// against each log's range (ListOffsets, on the blocking pool): an
+    /// offset outside it fails, or with the opt-in starts the partition
+    /// from its earliest offset.
+    async fn check_restored_offsets(
+        &mut self,
+        counts: &HashMap<String, usize>,
+    ) -> Result<(), KafkaSourceError> {
+        let owned: Vec<(TopicPartition, i64)> = self
+            .restored
+            .iter()
+            .filter(|((topic, partition), _)| {
+                counts
+                    .get(topic)
+                    .is_some_and(|&n| usize::try_from(*partition).is_ok_and(|p| p < n))
+                    && partition_owner(topic, *partition, self.parallelism) == self.index
+            })
+            .map(|(key, &offset)| (key.clone(), offset))
+            .collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let consumer = Arc::clone(self.consumer());
+        let timeout = self.config.settings.timeout;
+        let bootstrap = self.bootstrap();
+        let ranges = run_blocking("read the partitions' offset ranges", move || {
+            owned
+                .into_iter()
+                .map(|((topic, partition), offset)| {
+                    consumer
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map(|range| ((topic, partition), offset, range))
+                        .map_err(|source| KafkaSourceError::Consumer {
+                            action: "read a partition's offset range",
+                            bootstrap: bootstrap.clone(),
+                            source,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+        for ((topic, partition), offset, (log_start, log_end)) in ranges {
+            let cause = if offset < log_start {
+                "the records before its start were deleted (retention, or DeleteRecords)"
+            } else if offset > log_end {
+                "the log ends before it (was the topic truncated or re-created?)"
+            } else {
+                continue;
+            };
+            if !self.config.reset_out_of_range {
+                return Err(KafkaSourceError::OffsetOutOfRange {
+                    topic,
+                    partition,
+                    offset,
+                    log_start,
+                    log_end,
+                    cause,
+                });
+            }
+            tracing::warn!(
+                %topic,
+                partition,
+                offset,
+                log_start,
+                log_end,
+                cause,
+                "Kafka source: the restored offset is outside the log; resuming from the earliest offset as configured"
+            );
+            self.restored.remove(&(topic, partition));
+        }
+        Ok(())
     }
 
     /// Assigns the owned partitions of `counts` not assigned yet, at their
@@ -609,7 +683,15 @@ fn create_clients(
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
             ("isolation.level", isolation.into()),
-            ("auto.offset.reset", "earliest".into()),
+            (
+                "auto.offset.reset",
+                if config.reset_out_of_range {
+                    "earliest"
+                } else {
+                    "error"
+                }
+                .into(),
+            ),
             ("enable.partition.eof", "false".into()),
         ])
         .create()
@@ -704,6 +786,7 @@ mod tests {
                 discovery: Some(Duration::from_secs(1)),
                 on_error: DeserializeErrorPolicy::Fail,
                 missing: MissingTopics::Fail,
+                reset_out_of_range: false,
             }),
             index,
             parallelism,

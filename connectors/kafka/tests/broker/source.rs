@@ -228,6 +228,76 @@ fn partitions_added_while_the_job_runs_are_read_from_the_earliest_offset() {
     assert_eq!(partitions, BTreeSet::from([0, 1, 2]));
 }
 
+/// A restored offset that is no longer in the log (retention, here
+/// DeleteRecords) stops the job naming the partition, the offset and the
+/// log's range, instead of silently starting over at the earliest offset;
+/// with the opt-in, the partition resumes from its earliest offset.
+#[test]
+fn a_restored_offset_deleted_from_the_log_stops_the_job_unless_reset_is_allowed() {
+    let broker = broker();
+    let topic = unique_topic("source-deleted");
+    create_topic(&broker, &topic, 1);
+    produce(&broker, &topic, 1, &sequence(0..300));
+    let checkpoints = tempfile::tempdir().unwrap();
+    let sink = CollectSink::<KafkaRecord<String>>::new();
+    let job = |source: KafkaSource<Utf8>| {
+        let job = Job::new("source-deleted", config(1, checkpoints.path()));
+        job.source(source).operator(slowly).sink(sink.clone());
+        job
+    };
+    run_until(job(utf8_source(&broker, &topic)), |m| {
+        m.checkpoints_completed >= 1 && !sink.committed().is_empty()
+    })
+    .unwrap();
+    let resume_at = sink.committed().len();
+    assert!(resume_at < 250, "stopped too late: {resume_at}");
+    delete_records_before(&broker, &topic, 250);
+
+    let err = job(utf8_source(&broker, &topic))
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{topic}/0"))
+            && err.contains(&format!("resumes at offset {resume_at}"))
+            && err.contains("250..300")
+            && err.contains("reset_out_of_range_offsets_to_earliest"),
+        "{err}"
+    );
+
+    let resetting = KafkaSource::builder(ClientSettings::new(&broker))
+        .topics([&topic])
+        .deserializer(Utf8)
+        .reset_out_of_range_offsets_to_earliest()
+        .build()
+        .unwrap();
+    run_until(job(resetting), |_| sink.committed().len() >= resume_at + 50).unwrap();
+    let after: Vec<String> = sink.committed()[resume_at..]
+        .iter()
+        .map(|r| r.value.clone())
+        .collect();
+    assert_eq!(after, sequence(250..300));
+}
+
+/// Deletes the records of partition 0 of `topic` before `offset`.
+fn delete_records_before(broker: &str, topic: &str, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("an rdkafka admin client");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .expect("a partition offset");
+    let options = AdminOptions::new().operation_timeout(Some(RDKAFKA_TIMEOUT));
+    let deleted = futures_executor::block_on(admin.delete_records(&list, &options))
+        .unwrap_or_else(|e| panic!("deleting records of {topic}: {e}"));
+    for element in deleted.elements() {
+        element
+            .error()
+            .unwrap_or_else(|e| panic!("deleting records of {topic}: {e}"));
+    }
+}
+
 /// Grows `topic` to `partitions` partitions (CreatePartitions).
 fn add_partitions(broker: &str, topic: &str, partitions: usize) {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
