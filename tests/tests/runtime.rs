@@ -992,3 +992,123 @@ fn a_late_snapshot_of_a_discarded_checkpoint_is_dropped_quietly() {
     assert!(metrics.checkpoints_expired >= 1, "{metrics:?}");
     assert_exactly_once(&sink.committed(), records);
 }
+
+/// A sink whose "broker" aborts a transaction older than `timeout`, as
+/// Kafka does after `transaction.timeout.ms`: a late commit fails.
+#[derive(Clone)]
+struct AbortsOldTransactions {
+    inner: CollectSink<(u64, u64)>,
+    timeout: Duration,
+    lifetimes: Arc<std::sync::Mutex<Vec<Duration>>>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl AbortsOldTransactions {
+    fn settle(
+        &mut self,
+        (txn, began): (exactly::sink::CollectTransaction<(u64, u64)>, u64),
+    ) -> Result<(), BoxError> {
+        let lifetime = Duration::from_millis(unix_ms() - began);
+        if lifetime > self.timeout {
+            return Err(
+                format!("the broker aborted it after {lifetime:?}, past its timeout").into(),
+            );
+        }
+        self.lifetimes.lock().unwrap().push(lifetime);
+        self.inner.commit(txn)
+    }
+}
+
+impl TwoPhaseCommitSink for AbortsOldTransactions {
+    type Item = (u64, u64);
+    type Transaction = (exactly::sink::CollectTransaction<(u64, u64)>, u64);
+
+    fn name(&self) -> String {
+        "aborts-old-transactions".into()
+    }
+    fn transaction_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+    fn open(&mut self, ctx: &exactly::sink::SinkContext) -> Result<(), BoxError> {
+        self.inner.open(ctx)
+    }
+    fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<Self::Transaction, BoxError> {
+        Ok((self.inner.begin_transaction(checkpoint_id)?, unix_ms()))
+    }
+    fn write(
+        &mut self,
+        txn: &mut Self::Transaction,
+        batch: Vec<(u64, u64)>,
+    ) -> Result<(), BoxError> {
+        self.inner.write(&mut txn.0, batch)
+    }
+    fn pre_commit(&mut self, txn: &mut Self::Transaction) -> Result<(), BoxError> {
+        self.inner.pre_commit(&mut txn.0)
+    }
+    fn commit(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.settle(txn)
+    }
+    fn abort(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.inner.abort(txn.0)
+    }
+    fn recover_and_commit(&mut self, txn: Self::Transaction) -> Result<(), BoxError> {
+        self.settle(txn)
+    }
+}
+
+/// A sink task stalls once for longer than the checkpoint timeout, right
+/// after pre-committing: that checkpoint expires, and its transaction
+/// would be committed by the next one past the sink's transaction timeout.
+/// The runtime fails the attempt first and replays, so every transaction
+/// is committed within its timeout and the output is exact.
+#[test]
+fn no_transaction_outlives_the_transaction_timeout_when_a_checkpoint_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall = Arc::clone(&stalled);
+    let hook: exactly::fault::FaultHook = Arc::new(move |event| {
+        if event.point.name() == "after-pre-commit"
+            && event.point.to_string().contains("checkpoint 3)")
+            && !stall.swap(true, Ordering::SeqCst)
+        {
+            std::thread::sleep(Duration::from_millis(1600));
+        }
+        Ok(())
+    });
+    let config = JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(20))
+        .checkpoint_timeout(Duration::from_millis(300))
+        .checkpoint_dir(dir.path())
+        .restart_strategy(RestartStrategy::fixed_delay(3, Duration::ZERO))
+        .batch_size(16)
+        .worker_threads(2)
+        .fault_hook(hook);
+    let sink = AbortsOldTransactions {
+        inner: CollectSink::new(),
+        timeout: Duration::from_millis(1500),
+        lifetimes: Arc::new(std::sync::Mutex::new(Vec::new())),
+    };
+    let records = 3000;
+    let job = Job::new("runtime-test", config);
+    job.source(VecSource::new((0..records).collect::<Vec<u64>>()))
+        .operator(slow)
+        .key_by(|x: &u64| x % KEYS)
+        .parallelism(2)
+        .operator(count)
+        .sink(sink.clone());
+    let metrics = runtime().block_on(async { job.spawn().unwrap().join().await.unwrap() });
+    assert!(stalled.load(Ordering::SeqCst), "the stall never happened");
+    assert!(metrics.checkpoints_expired >= 1, "{metrics:?}");
+    let lifetimes = sink.lifetimes.lock().unwrap().clone();
+    assert!(
+        lifetimes.iter().all(|l| *l <= sink.timeout),
+        "a transaction outlived its timeout: {lifetimes:?}"
+    );
+    assert_exactly_once(&sink.inner.committed(), records);
+}

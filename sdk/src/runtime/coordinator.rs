@@ -76,6 +76,8 @@ pub(crate) struct TaskLink {
     pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
     /// The id the next checkpoint of this attempt will have.
     pub(crate) first_checkpoint: u64,
+    /// How long a checkpoint may take before it expires.
+    pub(crate) checkpoint_timeout: Duration,
 }
 
 /// The checkpoint settings the coordinator follows.

@@ -77,6 +77,7 @@ impl SubtaskEnv {
                 completed,
                 storage: None,
                 first_checkpoint,
+                checkpoint_timeout: std::time::Duration::from_secs(60),
             },
             commands: None,
         }

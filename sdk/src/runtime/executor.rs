@@ -232,6 +232,7 @@ impl Executor {
             completed: completed_rx,
             storage: storage.clone(),
             first_checkpoint,
+            checkpoint_timeout: self.config.checkpoint_timeout,
         };
         let blocking = BlockingCalls::default();
         let faults = Faults(self.config.fault_hook.clone());

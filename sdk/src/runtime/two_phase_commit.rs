@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +87,16 @@ pub(crate) struct TwoPhaseCommitDriver<S: TwoPhaseCommitSink> {
     task: String,
     ctx: SinkContext,
     current: Option<S::Transaction>,
+    /// When the current transaction began, and the checkpoint it was begun
+    /// for.
+    current_began: Instant,
+    current_for: u64,
     pending: BTreeMap<u64, S::Transaction>,
+    /// When each pending transaction began.
+    pending_began: BTreeMap<u64, Instant>,
+    /// The sink's transaction timeout, if its system has one.
+    transaction_timeout: Option<Duration>,
+    checkpoint_timeout: Duration,
     /// The restored states of the old subtasks this one takes over, by old
     /// subtask index.
     recovered: Vec<(usize, SinkState<S::Transaction>)>,
@@ -112,7 +122,13 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
                 }
             }
         }
+        let transaction_timeout = sink.transaction_timeout();
         Ok(TwoPhaseCommitDriver {
+            transaction_timeout,
+            checkpoint_timeout: env.link.checkpoint_timeout,
+            current_began: Instant::now(),
+            current_for: env.link.first_checkpoint,
+            pending_began: BTreeMap::new(),
             sink: Some(sink),
             id,
             task: env.task_name(),
@@ -197,7 +213,45 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             .await?
             .map_err(self.failed("begin transaction"))?;
         self.current = Some(txn);
+        self.current_began = Instant::now();
+        self.current_for = checkpoint;
         Ok(())
+    }
+
+    /// Fails the attempt when a transaction (the open one, or a pending
+    /// one) is so old that the checkpoint that would commit it may not
+    /// complete before the sink's system aborts it on its transaction
+    /// timeout. The restart then replays its records from the last complete
+    /// checkpoint; committing too late would lose them.
+    fn guard_lifetimes(&self) -> Result<()> {
+        let Some(timeout) = self.transaction_timeout else {
+            return Ok(());
+        };
+        let limit = timeout.saturating_sub(self.checkpoint_timeout);
+        let oldest = self
+            .pending_began
+            .iter()
+            .map(|(id, began)| (*id, *began))
+            .chain(std::iter::once((self.current_for, self.current_began)))
+            .min_by_key(|(_, began)| *began)
+            .expect("the current transaction is always there");
+        let age = oldest.1.elapsed();
+        if age < limit {
+            return Ok(());
+        }
+        Err(Error::Task {
+            task: self.task.clone(),
+            phase: "transaction lifetime",
+            source: format!(
+                "the transaction for checkpoint {} has been open for {age:.1?}; the sink's transaction timeout is {timeout:?} \
+                 and the checkpoint that would commit it may take up to the checkpoint timeout ({:?}) more, so it could be \
+                 aborted before it is committed (checkpoints are expiring or stalled). Failing this attempt now: the restart \
+                 replays its records from the last complete checkpoint. Raise the transaction timeout, or find what delays \
+                 the checkpoints",
+                oldest.0, self.checkpoint_timeout
+            )
+            .into(),
+        })
     }
 
     async fn open_and_recover(&mut self) -> Result<()> {
@@ -257,6 +311,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
     }
 
     async fn write(&mut self, batch: Vec<S::Item>) -> Result<()> {
+        self.guard_lifetimes()?;
         let n = batch.len() as u64;
         let mut txn = self.take_current("write")?;
         let (txn, result) = self
@@ -281,6 +336,8 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
 
     async fn pre_commit(&mut self, barrier: Barrier, snapshot: &mut SnapshotWriter) -> Result<()> {
         let checkpoint = barrier.checkpoint_id;
+        self.guard_lifetimes()?;
+        let began = self.current_began;
         let mut txn = self.take_current("pre-commit")?;
         let (txn, result) = self
             .call("pre-commit", move |s| {
@@ -291,6 +348,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         result.map_err(self.failed("pre-commit"))?;
         self.fault(FaultPoint::AfterPreCommit { checkpoint })?;
         self.pending.insert(checkpoint, txn);
+        self.pending_began.insert(checkpoint, began);
         self.begin(checkpoint + 1).await?;
         let state = SinkState {
             pending: self.pending.iter().map(|(k, v)| (*k, v.clone())).collect(),
@@ -321,6 +379,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
                 return Err(self.commit_failed(checkpoint, &handle, e));
             }
             self.pending.remove(&checkpoint);
+            self.pending_began.remove(&checkpoint);
             JobMetrics::add(&self.metrics.transactions_committed, 1);
             self.fault(FaultPoint::AfterSinkCommit { checkpoint })?;
             committed = Some(checkpoint);

@@ -91,6 +91,14 @@ pub trait TwoPhaseCommitSink: Clone + Send + 'static {
         Ok(PreflightReport::new())
     }
 
+    /// How long the external system keeps a transaction open before it
+    /// aborts it on its own (Kafka's `transaction.timeout.ms`), if it does.
+    /// The runtime then fails the attempt, to replay from the last complete
+    /// checkpoint, before a transaction could outlive it uncommitted.
+    fn transaction_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Prepares the subtask, before any recovery call.
     ///
     /// # Errors

@@ -530,6 +530,10 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         preflight::check(self, settings)
     }
 
+    fn transaction_timeout(&self) -> Option<Duration> {
+        (self.guarantee == DeliveryGuarantee::ExactlyOnce).then_some(self.transaction_timeout)
+    }
+
     fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
         self.subtask = ctx.subtask.index;
         self.parallelism = ctx.subtask.parallelism.max(1);
