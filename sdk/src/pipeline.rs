@@ -267,6 +267,29 @@ impl JobHandle {
             .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
     }
 
+    /// Takes a savepoint into `dir` with the job's final checkpoint and
+    /// stops the job (Flink's stop-with-savepoint): nothing is committed
+    /// after the savepoint, so a job restored from it neither skips nor
+    /// repeats output. Returns the savepoint's path; [`JobHandle::join`]
+    /// then returns once the job has ended.
+    ///
+    /// # Errors
+    ///
+    /// As [`JobHandle::savepoint`].
+    pub async fn stop_with_savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(JobCommand::Savepoint {
+                target: dir.into(),
+                reply,
+            })
+            .and_then(|()| self.commands.send(JobCommand::Stop))
+            .map_err(|_| Error::Runtime("the job has already ended".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
+    }
+
     /// Waits for the job to end and returns its final counters.
     ///
     /// # Errors

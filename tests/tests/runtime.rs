@@ -1112,3 +1112,31 @@ fn no_transaction_outlives_the_transaction_timeout_when_a_checkpoint_expires() {
     );
     assert_exactly_once(&sink.inner.committed(), records);
 }
+
+/// Stop-with-savepoint: the final checkpoint is the savepoint, so a job
+/// restored from it (in a new checkpoint directory) continues exactly
+/// where the first stopped: the two runs' output holds every update once.
+#[test]
+fn a_job_stopped_with_a_savepoint_resumes_from_it_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let savepoint = dir.path().join("savepoint");
+    let sink = CollectSink::new();
+    let records = 3000;
+    let first = wordcount_like(config(&dir.path().join("first")), records, 2, sink.clone());
+    runtime().block_on(async {
+        let handle = first.spawn().unwrap();
+        while handle.metrics().checkpoints_completed < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let taken = handle.stop_with_savepoint(&savepoint).await.unwrap();
+        assert_eq!(taken, savepoint);
+        handle.join().await.unwrap();
+    });
+    let after_first = sink.committed().len() as u64;
+    assert!(after_first < records, "the first run read everything");
+    let resumed = config(&dir.path().join("second")).restore_from(&savepoint);
+    wordcount_like(resumed, records, 3, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
+}

@@ -176,6 +176,15 @@ struct ChildArgs {
     /// The bound on each Kafka client call (ClientSettings::timeout).
     #[arg(long, default_value_t = 30_000)]
     client_timeout_ms: u64,
+    /// Restore this savepoint (JobConfig::restore_from).
+    #[arg(long)]
+    restore_from: Option<PathBuf>,
+    /// With --stop-with-savepoint-after-ms: where the savepoint goes.
+    #[arg(long, requires = "stop_with_savepoint_after_ms")]
+    savepoint: Option<PathBuf>,
+    /// Stop with a savepoint (into --savepoint) after this long, then exit.
+    #[arg(long, requires = "savepoint")]
+    stop_with_savepoint_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +330,9 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
     if let Some(hook) = std::env::var(CRASH_AT).ok().as_deref().and_then(crash_hook) {
         config = config.fault_hook(hook);
     }
+    if let Some(savepoint) = &args.restore_from {
+        config = config.restore_from(savepoint);
+    }
     let job = Job::new("crash-harness", config);
     job.source(source)
         .key_by(|r: &KafkaRecord<String>| key_of(&r.value))
@@ -329,10 +341,22 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| runtime_error(&e))?;
     runtime.block_on(async {
         let handle = job.spawn()?;
+        let started = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
             if handle.is_finished() {
                 break;
+            }
+            if let (Some(after), Some(savepoint)) =
+                (args.stop_with_savepoint_after_ms, &args.savepoint)
+                && started.elapsed() >= Duration::from_millis(after)
+            {
+                let taken = handle.stop_with_savepoint(savepoint).await?;
+                eprintln!(
+                    "crash-harness child: stopped with a savepoint in {}",
+                    taken.display()
+                );
+                return handle.join().await.map(drop);
             }
             // The broker may be restarting: count again on the next tick.
             if visible_records(&settings.bootstrap, &args.output)
@@ -481,14 +505,18 @@ enum Death {
     Killed(&'static str),
     /// It finished its work first (exit 0): no kill.
     Finished,
+    /// It stopped with a savepoint, as asked: no kill.
+    StoppedWithSavepoint,
     /// It exited with an error: a failure of the run.
     Failed(ExitStatus),
 }
 
-fn death(status: ExitStatus, phase: &'static str) -> Death {
+/// How `status` ended a child: a SIGABRT is the phase `on_abort`, a
+/// SIGKILL counts as `on_kill`.
+fn death(status: ExitStatus, on_abort: &'static str, on_kill: &'static str) -> Death {
     match status.signal() {
-        Some(6) => Death::Killed(phase),
-        Some(9) => Death::Killed("random SIGKILL"),
+        Some(6) => Death::Killed(on_abort),
+        Some(9) => Death::Killed(on_kill),
         _ if status.success() => Death::Finished,
         _ => Death::Failed(status),
     }
@@ -503,6 +531,13 @@ enum Cycle {
     RandomKill,
     /// SIGKILL the broker while the child runs; the child must recover.
     BrokerRestart,
+    /// Stop with a savepoint; the next cycles restore it, in a checkpoint
+    /// directory of their own.
+    SavepointStop,
+    /// SIGKILL the first child that restored the savepoint.
+    KillAfterSavepointRestore,
+    /// SIGKILL a child running at another parallelism.
+    Rescale(usize),
 }
 
 struct Harness {
@@ -528,7 +563,12 @@ impl Harness {
             .arg(&args.checkpoints)
             .arg("--records")
             .arg(args.records.to_string())
+            .arg("--parallelism")
+            .arg(args.parallelism.to_string())
             .args(extra);
+        if let Some(savepoint) = &args.restore_from {
+            command.arg("--restore-from").arg(savepoint);
+        }
         match crash_at {
             Some(spec) => command.env(CRASH_AT, spec),
             None => command.env_remove(CRASH_AT),
@@ -549,7 +589,7 @@ impl Harness {
         // Into steady state (start-up takes about a second), then the broker.
         let before_restart = Duration::from_millis(2500 + self.rng.below(1500));
         if let Some(status) = wait(running, before_restart) {
-            return Ok(death(status, "random SIGKILL"));
+            return Ok(death(status, "random SIGKILL", "random SIGKILL"));
         }
         let visible = self.visible().unwrap_or(0);
         let status = Command::new("sh")
@@ -563,10 +603,10 @@ impl Harness {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = wait(running, Duration::from_millis(500)) {
-                return Ok(death(status, "random SIGKILL"));
+                return Ok(death(status, "random SIGKILL", "random SIGKILL"));
             }
             if self.visible().is_some_and(|n| n > visible) {
-                return Ok(death(sigkill(running), "random SIGKILL"));
+                return Ok(death(sigkill(running), "random SIGKILL", "random SIGKILL"));
             }
             if Instant::now() >= deadline {
                 sigkill(running);
@@ -605,6 +645,9 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         restart_budget_ms: 60_000,
         restarts: 30,
         client_timeout_ms: 30_000,
+        restore_from: None,
+        savepoint: None,
+        stop_with_savepoint_after_ms: None,
     };
     println!(
         "crash-harness: seed {seed}, {records} records, {cycles} kill cycles, {} broker restarts, broker {bootstrap}",
@@ -625,15 +668,25 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let started = Instant::now();
     // Every phase twice, the broker restarts, then random SIGKILLs.
     let phases = if args.no_phases { Vec::new() } else { phases() };
+    let lineage = [
+        Cycle::SavepointStop,
+        Cycle::KillAfterSavepointRestore,
+        Cycle::Rescale(3),
+        Cycle::Rescale(1),
+        Cycle::Rescale(2),
+    ];
     let mut plan: VecDeque<Cycle> = phases
         .iter()
         .chain(phases.iter())
         .map(|p| Cycle::Phase(p))
         .chain((0..args.broker_restarts).map(|_| Cycle::BrokerRestart))
+        .chain(lineage)
         .collect();
-    while (plan.len() as u64) < cycles + args.broker_restarts {
+    // The savepoint stop is not a kill.
+    while (plan.len() as u64) < cycles + args.broker_restarts + 1 {
         plan.push_back(Cycle::RandomKill);
     }
+    let mut savepoints = 0;
     let mut kills = 0u64;
     let mut broker_restarts = 0u64;
     let mut by_phase: BTreeMap<&str, u64> = BTreeMap::new();
@@ -644,11 +697,23 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         cycle += 1;
         let crash_at = match next {
             Cycle::Phase(p) => Some(format!("{p}:{}", 1 + harness.rng.below(2))),
-            Cycle::RandomKill | Cycle::BrokerRestart => None,
+            _ => None,
         };
+        if let Cycle::Rescale(parallelism) = next {
+            harness.child.parallelism = parallelism;
+        }
+        let savepoint = work.join(format!("savepoint-{savepoints}"));
+        let stop_after = (1000 + harness.rng.below(1500)).to_string();
         let outage_timeout = args.outage_client_timeout_ms.to_string();
+        let savepoint_text = savepoint.display().to_string();
         let extra: &[&str] = match next {
             Cycle::BrokerRestart => &["--client-timeout-ms", &outage_timeout],
+            Cycle::SavepointStop => &[
+                "--stop-with-savepoint-after-ms",
+                &stop_after,
+                "--savepoint",
+                &savepoint_text,
+            ],
             _ => &[],
         };
         let mut running = harness
@@ -656,14 +721,34 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot start the child: {e}"))?;
         let ended = match next {
             Cycle::Phase(name) => match wait(&mut running, Duration::from_secs(30)) {
-                Some(status) => death(status, name),
-                None => death(sigkill(&mut running), "random SIGKILL"),
+                Some(status) => death(status, name, "random SIGKILL"),
+                None => death(sigkill(&mut running), "random SIGKILL", "random SIGKILL"),
             },
             Cycle::RandomKill => {
                 let after = Duration::from_millis(300 + harness.rng.below(1500));
                 match wait(&mut running, after) {
-                    Some(status) => death(status, "random SIGKILL"),
-                    None => death(sigkill(&mut running), "random SIGKILL"),
+                    Some(status) => death(status, "random SIGKILL", "random SIGKILL"),
+                    None => death(sigkill(&mut running), "random SIGKILL", "random SIGKILL"),
+                }
+            }
+            Cycle::SavepointStop => match wait(&mut running, Duration::from_secs(120)) {
+                Some(status) if status.success() => Death::StoppedWithSavepoint,
+                Some(status) => Death::Failed(status),
+                None => death(sigkill(&mut running), "random SIGKILL", "random SIGKILL"),
+            },
+            Cycle::KillAfterSavepointRestore | Cycle::Rescale(_) => {
+                // Late enough that the child runs, restored, at its new
+                // setting (start-up takes about a second).
+                let after = Duration::from_millis(1500 + harness.rng.below(1500));
+                let how = match next {
+                    Cycle::Rescale(3) => "SIGKILL at parallelism 3",
+                    Cycle::Rescale(1) => "SIGKILL at parallelism 1",
+                    Cycle::Rescale(_) => "SIGKILL back at parallelism 2",
+                    _ => "SIGKILL after restoring the savepoint",
+                };
+                match wait(&mut running, after) {
+                    Some(status) => death(status, how, how),
+                    None => death(sigkill(&mut running), how, how),
                 }
             }
             Cycle::BrokerRestart => {
@@ -671,7 +756,18 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
                 harness.broker_restart(&mut running, &args.restart_broker)?
             }
         };
+        if let Death::StoppedWithSavepoint = ended {
+            // From now on: restore the savepoint, in a new directory.
+            harness.child.restore_from = Some(savepoint.clone());
+            harness.child.checkpoints =
+                work.join(format!("checkpoints-after-savepoint-{savepoints}"));
+            savepoints += 1;
+        }
         let outcome = match ended {
+            Death::StoppedWithSavepoint => {
+                *by_phase.entry("stopped with a savepoint").or_default() += 1;
+                format!("stopped with a savepoint in {}", savepoint.display())
+            }
             Death::Killed(how) => {
                 kills += 1;
                 *by_phase.entry(how).or_default() += 1;
@@ -737,14 +833,24 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         "crash-harness: kills by phase: {by_phase:?}; {broker_restarts} broker restarts; took {:.0?}",
         started.elapsed()
     );
-    let missing_phases: Vec<&str> = phases
+    let mut missing_phases: Vec<&str> = phases
         .iter()
         .copied()
         .filter(|p| by_phase.get(p).copied().unwrap_or(0) < 2)
         .collect();
+    missing_phases.extend(
+        [
+            "stopped with a savepoint",
+            "SIGKILL after restoring the savepoint",
+            "SIGKILL at parallelism 3",
+            "SIGKILL at parallelism 1",
+        ]
+        .into_iter()
+        .filter(|how| !by_phase.contains_key(how)),
+    );
     if !missing_phases.is_empty() {
         failures.push(format!(
-            "phases killed fewer than twice: {missing_phases:?}"
+            "phases killed fewer than twice, or lineage steps that never happened: {missing_phases:?}"
         ));
     }
     if kills < args.min_kills {
