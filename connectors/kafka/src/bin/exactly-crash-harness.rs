@@ -44,6 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use exactly::fault::{FaultEvent, FaultHook, FaultPoint};
 use exactly::prelude::*;
+use exactly::storage::{CheckpointStorage, LocalStorage};
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::oracle;
@@ -583,6 +584,67 @@ impl Harness {
             .ok()
     }
 
+    /// The id of the newest complete checkpoint in the child's checkpoint
+    /// directory, with the number of subtasks of each stage.
+    fn latest_checkpoint(&self) -> Option<(u64, Vec<usize>)> {
+        let latest = LocalStorage::new(&self.child.checkpoints)
+            .latest()
+            .ok()
+            .flatten()?;
+        let mut subtasks: BTreeMap<usize, usize> = BTreeMap::new();
+        for handle in &latest.metadata.task_states {
+            *subtasks.entry(handle.stage).or_default() += 1;
+        }
+        Some((
+            latest.metadata.checkpoint_id,
+            subtasks.into_values().collect(),
+        ))
+    }
+
+    /// Waits until the child has completed a checkpoint of its own (newer
+    /// than `before`), checks that every stage ran at the child's
+    /// parallelism, then SIGKILLs it within 500 ms. A lineage step only
+    /// counts if the next child restores a checkpoint this one wrote.
+    fn kill_after_own_checkpoint(
+        &mut self,
+        running: &mut Child,
+        before: Option<u64>,
+        how: &'static str,
+    ) -> Result<Death, String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = wait(running, Duration::from_millis(50)) {
+                return Ok(death(status, how, how));
+            }
+            if let Some((id, subtasks)) = self.latest_checkpoint()
+                && Some(id) > before
+            {
+                let parallelism = self.child.parallelism;
+                if subtasks.iter().any(|&n| n != parallelism) {
+                    sigkill(running);
+                    return Err(format!(
+                        "checkpoint {id} was written with {subtasks:?} subtasks per stage, not {parallelism}"
+                    ));
+                }
+                println!(
+                    "crash-harness: the child completed checkpoint {id} at parallelism {parallelism}"
+                );
+                let after = Duration::from_millis(self.rng.below(500));
+                return Ok(match wait(running, after) {
+                    Some(status) => death(status, how, how),
+                    None => death(sigkill(running), how, how),
+                });
+            }
+            if Instant::now() >= deadline {
+                sigkill(running);
+                return Err(format!(
+                    "the child at parallelism {} completed no checkpoint within 60 s",
+                    self.child.parallelism
+                ));
+            }
+        }
+    }
+
     /// Restarts the broker under a running child, then waits until the
     /// child has made progress on the restarted broker, and SIGKILLs it.
     fn broker_restart(&mut self, running: &mut Child, command: &str) -> Result<Death, String> {
@@ -716,6 +778,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
             ],
             _ => &[],
         };
+        let checkpoint_before = harness.latest_checkpoint().map(|(id, _)| id);
         let mut running = harness
             .spawn(crash_at.clone(), extra)
             .map_err(|e| format!("cannot start the child: {e}"))?;
@@ -737,19 +800,13 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
                 None => death(sigkill(&mut running), "random SIGKILL", "random SIGKILL"),
             },
             Cycle::KillAfterSavepointRestore | Cycle::Rescale(_) => {
-                // Late enough that the child runs, restored, at its new
-                // setting (start-up takes about a second).
-                let after = Duration::from_millis(1500 + harness.rng.below(1500));
                 let how = match next {
                     Cycle::Rescale(3) => "SIGKILL at parallelism 3",
                     Cycle::Rescale(1) => "SIGKILL at parallelism 1",
                     Cycle::Rescale(_) => "SIGKILL back at parallelism 2",
                     _ => "SIGKILL after restoring the savepoint",
                 };
-                match wait(&mut running, after) {
-                    Some(status) => death(status, how, how),
-                    None => death(sigkill(&mut running), how, how),
-                }
+                harness.kill_after_own_checkpoint(&mut running, checkpoint_before, how)?
             }
             Cycle::BrokerRestart => {
                 broker_restarts += 1;
