@@ -253,8 +253,7 @@ fn a_restored_offset_deleted_from_the_log_stops_the_job_unless_reset_is_allowed(
     assert!(resume_at < 250, "stopped too late: {resume_at}");
     delete_records_before(&broker, &topic, 250);
 
-    let err = job(utf8_source(&broker, &topic))
-        .run()
+    let err = run_to_end(job(utf8_source(&broker, &topic)))
         .unwrap_err()
         .to_string();
     assert!(
