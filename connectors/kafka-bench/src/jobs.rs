@@ -1,0 +1,263 @@
+//! The Rust contenders, each run in a child process of the driver so that
+//! its CPU time can be read from `/proc` like a JVM's.
+//!
+//! All do the same work: read the input topic, keep a running count per
+//! record key, and write one record `<input value> <count>` per input
+//! record, keyed like the input. They differ only in their guarantees:
+//! - [`raw_pipe`]: rdkafka consume → produce with automatic offset
+//!   commits, no transactions (at-least-once): the broker's and machine's
+//!   physical limit for this work;
+//! - [`hand_written`]: one transactional producer that commits the
+//!   consumer's positions with `send_offsets_to_transaction` every
+//!   interval, what a careful user writes by hand (its counts live only in
+//!   memory, so it is cheaper than a correct loop with a changelog);
+//! - [`exactly_job`]: an `exactly` job, `KafkaSource` → `key_by` → keyed
+//!   `#[state]` count → `KafkaSink`, with either guarantee.
+//!
+//! Each runs until the driver kills it. Producer settings are librdkafka's
+//! defaults everywhere, apart from what transactions require.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use exactly::prelude::*;
+use exactly_kafka::client::ClientSettings;
+use exactly_kafka::deserialize::Utf8;
+use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
+use exactly_kafka::source::{KafkaRecord, KafkaSource};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// The hand-written loop's transaction timeout: below the test broker's
+/// `transaction.max.timeout.ms` (20 min). The `exactly` job keeps its
+/// sink's default.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a blocking transactional call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every contender is told.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// The broker.
+    #[arg(long)]
+    pub bootstrap: String,
+    /// The input topic.
+    #[arg(long)]
+    pub input: String,
+    /// The output topic.
+    #[arg(long)]
+    pub output: String,
+    /// Checkpoint or commit interval, in milliseconds.
+    #[arg(long)]
+    pub interval_ms: u64,
+    /// Parallelism (exactly, Flink) or stream threads (Kafka Streams).
+    #[arg(long)]
+    pub parallelism: usize,
+    /// A name unique to this run: consumer group, transactional id prefix.
+    #[arg(long)]
+    pub id: String,
+}
+
+/// The per-key running count of the [`raw_pipe`] and [`hand_written`]
+/// loops, and the output value it gives.
+#[derive(Default)]
+struct Counts(HashMap<Vec<u8>, u64>);
+
+impl Counts {
+    fn next_value(&mut self, key: &[u8], value: &[u8]) -> String {
+        let n = match self.0.get_mut(key) {
+            Some(n) => n,
+            None => self.0.entry(key.to_vec()).or_default(),
+        };
+        *n += 1;
+        format!("{} {n}", String::from_utf8_lossy(value))
+    }
+}
+
+fn consumer(args: &JobArgs, transactional: bool) -> Result<BaseConsumer, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", &args.id)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", (!transactional).to_string())
+        .create()
+        .map_err(|e| format!("a consumer for {}: {e}", args.bootstrap))?;
+    consumer
+        .subscribe(&[&args.input])
+        .map_err(|e| format!("subscribing to {}: {e}", args.input))?;
+    Ok(consumer)
+}
+
+/// Sends one output record, serving delivery reports while librdkafka's
+/// queue is full.
+fn send(producer: &BaseProducer, topic: &str, key: &[u8], value: &str) -> Result<(), String> {
+    let mut record = BaseRecord::<[u8], str>::to(topic).key(key).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
+        }
+    }
+}
+
+/// Reads one input record and writes its output; `false` when no record
+/// came within the poll timeout.
+fn pipe_one(
+    consumer: &BaseConsumer,
+    producer: &BaseProducer,
+    counts: &mut Counts,
+    output: &str,
+) -> Result<bool, String> {
+    match consumer.poll(Duration::from_millis(100)) {
+        None => Ok(false),
+        Some(Err(e)) => Err(format!("consuming: {e}")),
+        Some(Ok(message)) => {
+            let key = message.key().unwrap_or_default();
+            let value = counts.next_value(key, message.payload().unwrap_or_default());
+            send(producer, output, key, &value)?;
+            producer.poll(Duration::ZERO);
+            Ok(true)
+        }
+    }
+}
+
+/// rdkafka consume → produce, at-least-once, no transactions.
+pub fn raw_pipe(args: &JobArgs) -> Result<(), String> {
+    let consumer = consumer(args, false)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()
+        .map_err(|e| format!("a producer for {}: {e}", args.bootstrap))?;
+    let mut counts = Counts::default();
+    loop {
+        pipe_one(&consumer, &producer, &mut counts, &args.output)?;
+    }
+}
+
+/// The consumer's next offsets, for `send_offsets_to_transaction`.
+fn positions(consumer: &BaseConsumer) -> Result<TopicPartitionList, String> {
+    let all = consumer.position().map_err(|e| format!("positions: {e}"))?;
+    let mut known = TopicPartitionList::new();
+    for element in all.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            known
+                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(known)
+}
+
+/// One transactional producer; the consumer's positions are committed in
+/// the transaction every interval.
+pub fn hand_written(args: &JobArgs) -> Result<(), String> {
+    let consumer = consumer(args, true)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("transactional.id", &args.id)
+        .set(
+            "transaction.timeout.ms",
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|e| format!("a transactional producer for {}: {e}", args.bootstrap))?;
+    let fail = |what: &str, e: KafkaError| format!("{what}: {e}");
+    producer
+        .init_transactions(CALL_TIMEOUT)
+        .map_err(|e| fail("init_transactions", e))?;
+    producer
+        .begin_transaction()
+        .map_err(|e| fail("begin_transaction", e))?;
+    let interval = Duration::from_millis(args.interval_ms);
+    let mut counts = Counts::default();
+    let mut last_commit = Instant::now();
+    loop {
+        pipe_one(&consumer, &producer, &mut counts, &args.output)?;
+        if last_commit.elapsed() >= interval {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or("the consumer has no group metadata")?;
+            producer
+                .send_offsets_to_transaction(&positions(&consumer)?, &metadata, CALL_TIMEOUT)
+                .map_err(|e| fail("send_offsets_to_transaction", e))?;
+            producer
+                .commit_transaction(CALL_TIMEOUT)
+                .map_err(|e| fail("commit_transaction", e))?;
+            producer
+                .begin_transaction()
+                .map_err(|e| fail("begin_transaction", e))?;
+            last_commit = Instant::now();
+        }
+    }
+}
+
+/// A key's running count in the `exactly` job.
+#[state]
+#[derive(Default)]
+struct KeyCount {
+    count: u64,
+}
+
+/// Counts a record under its key and gives its output value.
+#[operator]
+fn count_per_key(record: KafkaRecord<String>, #[state] state: &mut KeyCount) -> (Vec<u8>, String) {
+    state.count += 1;
+    let mut value = record.value;
+    value.push(' ');
+    value.push_str(&state.count.to_string());
+    (record.key.unwrap_or_default(), value)
+}
+
+/// The `exactly` job with `guarantee`; checkpoints go to a temporary
+/// directory.
+pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), String> {
+    let settings = ClientSettings::new(&args.bootstrap);
+    let source = KafkaSource::builder(settings.clone())
+        .topic(&args.input)
+        .group_id(&args.id)
+        .deserializer(Utf8)
+        .build()
+        .map_err(|e| format!("the Kafka source: {e}"))?;
+    let sink = KafkaSink::builder(
+        settings,
+        &args.output,
+        |(key, value): &(Vec<u8>, String)| OutputRecord::keyed(key.clone(), value.clone()),
+    )
+    .delivery_guarantee(guarantee)
+    .transactional_id_prefix(&args.id)
+    .build()
+    .map_err(|e| format!("the Kafka sink: {e}"))?;
+    let checkpoints = tempfile::tempdir().map_err(|e| format!("a checkpoint directory: {e}"))?;
+    let job = Job::new(
+        "kafka-bench",
+        JobConfig::new()
+            .parallelism(args.parallelism)
+            .checkpoint_interval(Duration::from_millis(args.interval_ms))
+            .checkpoint_dir(checkpoints.path()),
+    );
+    job.source(source)
+        .key_by(|record: &KafkaRecord<String>| record.key.clone().unwrap_or_default())
+        .operator(count_per_key)
+        .sink(sink);
+    job.run().map_err(|e| format!("the exactly job: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn counts_run_per_key_and_extend_the_input_value() {
+        let mut counts = Counts::default();
+        assert_eq!(counts.next_value(b"k1", b"0 10"), "0 10 1");
+        assert_eq!(counts.next_value(b"k2", b"1 11"), "1 11 1");
+        assert_eq!(counts.next_value(b"k1", b"2 12"), "2 12 2");
+    }
+}

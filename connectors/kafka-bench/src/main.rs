@@ -1,0 +1,269 @@
+//! `exactly-kafka-bench`: the same Kafka→Kafka job on every contender, in
+//! one run, against a real Apache Kafka broker.
+//!
+//! ```text
+//! scripts/kafka-bench            # starts the broker, builds the JVM jobs, runs this
+//! cargo run --release -p exactly-kafka-bench -- --help
+//! ```
+//!
+//! The job: read an input topic, key by record key, keep a per-key count,
+//! write one output record per input record. Each round runs every
+//! contender in turn (A B C … A B C …), so every ratio is measured side
+//! by side. Per contender and round there are two phases:
+//! 1. **throughput**: the contender reads a pre-loaded backlog (`--records`
+//!    on 8 partitions) into a new output topic. The measured window opens
+//!    when 10 % of the output is visible under `read_committed` (start-up
+//!    and JIT warm-up stay out) and closes when all of it is; records per
+//!    second and the process's CPU seconds per million records are taken
+//!    over that window;
+//! 2. **latency**: a paced producer writes `--live-rate` records per second
+//!    for `--live-seconds` into a new input topic; the visibility latency of
+//!    each record after the first `--warm-up-seconds` is the time it
+//!    became readable under `read_committed` minus the time it was sent.
+//!
+//! Every output is checked exactly-once as it is read (`watch`). The last
+//! line is
+//! `kafka-bench: exactly-eos-1s/raw = R, exactly-eos-1s/flink = F, exactly-eos-1s/kstreams = K, p99 latency at 1s = L ms`,
+//! each the median over the rounds of that round's ratio of records per
+//! second.
+
+mod contender;
+mod jobs;
+mod report;
+mod watch;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use exactly_kafka::sink::DeliveryGuarantee;
+
+use crate::contender::{Contender, System};
+use crate::jobs::JobArgs;
+use crate::report::{Measurement, Report};
+use crate::watch::{Outcome, UNKNOWN, Watch, watch};
+
+/// Side-by-side Kafka benchmark of exactly, a raw pipe, a hand-written
+/// transactional loop, Apache Flink and Kafka Streams.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one Rust contender until killed (the driver starts these).
+    Job {
+        /// Which contender.
+        #[arg(long, value_enum)]
+        system: System,
+        #[command(flatten)]
+        args: JobArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The broker (start one with scripts/kafka-up).
+    #[arg(
+        long,
+        env = "EXACTLY_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap: String,
+    /// Records in the pre-loaded input backlog.
+    #[arg(long, default_value_t = 5_000_000)]
+    records: u64,
+    /// Distinct record keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Rounds; every contender runs once per round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Parallelism of exactly, Flink and Kafka Streams (stream threads).
+    #[arg(long, default_value_t = 2)]
+    parallelism: usize,
+    /// Only these contenders (comma-separated names from the default
+    /// line-up; `raw` is always kept, every ratio is to it).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Records per second of the latency phase's producer.
+    #[arg(long, default_value_t = 20_000)]
+    live_rate: u64,
+    /// How long the latency phase's producer writes.
+    #[arg(long, default_value_t = 25)]
+    live_seconds: u64,
+    /// Latency is measured only for records sent after this long.
+    #[arg(long, default_value_t = 10)]
+    warm_up_seconds: u64,
+    /// Skip the latency phase.
+    #[arg(long)]
+    no_latency: bool,
+    /// A run fails when no new output appears for this many seconds.
+    #[arg(long, default_value_t = 120)]
+    stall_seconds: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Job { system, args }) => run_job(system, &args),
+        None => run(&cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kafka-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_job(system: System, args: &JobArgs) -> Result<(), String> {
+    match system {
+        System::Raw => jobs::raw_pipe(args),
+        System::Hand => jobs::hand_written(args),
+        System::ExactlyEos => jobs::exactly_job(args, DeliveryGuarantee::ExactlyOnce),
+        System::ExactlyAlo => jobs::exactly_job(args, DeliveryGuarantee::AtLeastOnce),
+        System::Flink | System::Kstreams => Err(format!(
+            "{system:?} runs on the JVM; the driver starts it with java"
+        )),
+    }
+}
+
+/// Where the contenders' logs go: `target/kafka-bench/`.
+fn log_dir() -> Result<PathBuf, String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .ok_or("the workspace root")?;
+    let dir = workspace.join("target/kafka-bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn run(args: &RunArgs) -> Result<(), String> {
+    let contenders: Vec<Contender> = Contender::line_up(args.parallelism)
+        .into_iter()
+        .filter(|c| args.only.is_empty() || c.name == "raw" || args.only.contains(&c.name))
+        .collect();
+    let stamp = workload::now_micros() / 1_000_000;
+    let input = format!("bench-input-{}-{}", args.records, args.keys);
+    workload::preload(&args.bootstrap, &input, args.records, args.keys)?;
+    let logs = log_dir()?;
+    let mut report = Report::new(contenders.iter().map(|c| c.name.clone()).collect());
+    for round in 1..=args.rounds {
+        for contender in &contenders {
+            let tag = format!("{stamp}-{}-r{round}", contender.name);
+            eprintln!(
+                "kafka-bench: round {round}/{}: {}",
+                args.rounds, contender.name
+            );
+            let throughput = throughput_phase(args, contender, &input, &tag, &logs)?;
+            let latency = if args.no_latency {
+                None
+            } else {
+                Some(latency_phase(args, contender, &tag, &logs)?)
+            };
+            let measurement = Measurement::new(&throughput, latency.as_ref());
+            eprintln!("kafka-bench:   {measurement}");
+            report.add(round, &contender.name, measurement);
+        }
+    }
+    report
+        .print(&mut std::io::stdout())
+        .map_err(|e| e.to_string())?;
+    if report.all_exactly_once() {
+        Ok(())
+    } else {
+        Err("a contender's output was not exactly-once (see the table)".to_owned())
+    }
+}
+
+fn throughput_phase(
+    args: &RunArgs,
+    contender: &Contender,
+    input: &str,
+    tag: &str,
+    logs: &Path,
+) -> Result<Outcome, String> {
+    let output = format!("bench-output-{tag}");
+    workload::create_topics(&args.bootstrap, std::slice::from_ref(&output))?;
+    let mut running = contender.spawn(
+        &args.bootstrap,
+        input,
+        &output,
+        &format!("bench-{tag}"),
+        &logs.join(format!("{tag}-throughput.log")),
+    )?;
+    let spec = Watch {
+        bootstrap: &args.bootstrap,
+        topic: &output,
+        expected: Arc::new(AtomicU64::new(args.records)),
+        window_from: args.records / 10,
+        latency_from_seq: u64::MAX,
+        stall: Duration::from_secs(args.stall_seconds),
+    };
+    watch(&spec, &mut running)
+}
+
+fn latency_phase(
+    args: &RunArgs,
+    contender: &Contender,
+    tag: &str,
+    logs: &Path,
+) -> Result<Outcome, String> {
+    let (input, output) = (
+        format!("bench-live-{tag}"),
+        format!("bench-live-output-{tag}"),
+    );
+    workload::create_topics(&args.bootstrap, &[input.clone(), output.clone()])?;
+    let mut running = contender.spawn(
+        &args.bootstrap,
+        &input,
+        &output,
+        &format!("bench-live-{tag}"),
+        &logs.join(format!("{tag}-latency.log")),
+    )?;
+    let expected = Arc::new(AtomicU64::new(UNKNOWN));
+    let producer = {
+        let (bootstrap, input, expected) =
+            (args.bootstrap.clone(), input.clone(), expected.clone());
+        let (keys, rate, seconds) = (args.keys, args.live_rate, args.live_seconds);
+        thread::spawn(move || {
+            let sent = workload::produce_paced(
+                &bootstrap,
+                &input,
+                keys,
+                rate,
+                Duration::from_secs(seconds),
+            );
+            if let Ok(sent) = sent {
+                expected.store(sent, Ordering::Release);
+            }
+            sent
+        })
+    };
+    let spec = Watch {
+        bootstrap: &args.bootstrap,
+        topic: &output,
+        expected,
+        window_from: u64::MAX,
+        latency_from_seq: args.live_rate * args.warm_up_seconds,
+        stall: Duration::from_secs(args.stall_seconds),
+    };
+    let outcome = watch(&spec, &mut running);
+    producer
+        .join()
+        .map_err(|_| "the live producer panicked".to_owned())??;
+    outcome
+}

@@ -1,0 +1,228 @@
+//! Watches a contender's output under `read_committed`: progress, the
+//! measured window, the exactly-once check and visibility latency, in one
+//! pass as the records become visible.
+//!
+//! The check: every input sequence number appears exactly once, and every
+//! key's counts are 1, 2, 3, … in order (a contender partitions its output
+//! by key, so one key's records share a partition and its order). A
+//! duplicate, a gap or a repeated count is reported, never ignored. This
+//! module owns no process: the contender's liveness and CPU time come in
+//! through [`Probe`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::workload::{PARTITIONS, now_micros};
+
+/// How long the watcher keeps reading after the last expected record, to
+/// catch late duplicates.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Sequence numbers above this are garbage, not a reason to allocate.
+const MAX_SEQ: u64 = 1 << 32;
+
+/// Expected-count value meaning "not known yet" (the live producer is still
+/// writing).
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// What the watcher asks of the contender's process.
+pub trait Probe {
+    /// The process's CPU time so far (user + system).
+    fn cpu(&self) -> Result<Duration, String>;
+    /// Fails once the process has exited.
+    fn alive(&mut self) -> Result<(), String>;
+}
+
+/// What one watched run produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Records that became visible inside the measured window.
+    pub window_records: u64,
+    /// The window's length.
+    pub window: Duration,
+    /// The contender's CPU time inside the window.
+    pub window_cpu: Duration,
+    /// From the watcher's start to the first visible record.
+    pub first_visible: Duration,
+    /// Input records seen more than once.
+    pub duplicates: u64,
+    /// Input records never seen.
+    pub missing: u64,
+    /// Output records whose count did not follow the key's previous one.
+    pub count_errors: u64,
+    /// Visibility latency of each measured record, in microseconds.
+    pub latencies_us: Vec<i64>,
+}
+
+impl Outcome {
+    /// Records per second inside the window.
+    pub fn rate(&self) -> f64 {
+        self.window_records as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU seconds per million records inside the window.
+    pub fn cpu_per_million(&self) -> f64 {
+        self.window_cpu.as_secs_f64() * 1e6 / (self.window_records.max(1) as f64)
+    }
+
+    /// Whether the output held every input record exactly once.
+    pub fn exactly_once(&self) -> bool {
+        self.duplicates == 0 && self.missing == 0 && self.count_errors == 0
+    }
+}
+
+/// What to watch for.
+pub struct Watch<'a> {
+    /// The broker.
+    pub bootstrap: &'a str,
+    /// The contender's output topic.
+    pub topic: &'a str,
+    /// How many input records there are, or [`UNKNOWN`] while a producer
+    /// still writes them.
+    pub expected: Arc<AtomicU64>,
+    /// The measured window opens when this many distinct records are
+    /// visible, and closes when all are (skips start-up and JIT warm-up).
+    pub window_from: u64,
+    /// Records with a sequence number from this one on have their
+    /// visibility latency measured.
+    pub latency_from_seq: u64,
+    /// The longest time without a new visible record before the run fails.
+    pub stall: Duration,
+}
+
+fn parse(value: &[u8]) -> Option<(u64, i64, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut fields = text.split(' ');
+    let seq = fields.next()?.parse().ok()?;
+    let micros = fields.next()?.parse().ok()?;
+    let count = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some((seq, micros, count))
+}
+
+/// Reads the output until every expected record is visible (plus
+/// [`SETTLE`]), checking as it goes.
+pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", spec.bootstrap)
+        .set("group.id", format!("{}-watch", spec.topic))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("a read_committed consumer for {}: {e}", spec.bootstrap))?;
+    let mut partitions = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        partitions
+            .add_partition_offset(spec.topic, partition, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer
+        .assign(&partitions)
+        .map_err(|e| format!("assigning {}: {e}", spec.topic))?;
+
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    let mut seen: Vec<bool> = Vec::new();
+    let mut distinct = 0u64;
+    let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut window_open: Option<(Instant, Duration, u64)> = None;
+    let mut last_progress = Instant::now();
+    let mut complete_at: Option<Instant> = None;
+    loop {
+        let expected = spec.expected.load(Ordering::Acquire);
+        if let Some(at) = complete_at
+            && at.elapsed() >= SETTLE
+        {
+            outcome.missing = expected.saturating_sub(distinct);
+            return Ok(outcome);
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {
+                if last_progress.elapsed() > spec.stall {
+                    return Err(format!(
+                        "no new output in {:?}: {distinct} of {} records visible",
+                        spec.stall,
+                        if expected == UNKNOWN {
+                            "?".to_owned()
+                        } else {
+                            expected.to_string()
+                        }
+                    ));
+                }
+                probe.alive()?;
+            }
+            Some(Err(e)) => return Err(format!("reading {}: {e}", spec.topic)),
+            Some(Ok(message)) => {
+                let now = now_micros();
+                last_progress = Instant::now();
+                let Some((seq, micros, count)) = message.payload().and_then(parse) else {
+                    return Err(format!(
+                        "{}/{} offset {}: not `<seq> <micros> <count>`",
+                        spec.topic,
+                        message.partition(),
+                        message.offset()
+                    ));
+                };
+                if seq >= MAX_SEQ {
+                    return Err(format!("sequence number {seq} out of range"));
+                }
+                if distinct == 0 {
+                    outcome.first_visible = started.elapsed();
+                }
+                let index = seq as usize;
+                if index >= seen.len() {
+                    seen.resize(index + 1, false);
+                }
+                if seen[index] {
+                    outcome.duplicates += 1;
+                } else {
+                    seen[index] = true;
+                    distinct += 1;
+                }
+                let previous = counts
+                    .entry(message.key().unwrap_or_default().to_vec())
+                    .or_default();
+                if count != *previous + 1 {
+                    outcome.count_errors += 1;
+                }
+                *previous = count;
+                if seq >= spec.latency_from_seq {
+                    outcome.latencies_us.push(now - micros);
+                }
+                if window_open.is_none() && distinct >= spec.window_from {
+                    window_open = Some((Instant::now(), probe.cpu()?, distinct));
+                }
+            }
+        }
+        if complete_at.is_none() && distinct == expected {
+            complete_at = Some(Instant::now());
+            if let Some((opened, cpu, from)) = window_open {
+                outcome.window = opened.elapsed();
+                outcome.window_cpu = probe.cpu()?.saturating_sub(cpu);
+                outcome.window_records = distinct - from;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn output_values_parse_into_sequence_time_and_count() {
+        assert_eq!(
+            parse(b"17 1764620000123456 3"),
+            Some((17, 1764620000123456, 3))
+        );
+        assert_eq!(parse(b"17 1764620000123456"), None, "no count");
+        assert_eq!(parse(b"17 x 3"), None);
+        assert_eq!(parse(b"1 2 3 4"), None, "a field too many");
+    }
+}

@@ -1,0 +1,166 @@
+//! The benchmark's input: topics, the record format, the pre-loaded
+//! backlog and the paced live producer.
+//!
+//! Every input record has the key `k<n>` (`n` below the key count) and the
+//! value `<seq> <micros>`: a sequence number unique in its topic and the
+//! wall-clock time it was produced, in microseconds since the Unix epoch.
+//! Every contender writes one output record per input record, with the same
+//! key and the value `<input value> <count>`, `count` being that key's
+//! running count. The watcher (`watch`) relies on this format and nothing
+//! else. This module does not read output.
+
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// How long a metadata or flush call may wait for the broker.
+const BROKER_WAIT: Duration = Duration::from_secs(60);
+
+/// Partitions of every topic the benchmark creates.
+pub const PARTITIONS: i32 = 8;
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Creates `topics` with [`PARTITIONS`] partitions each, unless they exist.
+pub fn create_topics(bootstrap: &str, topics: &[String]) -> Result<(), String> {
+    let counts = ensure_topics(
+        &ClientSettings::new(bootstrap),
+        topics,
+        MissingTopics::Create {
+            partitions: PARTITIONS,
+        },
+    )
+    .map_err(|e| format!("creating topics {topics:?} on {bootstrap}: {e}"))?;
+    match counts.iter().find(|(_, n)| **n != PARTITIONS as usize) {
+        Some((topic, n)) => Err(format!(
+            "`{topic}` has {n} partitions, not {PARTITIONS}: delete it and run again"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The number of records in `topic` (the sum of its partitions' high
+/// watermarks; the input topics are written without transactions, so
+/// every offset is a record).
+pub fn records_in(bootstrap: &str, topic: &str) -> Result<i64, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| format!("a consumer for {bootstrap}: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), BROKER_WAIT)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut total = 0;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), BROKER_WAIT)
+            .map_err(|e| format!("watermarks of {topic}/{}: {e}", partition.id()))?;
+        total += high - low;
+    }
+    Ok(total)
+}
+
+/// A plain producer. `bulk` batches harder for the backlog; live records
+/// keep librdkafka's defaults (5 ms linger), as a contender's own
+/// producer would.
+fn producer(bootstrap: &str, bulk: bool) -> Result<BaseProducer, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    if bulk {
+        config.set("linger.ms", "20").set("batch.size", "1000000");
+    }
+    config
+        .create()
+        .map_err(|e| format!("a producer for {bootstrap}: {e}"))
+}
+
+/// Sends one input record, waiting while librdkafka's queue is full.
+fn send(producer: &BaseProducer, topic: &str, keys: u64, seq: u64) -> Result<(), String> {
+    let key = format!("k{}", seq % keys);
+    let value = format!("{seq} {}", now_micros());
+    let mut record = BaseRecord::<String, String>::to(topic)
+        .key(&key)
+        .payload(&value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
+        }
+    }
+}
+
+fn flush(producer: &BaseProducer, topic: &str) -> Result<(), String> {
+    producer
+        .flush(BROKER_WAIT)
+        .map_err(|e| format!("flushing records to {topic}: {e}"))
+}
+
+/// Writes `records` input records to `topic` as fast as the broker takes
+/// them, unless the topic already holds exactly that many (a backlog
+/// loaded by an earlier run is reused).
+pub fn preload(bootstrap: &str, topic: &str, records: u64, keys: u64) -> Result<(), String> {
+    create_topics(bootstrap, &[topic.to_owned()])?;
+    let present = records_in(bootstrap, topic)?;
+    if present == records as i64 {
+        eprintln!("kafka-bench: reusing the {records} records already in `{topic}`");
+        return Ok(());
+    }
+    if present != 0 {
+        return Err(format!(
+            "`{topic}` holds {present} records, not {records}: delete it or pass another --records"
+        ));
+    }
+    let started = Instant::now();
+    let producer = producer(bootstrap, true)?;
+    for seq in 0..records {
+        send(&producer, topic, keys, seq)?;
+        if seq % 1_000_000 == 999_999 {
+            eprintln!("kafka-bench: loaded {} records", seq + 1);
+        }
+    }
+    flush(&producer, topic)?;
+    eprintln!(
+        "kafka-bench: loaded {records} records into `{topic}` in {:.1?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Writes input records to `topic` at `rate` records per second for
+/// `duration`, each stamped with its send time. Returns how many it wrote.
+pub fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    keys: u64,
+    rate: u64,
+    duration: Duration,
+) -> Result<u64, String> {
+    let producer = producer(bootstrap, false)?;
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < duration {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while seq < due {
+            send(&producer, topic, keys, seq)?;
+            seq += 1;
+        }
+        producer.poll(Duration::ZERO);
+        thread::sleep(Duration::from_millis(1));
+    }
+    flush(&producer, topic)?;
+    Ok(seq)
+}
