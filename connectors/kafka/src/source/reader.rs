@@ -392,6 +392,10 @@ impl Reader {
         self.discover().await?;
         let consumer = Arc::clone(self.consumer());
         let mut pending = Vec::new();
+        // The batch's next offset per partition, merged into `self.next`
+        // once: a lookup by borrowed topic name allocates nothing per
+        // record.
+        let mut advanced: Vec<(TopicPartition, i64)> = Vec::new();
         let mut taken = 0;
         while taken < max {
             let Some(polled) = consumer.poll(Duration::ZERO) else {
@@ -427,11 +431,9 @@ impl Reader {
                     }
                 }
             }
-            self.next.insert(
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            );
+            note_next(&mut advanced, &message);
         }
+        self.next.extend(advanced);
         self.await_dead_letters(pending, metrics).await?;
         self.check_trouble()?;
         Ok(if taken > 0 {
@@ -758,6 +760,18 @@ fn partition_counts(consumer: &SourceConsumer, config: &SourceConfig) -> Counts 
         counts.insert(topic.clone(), found.partitions().len());
     }
     Ok(counts)
+}
+
+/// Records that the next offset of `message`'s partition is after it.
+fn note_next(advanced: &mut Vec<(TopicPartition, i64)>, message: &BorrowedMessage<'_>) {
+    let (topic, partition, next) = (message.topic(), message.partition(), message.offset() + 1);
+    match advanced
+        .iter_mut()
+        .find(|((t, p), _)| *p == partition && t == topic)
+    {
+        Some((_, offset)) => *offset = next,
+        None => advanced.push(((topic.to_owned(), partition), next)),
+    }
 }
 
 #[cfg(test)]
