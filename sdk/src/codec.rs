@@ -85,38 +85,101 @@ impl Codec {
         })
     }
 
+    /// Appends the encoding of `value` to `out`; `what` names it in errors.
+    /// A run of values appended this way is read back, one by one, with
+    /// [`Codec::decode_prefix`].
+    pub(crate) fn encode_append<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        out: &mut Vec<u8>,
+        what: &str,
+    ) -> Result<(), CodecError> {
+        let result = match self {
+            Codec::Bincode => {
+                bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Codec::Postcard => postcard::to_extend(value, std::mem::take(out))
+                .map(|extended| *out = extended)
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|message| CodecError::Encode {
+            what: what.to_owned(),
+            codec: self,
+            message,
+        })
+    }
+
     /// Decodes a `T` that must use all of `bytes`; `what` names it in errors.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8], what: &str) -> Result<T, CodecError> {
+        let (value, used) = self.decode_prefix(bytes, what)?;
+        if used == bytes.len() {
+            Ok(value)
+        } else {
+            Err(CodecError::Decode {
+                what: what.to_owned(),
+                codec: self,
+                message: format!("{} trailing bytes after the value", bytes.len() - used),
+            })
+        }
+    }
+
+    /// Decodes the `T` at the start of `bytes` and returns it with the
+    /// number of bytes it used; `what` names it in errors.
+    pub(crate) fn decode_prefix<T: DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<(T, usize), CodecError> {
         let result = match self {
             Codec::Bincode => {
                 bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
                     .map_err(|e| e.to_string())
-                    .and_then(|(value, used)| {
-                        if used == bytes.len() {
-                            Ok(value)
-                        } else {
-                            Err(format!(
-                                "{} trailing bytes after the value",
-                                bytes.len() - used
-                            ))
-                        }
-                    })
             }
             Codec::Postcard => postcard::take_from_bytes::<T>(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|(value, rest)| {
-                    if rest.is_empty() {
-                        Ok(value)
-                    } else {
-                        Err(format!("{} trailing bytes after the value", rest.len()))
-                    }
-                }),
+                .map(|(value, rest)| (value, bytes.len() - rest.len()))
+                .map_err(|e| e.to_string()),
         };
         result.map_err(|message| CodecError::Decode {
             what: what.to_owned(),
             codec: self,
             message,
         })
+    }
+}
+
+/// An opaque byte string inside an encoded value, such as one element's
+/// state in a task's snapshot. It is written as a length and the raw bytes,
+/// which for both codecs is the same encoding as a `Vec<u8>` (a sequence
+/// of single-byte `u8`s), so files written with `Vec<u8>` read back
+/// unchanged; but it is encoded and decoded as one block rather than byte
+/// by byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+        impl<'de> serde::de::Visitor<'de> for BytesVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(BytesVisitor)
     }
 }
 
@@ -154,6 +217,34 @@ mod tests {
             let bytes = codec.encode(&(1u32, 2u32), "pair").unwrap();
             let err = codec.decode::<u32>(&bytes, "one").unwrap_err();
             assert!(err.to_string().contains("one"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_encoded_as_a_vec_of_u8_is() {
+        let raw: Vec<u8> = (0..=255).cycle().take(1000).collect();
+        let entries = vec![("1:count".to_string(), raw.clone())];
+        let wrapped = vec![("1:count".to_string(), Bytes(raw))];
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            let old = codec.encode(&entries, "entries").unwrap();
+            assert_eq!(codec.encode(&wrapped, "entries").unwrap(), old, "{codec:?}");
+            let back: Vec<(String, Bytes)> = codec.decode(&old, "entries").unwrap();
+            assert_eq!(back, wrapped, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn appended_values_decode_one_by_one() {
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            let mut out = b"head".to_vec();
+            for value in [(1u64, "a".to_string()), (300, "bc".into())] {
+                codec.encode_append(&value, &mut out, "pair").unwrap();
+            }
+            let (first, used): ((u64, String), usize) =
+                codec.decode_prefix(&out[4..], "pair").unwrap();
+            assert_eq!(first, (1, "a".into()), "{codec:?}");
+            let second: (u64, String) = codec.decode(&out[4 + used..], "pair").unwrap();
+            assert_eq!(second, (300, "bc".into()), "{codec:?}");
         }
     }
 }

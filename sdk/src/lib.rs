@@ -20,6 +20,10 @@ pub mod storage;
 #[path = "macro_support.rs"]
 pub mod __private;
 
+#[doc(hidden)]
+#[path = "bench_support.rs"]
+pub mod __bench;
+
 pub use config::{JobConfig, RestartStrategy};
 pub use error::{BoxError, Error, Result, Unrecoverable};
 pub use exactly_macros::{operator, state};

@@ -1,6 +1,6 @@
 //! End-to-end behaviour of the runtime: graceful stop and resume,
-//! rescaling, savepoints, corrupt snapshots, bounded restarts, failed
-//! commits, configuration mistakes.
+//! rescaling, savepoints, corrupt snapshots, checkpoints of the previous
+//! format version, bounded restarts, failed commits, configuration mistakes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -268,6 +268,45 @@ fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
         .run()
         .unwrap_err();
     assert!(err.to_string().contains("_metadata"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_in_the_previous_format_version_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let records = 3000;
+    run_then_stop(wordcount_like(config(dir.path()), records, 2, sink.clone()));
+    let storage = exactly::storage::LocalStorage::new(dir.path());
+    let latest = exactly::storage::CheckpointStorage::latest(&storage)
+        .unwrap()
+        .unwrap();
+    // The same checkpoint as the previous format version wrote it, in place
+    // of the newest one.
+    let old = dir.path().join("old");
+    let count_id = latest.metadata.stages[1]
+        .operators
+        .iter()
+        .find(|id| id.ends_with(":count"))
+        .unwrap();
+    exactly::__bench::copy_as_format_1(&latest.path, &old, &[count_id.as_str()]).unwrap();
+    let state = &latest.metadata.task_states;
+    let keyed_file = state.iter().find(|h| h.stage == 1).unwrap();
+    let old_bytes = std::fs::read(old.join(&keyed_file.file)).unwrap();
+    assert_eq!(
+        &old_bytes[8..10],
+        &1u16.to_le_bytes(),
+        "not format version 1"
+    );
+    std::fs::remove_dir_all(&latest.path).unwrap();
+    std::fs::rename(&old, &latest.path).unwrap();
+    let reopened = exactly::storage::LocalStorage::open_checkpoint(&latest.path).unwrap();
+    assert_eq!(reopened.metadata, latest.metadata);
+    // Committed output before the stop ends at the checkpoint it resumes
+    // from; the counts continue from the rewritten state.
+    wordcount_like(config(dir.path()), records, 2, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! unkeyed and keyed operators, and the per-task snapshot writer and restore
 //! view. Consecutive operators with no repartition between them are fused
 //! into one task: a batch goes through each [`Pipe`] by a direct call, with
-//! no queue hop, as in Flink's operator chaining.
+//! no queue hop, as in Flink's operator chaining. The keyed state map, its
+//! snapshot layout and its restore are [`super::keyed`]'s.
 //!
 //! Does not own queues between tasks ([`super::exchange`]), sinks
 //! ([`super::two_phase_commit`]) or the task loops ([`super::task`]).
@@ -19,10 +20,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::env::SubtaskEnv;
+use super::keyed::{self, KeyedState, Owner, StoredMap};
 use super::message::Barrier;
-use crate::codec::{Codec, CodecError};
+use crate::codec::{Bytes, Codec, CodecError};
 use crate::error::{Error, Result};
 use crate::operator::{Emitter, Operator};
+use crate::storage::frame;
 
 /// A boxed, sendable future: what [`Pipe`] methods return so that pipes can
 /// be chained as trait objects.
@@ -55,7 +58,7 @@ pub(crate) type PipeFactory<T> = Box<dyn Fn(&SubtaskEnv) -> Result<Box<dyn Pipe<
 #[derive(Debug)]
 pub(crate) struct SnapshotWriter {
     codec: Codec,
-    pub(crate) entries: Vec<(String, Vec<u8>)>,
+    pub(crate) entries: Vec<(String, Bytes)>,
 }
 
 impl SnapshotWriter {
@@ -73,7 +76,18 @@ impl SnapshotWriter {
         value: &S,
     ) -> Result<(), CodecError> {
         let bytes = self.codec.encode(value, id)?;
-        self.entries.push((id.to_owned(), bytes));
+        self.entries.push((id.to_owned(), Bytes(bytes)));
+        Ok(())
+    }
+
+    /// Adds the keyed state of the element `id`.
+    pub(crate) fn put_keyed<K: Serialize, S: Serialize>(
+        &mut self,
+        id: &str,
+        states: &KeyedState<K, S>,
+    ) -> Result<(), CodecError> {
+        let bytes = keyed::encode(states, self.codec, id)?;
+        self.entries.push((id.to_owned(), Bytes(bytes)));
         Ok(())
     }
 }
@@ -85,23 +99,63 @@ impl SnapshotWriter {
 pub(crate) struct RestoredStage {
     pub(crate) checkpoint_id: u64,
     pub(crate) subtasks: Vec<HashMap<String, (Codec, Vec<u8>)>>,
+    /// The frame format version of each old subtask's file.
+    pub(crate) versions: Vec<u16>,
 }
 
 impl RestoredStage {
+    /// The entry `id` of every old subtask that has one, in subtask order.
+    fn stored(&self, id: &str) -> Vec<StoredMap<'_>> {
+        self.subtasks
+            .iter()
+            .enumerate()
+            .filter_map(|(subtask, entries)| {
+                let (codec, bytes) = entries.get(id)?;
+                Some(StoredMap {
+                    subtask,
+                    codec: *codec,
+                    version: self
+                        .versions
+                        .get(subtask)
+                        .copied()
+                        .unwrap_or(frame::FORMAT_VERSION),
+                    bytes,
+                    what: format!(
+                        "state `{id}` of subtask {subtask} in checkpoint {}",
+                        self.checkpoint_id
+                    ),
+                })
+            })
+            .collect()
+    }
+
     /// Decodes the entry `id` of every old subtask that has one, in subtask
     /// order.
     pub(crate) fn decode_all<S: DeserializeOwned>(&self, id: &str) -> Result<Vec<(usize, S)>> {
-        let mut out = Vec::new();
-        for (subtask, entries) in self.subtasks.iter().enumerate() {
-            if let Some((codec, bytes)) = entries.get(id) {
-                let what = format!(
-                    "state `{id}` of subtask {subtask} in checkpoint {}",
-                    self.checkpoint_id
-                );
-                out.push((subtask, codec.decode(bytes, &what)?));
-            }
-        }
-        Ok(out)
+        self.stored(id)
+            .into_iter()
+            .map(|s| Ok((s.subtask, s.codec.decode(s.bytes, &s.what)?)))
+            .collect()
+    }
+
+    /// Rebuilds the keyed state `id` of subtask `index` of `parallelism`
+    /// from every old subtask's map (see [`super::keyed`]).
+    pub(crate) fn restore_keyed<K: Key, S: DeserializeOwned>(
+        &self,
+        id: &str,
+        parallelism: usize,
+        index: usize,
+    ) -> Result<KeyedState<K, S>> {
+        let owner = Owner {
+            parallelism,
+            index,
+            route: |key: &K| super::exchange::key_subtask(key, parallelism),
+        };
+        Ok(keyed::restore(
+            &self.stored(id),
+            self.subtasks.len(),
+            &owner,
+        )?)
     }
 }
 
@@ -127,7 +181,7 @@ enum Scope<O: Operator, K> {
     /// `id` and redistributed by key on restore.
     Keyed {
         key: KeyFn<O::In, K>,
-        states: HashMap<K, O::State>,
+        states: KeyedState<K, O::State>,
         id: String,
     },
 }
@@ -183,14 +237,10 @@ impl<O: Operator, K: Key> OperatorPipe<O, K> {
         env: &SubtaskEnv,
         down: Box<dyn Pipe<O::Out>>,
     ) -> Result<Self> {
-        let mut states = HashMap::new();
-        if let Some(restored) = &env.restored {
-            for (_, old) in restored.decode_all::<HashMap<K, O::State>>(&id)? {
-                states.extend(old.into_iter().filter(|(k, _)| {
-                    super::exchange::key_subtask(k, env.ctx.parallelism) == env.ctx.index
-                }));
-            }
-        }
+        let states = match &env.restored {
+            Some(restored) => restored.restore_keyed(&id, env.ctx.parallelism, env.ctx.index)?,
+            None => KeyedState::default(),
+        };
         Ok(OperatorPipe {
             op,
             scope: Scope::Keyed { key, states, id },
@@ -234,7 +284,7 @@ impl<O: Operator, K: Key> Pipe<O::In> for OperatorPipe<O, K> {
         snapshot: &'a mut SnapshotWriter,
     ) -> BoxFuture<'a, Result<()>> {
         if let Scope::Keyed { states, id, .. } = &self.scope
-            && let Err(e) = snapshot.put(id, states)
+            && let Err(e) = snapshot.put_keyed(id, states)
         {
             return Box::pin(async move { Err(e.into()) });
         }

@@ -20,6 +20,7 @@ use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, TaskLink};
 use super::env::SubtaskEnv;
 use super::exchange::{DownstreamStopped, GateRegistry};
 use super::graph::JobGraph;
+use crate::codec::Bytes;
 use crate::config::JobConfig;
 use crate::error::{Error, Result};
 use crate::fault::Faults;
@@ -394,7 +395,7 @@ async fn latest(storage: &Arc<dyn CheckpointStorage>) -> Result<Option<Completed
 
 /// Checks that `checkpoint` was taken by a job with these stages, and reads
 /// every stage's state.
-fn load_checkpoint(
+pub(crate) fn load_checkpoint(
     checkpoint: &CompletedCheckpoint,
     expected: &[StageMetadata],
 ) -> Result<Vec<Option<Arc<RestoredStage>>>> {
@@ -425,6 +426,7 @@ fn load_checkpoint(
         .map(|s| RestoredStage {
             checkpoint_id: id,
             subtasks: vec![HashMap::new(); s.parallelism],
+            versions: vec![frame::FORMAT_VERSION; s.parallelism],
         })
         .collect();
     for handle in &checkpoint.metadata.task_states {
@@ -434,13 +436,15 @@ fn load_checkpoint(
             path: path.clone(),
             source,
         })?;
-        let (codec, payload) = frame::decode(&bytes, PayloadKind::TaskState, &path)?;
-        let entries: Vec<(String, Vec<u8>)> = codec.decode(payload, "task state").map_err(|e| {
-            crate::storage::StorageError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let frame = frame::decode(&bytes, PayloadKind::TaskState, &path)?;
+        let codec = frame.codec;
+        let entries: Vec<(String, Bytes)> =
+            codec.decode(frame.payload, "task state").map_err(|e| {
+                crate::storage::StorageError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         let stage = stages.get_mut(handle.stage).ok_or_else(|| {
             mismatch(format!(
                 "state file {} names stage {} which does not exist",
@@ -453,7 +457,8 @@ fn load_checkpoint(
                 handle.file, handle.subtask
             ))
         })?;
-        slot.extend(entries.into_iter().map(|(k, v)| (k, (codec, v))));
+        slot.extend(entries.into_iter().map(|(k, v)| (k, (codec, v.0))));
+        stage.versions[handle.subtask] = frame.version;
     }
     Ok(stages.into_iter().map(|s| Some(Arc::new(s))).collect())
 }

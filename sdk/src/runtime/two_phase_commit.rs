@@ -519,11 +519,12 @@ mod tests_support {
         let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
             .entries
             .into_iter()
-            .map(|(id, bytes)| (id, (Codec::Bincode, bytes)))
+            .map(|(id, bytes)| (id, (Codec::Bincode, bytes.0)))
             .collect();
         Arc::new(RestoredStage {
             checkpoint_id,
             subtasks: vec![entries],
+            versions: vec![crate::storage::frame::FORMAT_VERSION],
         })
     }
 }

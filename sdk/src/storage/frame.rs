@@ -4,13 +4,17 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic  b"EXACTLY\0"
-//! 8       2     format version, little endian (currently 1)
+//! 8       2     format version, little endian (currently 2)
 //! 10      1     codec id (see crate::codec::Codec::id)
 //! 11      1     payload kind (1 = task state, 2 = checkpoint metadata)
 //! 12      4     CRC-32 of the payload, little endian
 //! 16      8     payload length in bytes, little endian
 //! 24      ...   payload
 //! ```
+//!
+//! Versions: 1 wrote keyed state maps as serde maps; 2 writes them in the
+//! layout of `runtime::keyed` (hasher keys, entry count, entries in bucket
+//! order), everything else unchanged. Both are read.
 //!
 //! The version and codec id let a later release read checkpoints written by
 //! this one; the length and checksum turn a truncated or corrupt file into an
@@ -23,8 +27,10 @@ use crate::codec::Codec;
 
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EXACTLY\0";
-/// The frame layout version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 24;
 
@@ -39,9 +45,20 @@ pub enum PayloadKind {
 
 /// Frames `payload` (already encoded with `codec`).
 pub fn encode(kind: PayloadKind, codec: Codec, payload: &[u8]) -> Vec<u8> {
+    encode_version(FORMAT_VERSION, kind, codec, payload)
+}
+
+/// Frames `payload` with the header of format `version`: for tests and
+/// benches that write what an older build wrote.
+pub(crate) fn encode_version(
+    version: u16,
+    kind: PayloadKind,
+    codec: Codec,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(codec.id());
     out.push(kind as u8);
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -50,13 +67,23 @@ pub fn encode(kind: PayloadKind, codec: Codec, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks the frame of `bytes`, read from `path`, and returns the codec and
-/// the payload.
+/// A checked frame: what its header says, and the payload it vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The format version the file was written with.
+    pub version: u16,
+    /// The codec the payload was encoded with.
+    pub codec: Codec,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+/// Checks the frame of `bytes`, read from `path`, and returns it.
 pub fn decode<'a>(
     bytes: &'a [u8],
     expected: PayloadKind,
     path: &Path,
-) -> Result<(Codec, &'a [u8]), StorageError> {
+) -> Result<Frame<'a>, StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -73,9 +100,9 @@ pub fn decode<'a>(
         ));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(corrupt(format!(
-            "snapshot format version {version} is not supported by this build (it reads version {FORMAT_VERSION})"
+            "snapshot format version {version} is not supported by this build (it reads versions {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
         )));
     }
     let codec = Codec::from_id(bytes[10]).map_err(|e| corrupt(e.to_string()))?;
@@ -99,7 +126,11 @@ pub fn decode<'a>(
             "payload checksum mismatch (the file is corrupt)".into(),
         ));
     }
-    Ok((codec, payload))
+    Ok(Frame {
+        version,
+        codec,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -113,9 +144,10 @@ mod tests {
     #[test]
     fn round_trip_keeps_codec_and_payload() {
         let framed = encode(PayloadKind::TaskState, Codec::Postcard, b"hello");
-        let (codec, payload) = decode(&framed, PayloadKind::TaskState, path()).unwrap();
-        assert_eq!(codec, Codec::Postcard);
-        assert_eq!(payload, b"hello");
+        let frame = decode(&framed, PayloadKind::TaskState, path()).unwrap();
+        assert_eq!(frame.version, FORMAT_VERSION);
+        assert_eq!(frame.codec, Codec::Postcard);
+        assert_eq!(frame.payload, b"hello");
     }
 
     #[test]
@@ -151,6 +183,18 @@ mod tests {
         newer[8] = 9;
         let err = decode(&newer, PayloadKind::Metadata, path()).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
+        newer[8] = 0;
+        let err = decode(&newer, PayloadKind::Metadata, path()).unwrap_err();
+        assert!(err.to_string().contains("format version 0"), "{err}");
+
+        let older = encode_version(
+            OLDEST_READABLE_VERSION,
+            PayloadKind::Metadata,
+            Codec::Bincode,
+            b"x",
+        );
+        let frame = decode(&older, PayloadKind::Metadata, path()).unwrap();
+        assert_eq!(frame.version, OLDEST_READABLE_VERSION);
 
         let mut unknown_codec = framed;
         unknown_codec[10] = 77;

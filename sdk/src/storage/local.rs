@@ -97,14 +97,14 @@ impl LocalStorage {
             }
             Err(e) => return Err(io("read", &meta_path)(e)),
         };
-        let (codec, payload) = frame::decode(&bytes, PayloadKind::Metadata, &meta_path)?;
-        let metadata: CheckpointMetadata =
-            codec
-                .decode(payload, "checkpoint metadata")
-                .map_err(|e| StorageError::Corrupt {
-                    path: meta_path.clone(),
-                    reason: e.to_string(),
-                })?;
+        let frame = frame::decode(&bytes, PayloadKind::Metadata, &meta_path)?;
+        let metadata: CheckpointMetadata = frame
+            .codec
+            .decode(frame.payload, "checkpoint metadata")
+            .map_err(|e| StorageError::Corrupt {
+                path: meta_path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(CompletedCheckpoint {
             path: path.to_path_buf(),
             metadata,
@@ -430,7 +430,9 @@ mod tests {
         let bytes = storage
             .read_task_state(&latest, &latest.metadata.task_states[0])
             .unwrap();
-        let (_, payload) = frame::decode(&bytes, PayloadKind::TaskState, Path::new("x")).unwrap();
+        let payload = frame::decode(&bytes, PayloadKind::TaskState, Path::new("x"))
+            .unwrap()
+            .payload;
         assert_eq!(payload, b"one");
     }
 

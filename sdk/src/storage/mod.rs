@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalStorage;
-pub(crate) use local::{io, sync_dir};
+pub(crate) use local::{METADATA_FILE, io, sync_dir};
 
 /// Reading or writing checkpoint storage failed.
 #[derive(Debug, thiserror::Error)]

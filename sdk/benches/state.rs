@@ -1,0 +1,355 @@
+//! Keyed state checkpoint and restore at 1 M and 10 M entries; see
+//! BENCHMARKS.md.
+//!
+//! `cargo bench -p exactly --bench state` prints, for each size, the median
+//! of several runs of:
+//! - the final checkpoint of a running job whose keyed state holds every
+//!   key (trigger to durable metadata, incl. fsync), and its state file;
+//! - encoding that state into the task-state file in memory, the old way
+//!   (format version 1: the map through serde, the element bytes as a
+//!   sequence of `u8`) and the runtime's way (format version 2);
+//! - restoring it from the file to a ready map: the old path (the code the
+//!   runtime ran before format version 2, kept here) on a version 1 file,
+//!   the runtime's path on the job's version 2 checkpoint, and the
+//!   runtime's path on the same checkpoint rewritten as version 1;
+//! - peak memory: every measurement runs in a process of its own; restores
+//!   report the process's `VmHWM`, encodes the rise of `VmHWM` above the
+//!   resident size before encoding (reset through `/proc/self/clear_refs`).
+//!
+//! Runs alternate old and new so that ratios are measured side by side.
+//! `BENCH_STATE_SIZES` (comma-separated, default `1000000,10000000`) and
+//! `BENCH_STATE_RUNS` (default 5) change the sizes and the run count.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use exactly::__bench::{KeyedStateMap, copy_as_format_1, restore_keyed};
+use exactly::codec::Codec;
+use exactly::prelude::*;
+use exactly::storage::frame::{self, PayloadKind};
+use exactly::storage::{CompletedCheckpoint, LocalStorage};
+
+#[state]
+#[derive(Default)]
+struct WordCount {
+    count: u64,
+}
+
+type Value = (WordCount,);
+
+/// The environment variable that makes this binary one measurement.
+const CHILD: &str = "BENCH_STATE_CHILD";
+
+/// The keyed stage of the bench job.
+const KEYED_STAGE: usize = 1;
+
+/// The element id of the map in the in-memory encodes.
+const ELEMENT: &str = "1:tally";
+
+#[operator]
+fn tally(key: u64, #[state] c: &mut WordCount) -> u64 {
+    c.count += 1;
+    key
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A field of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets `VmHWM` to the current resident size; false where not allowed.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn entries(keys: u64) -> impl Iterator<Item = (u64, Value)> {
+    (0..keys).map(|k| (k, (WordCount { count: 1 },)))
+}
+
+/// The id of the keyed element in the bench job's checkpoint.
+fn keyed_id(checkpoint: &CompletedCheckpoint) -> String {
+    checkpoint.metadata.stages[KEYED_STAGE].operators[0].clone()
+}
+
+fn keyed_file(checkpoint: &CompletedCheckpoint) -> PathBuf {
+    let handle = checkpoint
+        .metadata
+        .task_states
+        .iter()
+        .find(|h| h.stage == KEYED_STAGE)
+        .expect("the keyed stage wrote state");
+    checkpoint.path.join(&handle.file)
+}
+
+/// One measurement, printed as `micros bytes kib` on stdout.
+fn child(spec: &str) {
+    let mut parts = spec.split(' ');
+    let (mode, keys, path) = (
+        parts.next().unwrap(),
+        parts.next().unwrap().parse::<u64>().unwrap(),
+        PathBuf::from(parts.next().unwrap()),
+    );
+    let (took, bytes, kib) = match mode {
+        "job" => {
+            let metrics = checkpoint_in_a_job(keys, &path);
+            (
+                Duration::from_micros(metrics.last_checkpoint_micros),
+                metrics.last_checkpoint_bytes as usize,
+                status_kib("VmHWM:"),
+            )
+        }
+        "encode-old" => {
+            let map: HashMap<u64, Value> = entries(keys).collect();
+            encode_measured(|| encode_format_1(&map))
+        }
+        "encode-new" => {
+            let map = KeyedStateMap::from_entries(entries(keys));
+            encode_measured(|| map.task_state_file(Codec::Bincode, ELEMENT).unwrap())
+        }
+        "restore-old" => {
+            let started = Instant::now();
+            let restored = restore_format_1_as_before(&path);
+            let took = started.elapsed();
+            assert_eq!(restored.len() as u64, keys);
+            (took, 0, status_kib("VmHWM:"))
+        }
+        "restore-new" => {
+            let checkpoint = LocalStorage::open_checkpoint(&path).unwrap();
+            let id = keyed_id(&checkpoint);
+            drop(checkpoint);
+            let started = Instant::now();
+            let restored: KeyedStateMap<u64, Value> =
+                restore_keyed(&path, KEYED_STAGE, &id, 1, 0).unwrap();
+            let took = started.elapsed();
+            assert_eq!(restored.len() as u64, keys);
+            (took, 0, status_kib("VmHWM:"))
+        }
+        other => panic!("unknown mode {other}"),
+    };
+    println!("{} {bytes} {kib}", took.as_micros());
+}
+
+/// Times `encode` and measures how far the process's peak resident size
+/// rises above its resident size before it.
+fn encode_measured(encode: impl FnOnce() -> Vec<u8>) -> (Duration, usize, u64) {
+    let before = status_kib("VmRSS:");
+    let resettable = reset_peak();
+    let started = Instant::now();
+    let file = encode();
+    let took = started.elapsed();
+    let rise = if resettable {
+        status_kib("VmHWM:").saturating_sub(before)
+    } else {
+        0
+    };
+    (took, file.len(), rise)
+}
+
+/// A job whose keyed state grows to `keys` entries; returns the metrics
+/// of its final checkpoint.
+fn checkpoint_in_a_job(keys: u64, checkpoints: &Path) -> exactly::MetricsSnapshot {
+    let _ = std::fs::remove_dir_all(checkpoints);
+    let job = Job::new(
+        "state",
+        JobConfig::new()
+            .checkpoint_dir(checkpoints)
+            .restart_strategy(RestartStrategy::none()),
+    );
+    job.source(VecSource::new((0..keys).collect::<Vec<_>>()))
+        .key_by(|k: &u64| *k)
+        .operator(tally)
+        .sink(DiscardSink::new());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { job.spawn().unwrap().join().await.unwrap() })
+}
+
+/// The task-state file format version 1 wrote for a subtask whose only
+/// state is `map` under [`ELEMENT`]: the map through serde, the element list with each
+/// element's bytes as a `Vec<u8>`, framed with version 1.
+fn encode_format_1(map: &HashMap<u64, Value>) -> Vec<u8> {
+    let codec = Codec::Bincode;
+    let entries = vec![(ELEMENT.to_owned(), codec.encode(map, ELEMENT).unwrap())];
+    let payload = codec.encode(&entries, "task state").unwrap();
+    let mut framed = frame::encode(PayloadKind::TaskState, codec, &payload);
+    framed[8..10].copy_from_slice(&1u16.to_le_bytes());
+    framed
+}
+
+/// What the runtime did before format version 2, from a version 1 file to
+/// the operator's map (one subtask, parallelism 1): read and check the
+/// frame, decode the element list with each element's bytes as a
+/// `Vec<u8>`, decode the map through serde, then filter it by key hash
+/// into the operator's map.
+fn restore_format_1_as_before(file: &Path) -> HashMap<u64, Value> {
+    let bytes = std::fs::read(file).unwrap();
+    let frame = frame::decode(&bytes, PayloadKind::TaskState, file).unwrap();
+    assert_eq!(frame.version, 1);
+    let entries: Vec<(String, Vec<u8>)> = frame.codec.decode(frame.payload, "task state").unwrap();
+    let stored: HashMap<String, (Codec, Vec<u8>)> = entries
+        .into_iter()
+        .map(|(id, bytes)| (id, (frame.codec, bytes)))
+        .collect();
+    // One subtask of parallelism one, known only at run time as before.
+    let (parallelism, index) = (std::hint::black_box(1u64), std::hint::black_box(0u64));
+    let mut states = HashMap::new();
+    for (codec, bytes) in stored.values() {
+        let old: HashMap<u64, Value> = codec.decode(bytes, "keyed state").unwrap();
+        states.extend(old.into_iter().filter(|(k, _)| {
+            let mut hasher = DefaultHasher::new();
+            k.hash(&mut hasher);
+            hasher.finish() % parallelism == index
+        }));
+    }
+    states
+}
+
+/// Runs one measurement in a process of its own.
+fn measure(mode: &str, keys: u64, path: &Path) -> (Duration, usize, u64) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, format!("{mode} {keys} {}", path.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<u64> = text
+        .lines()
+        .last()
+        .unwrap()
+        .split(' ')
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (
+        Duration::from_micros(fields[0]),
+        fields[1] as usize,
+        fields[2],
+    )
+}
+
+/// The medians of a series of measurements.
+#[derive(Default)]
+struct Series(Vec<(Duration, usize, u64)>);
+
+impl Series {
+    fn median<T: Ord + Copy>(&self, field: impl Fn(&(Duration, usize, u64)) -> T) -> T {
+        let mut values: Vec<T> = self.0.iter().map(field).collect();
+        values.sort_unstable();
+        values[values.len() / 2]
+    }
+    fn ms(&self) -> f64 {
+        self.median(|m| m.0).as_secs_f64() * 1e3
+    }
+    fn mb(&self) -> f64 {
+        self.median(|m| m.1) as f64 / 1e6
+    }
+    fn mib(&self) -> f64 {
+        self.median(|m| m.2) as f64 / 1024.0
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        child(&spec);
+        return;
+    }
+    let sizes: Vec<u64> = std::env::var("BENCH_STATE_SIZES")
+        .unwrap_or_else(|_| "1000000,10000000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("BENCH_STATE_SIZES: numbers"))
+        .collect();
+    let runs: usize = env_or("BENCH_STATE_RUNS", 5);
+    let dir = tempfile::tempdir().unwrap();
+    for keys in sizes {
+        println!(
+            "## Keyed state of {keys} entries (u64 -> (WordCount,), bincode), median of {runs} runs\n"
+        );
+        let jobs = dir.path().join(format!("job-{keys}"));
+        let mut job = Series::default();
+        for _ in 0..runs {
+            job.0.push(measure("job", keys, &jobs));
+        }
+        let checkpoint = LocalStorage::new(&jobs);
+        let latest = exactly::storage::CheckpointStorage::latest(&checkpoint)
+            .unwrap()
+            .expect("the job completed a checkpoint");
+        let v1 = dir.path().join(format!("v1-{keys}"));
+        copy_as_format_1(&latest.path, &v1, &[keyed_id(&latest).as_str()]).unwrap();
+        let v1_file = keyed_file(&LocalStorage::open_checkpoint(&v1).unwrap());
+
+        let (mut enc_old, mut enc_new) = (Series::default(), Series::default());
+        let (mut old, mut new, mut new_on_v1) =
+            (Series::default(), Series::default(), Series::default());
+        for _ in 0..runs {
+            enc_old.0.push(measure("encode-old", keys, &v1_file));
+            enc_new.0.push(measure("encode-new", keys, &v1_file));
+            old.0.push(measure("restore-old", keys, &v1_file));
+            new.0.push(measure("restore-new", keys, &latest.path));
+            new_on_v1.0.push(measure("restore-new", keys, &v1));
+        }
+        println!("| | format 1, as before | format 2, this build | new / old |");
+        println!("|---|---|---|---|");
+        println!(
+            "| checkpoint in a running job (trigger to durable, incl. fsync) | | {:.1} ms | |",
+            job.ms()
+        );
+        println!(
+            "| job process peak memory (VmHWM, incl. the source's input) | | {:.0} MiB | |",
+            job.mib()
+        );
+        println!(
+            "| encode to the task-state file, in memory | {:.1} ms | {:.1} ms | {:.2} |",
+            enc_old.ms(),
+            enc_new.ms(),
+            enc_new.ms() / enc_old.ms()
+        );
+        println!(
+            "| encode: memory above the map | {:.0} MiB | {:.0} MiB | |",
+            enc_old.mib(),
+            enc_new.mib()
+        );
+        println!(
+            "| state file | {:.1} MB | {:.1} MB | {:.2} |",
+            enc_old.mb(),
+            enc_new.mb(),
+            enc_new.mb() / enc_old.mb()
+        );
+        println!(
+            "| restore: file to ready map | {:.1} ms | {:.1} ms | {:.2} |",
+            old.ms(),
+            new.ms(),
+            new.ms() / old.ms()
+        );
+        println!(
+            "| restore: process peak memory (VmHWM) | {:.0} MiB | {:.0} MiB | {:.2} |",
+            old.mib(),
+            new.mib(),
+            new.mib() / old.mib()
+        );
+        println!(
+            "| restore of a format 1 checkpoint by this build | | {:.1} ms, {:.0} MiB | {:.2} |\n",
+            new_on_v1.ms(),
+            new_on_v1.mib(),
+            new_on_v1.ms() / old.ms()
+        );
+        let _ = std::fs::remove_dir_all(&jobs);
+        let _ = std::fs::remove_dir_all(&v1);
+    }
+}
