@@ -14,7 +14,10 @@
 //!   runtime's path on the same checkpoint rewritten as version 1;
 //! - peak memory: every measurement runs in a process of its own; restores
 //!   report the process's `VmHWM`, encodes the rise of `VmHWM` above the
-//!   resident size before encoding (reset through `/proc/self/clear_refs`).
+//!   resident size before encoding (reset through `/proc/self/clear_refs`);
+//! - besides wall-clock time, the time the measuring thread spent on a CPU
+//!   (`/proc/thread-self/schedstat`), which on a shared machine leaves out
+//!   the time it waited for one.
 //!
 //! Runs alternate old and new so that ratios are measured side by side.
 //! `BENCH_STATE_SIZES` (comma-separated, default `1000000,10000000`) and
@@ -96,7 +99,35 @@ fn keyed_file(checkpoint: &CompletedCheckpoint) -> PathBuf {
     checkpoint.path.join(&handle.file)
 }
 
-/// One measurement, printed as `micros bytes kib` on stdout.
+/// One measurement: its wall-clock time, the time the measuring thread
+/// spent on a CPU, a size in bytes and a memory figure in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measurement {
+    wall: Duration,
+    cpu: Duration,
+    bytes: usize,
+    kib: u64,
+}
+
+/// Nanoseconds this thread has spent on a CPU, from
+/// `/proc/thread-self/schedstat`: unlike wall-clock time, it leaves out the
+/// time the thread waited for a CPU that other processes held.
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `work` and returns its wall-clock and on-CPU time.
+fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (cpu, wall) = (cpu_ns(), Instant::now());
+    let out = work();
+    let wall = wall.elapsed();
+    (out, wall, Duration::from_nanos(cpu_ns() - cpu))
+}
+
+/// One measurement, printed on stdout as `wall_us cpu_us bytes kib`.
 fn child(spec: &str) {
     let mut parts = spec.split(' ');
     let (mode, keys, path) = (
@@ -104,14 +135,15 @@ fn child(spec: &str) {
         parts.next().unwrap().parse::<u64>().unwrap(),
         PathBuf::from(parts.next().unwrap()),
     );
-    let (took, bytes, kib) = match mode {
+    let m = match mode {
         "job" => {
             let metrics = checkpoint_in_a_job(keys, &path);
-            (
-                Duration::from_micros(metrics.last_checkpoint_micros),
-                metrics.last_checkpoint_bytes as usize,
-                status_kib("VmHWM:"),
-            )
+            Measurement {
+                wall: Duration::from_micros(metrics.last_checkpoint_micros),
+                cpu: Duration::ZERO,
+                bytes: metrics.last_checkpoint_bytes as usize,
+                kib: status_kib("VmHWM:"),
+            }
         }
         "encode-old" => {
             let map: HashMap<u64, Value> = entries(keys).collect();
@@ -122,42 +154,56 @@ fn child(spec: &str) {
             encode_measured(|| map.task_state_file(Codec::Bincode, ELEMENT).unwrap())
         }
         "restore-old" => {
-            let started = Instant::now();
-            let restored = restore_format_1_as_before(&path);
-            let took = started.elapsed();
+            let (restored, wall, cpu) = timed(|| restore_format_1_as_before(&path));
             assert_eq!(restored.len() as u64, keys);
-            (took, 0, status_kib("VmHWM:"))
+            restored_measurement(wall, cpu)
         }
         "restore-new" => {
             let checkpoint = LocalStorage::open_checkpoint(&path).unwrap();
             let id = keyed_id(&checkpoint);
             drop(checkpoint);
-            let started = Instant::now();
-            let restored: KeyedStateMap<u64, Value> =
-                restore_keyed(&path, KEYED_STAGE, &id, 1, 0).unwrap();
-            let took = started.elapsed();
+            let (restored, wall, cpu) =
+                timed(|| restore_keyed::<u64, Value>(&path, KEYED_STAGE, &id, 1, 0).unwrap());
             assert_eq!(restored.len() as u64, keys);
-            (took, 0, status_kib("VmHWM:"))
+            restored_measurement(wall, cpu)
         }
         other => panic!("unknown mode {other}"),
     };
-    println!("{} {bytes} {kib}", took.as_micros());
+    println!(
+        "{} {} {} {}",
+        m.wall.as_micros(),
+        m.cpu.as_micros(),
+        m.bytes,
+        m.kib
+    );
+}
+
+/// A restore's times, with the process's peak resident size.
+fn restored_measurement(wall: Duration, cpu: Duration) -> Measurement {
+    Measurement {
+        wall,
+        cpu,
+        bytes: 0,
+        kib: status_kib("VmHWM:"),
+    }
 }
 
 /// Times `encode` and measures how far the process's peak resident size
 /// rises above its resident size before it.
-fn encode_measured(encode: impl FnOnce() -> Vec<u8>) -> (Duration, usize, u64) {
+fn encode_measured(encode: impl FnOnce() -> Vec<u8>) -> Measurement {
     let before = status_kib("VmRSS:");
     let resettable = reset_peak();
-    let started = Instant::now();
-    let file = encode();
-    let took = started.elapsed();
-    let rise = if resettable {
-        status_kib("VmHWM:").saturating_sub(before)
-    } else {
-        0
-    };
-    (took, file.len(), rise)
+    let (file, wall, cpu) = timed(encode);
+    Measurement {
+        wall,
+        cpu,
+        bytes: file.len(),
+        kib: if resettable {
+            status_kib("VmHWM:").saturating_sub(before)
+        } else {
+            0
+        },
+    }
 }
 
 /// A job whose keyed state grows to `keys` entries; returns the metrics
@@ -219,7 +265,7 @@ fn restore_format_1_as_before(file: &Path) -> HashMap<u64, Value> {
 }
 
 /// Runs one measurement in a process of its own.
-fn measure(mode: &str, keys: u64, path: &Path) -> (Duration, usize, u64) {
+fn measure(mode: &str, keys: u64, path: &Path) -> Measurement {
     let out = Command::new(std::env::current_exe().unwrap())
         .env(CHILD, format!("{mode} {keys} {}", path.display()))
         .output()
@@ -237,31 +283,44 @@ fn measure(mode: &str, keys: u64, path: &Path) -> (Duration, usize, u64) {
         .split(' ')
         .map(|f| f.parse().unwrap())
         .collect();
-    (
-        Duration::from_micros(fields[0]),
-        fields[1] as usize,
-        fields[2],
-    )
+    Measurement {
+        wall: Duration::from_micros(fields[0]),
+        cpu: Duration::from_micros(fields[1]),
+        bytes: fields[2] as usize,
+        kib: fields[3],
+    }
 }
 
 /// The medians of a series of measurements.
 #[derive(Default)]
-struct Series(Vec<(Duration, usize, u64)>);
+struct Series(Vec<Measurement>);
 
 impl Series {
-    fn median<T: Ord + Copy>(&self, field: impl Fn(&(Duration, usize, u64)) -> T) -> T {
+    fn median<T: Ord + Copy>(&self, field: impl Fn(&Measurement) -> T) -> T {
         let mut values: Vec<T> = self.0.iter().map(field).collect();
         values.sort_unstable();
         values[values.len() / 2]
     }
     fn ms(&self) -> f64 {
-        self.median(|m| m.0).as_secs_f64() * 1e3
+        self.median(|m| m.wall).as_secs_f64() * 1e3
+    }
+    fn cpu_ms(&self) -> f64 {
+        self.median(|m| m.cpu).as_secs_f64() * 1e3
     }
     fn mb(&self) -> f64 {
-        self.median(|m| m.1) as f64 / 1e6
+        self.median(|m| m.bytes) as f64 / 1e6
     }
     fn mib(&self) -> f64 {
-        self.median(|m| m.2) as f64 / 1024.0
+        self.median(|m| m.kib) as f64 / 1024.0
+    }
+    /// Every run's wall-clock time, for the spread.
+    fn runs_ms(&self) -> String {
+        let runs: Vec<String> = self
+            .0
+            .iter()
+            .map(|m| format!("{:.0}", m.wall.as_secs_f64() * 1e3))
+            .collect();
+        runs.join(" / ")
     }
 }
 
@@ -321,6 +380,12 @@ fn main() {
             enc_new.ms() / enc_old.ms()
         );
         println!(
+            "| encode: on-CPU time | {:.1} ms | {:.1} ms | {:.2} |",
+            enc_old.cpu_ms(),
+            enc_new.cpu_ms(),
+            enc_new.cpu_ms() / enc_old.cpu_ms()
+        );
+        println!(
             "| encode: memory above the map | {:.0} MiB | {:.0} MiB | |",
             enc_old.mib(),
             enc_new.mib()
@@ -338,14 +403,26 @@ fn main() {
             new.ms() / old.ms()
         );
         println!(
+            "| restore: on-CPU time | {:.1} ms | {:.1} ms | {:.2} |",
+            old.cpu_ms(),
+            new.cpu_ms(),
+            new.cpu_ms() / old.cpu_ms()
+        );
+        println!(
+            "| restore: every run, wall clock | {} ms | {} ms | |",
+            old.runs_ms(),
+            new.runs_ms()
+        );
+        println!(
             "| restore: process peak memory (VmHWM) | {:.0} MiB | {:.0} MiB | {:.2} |",
             old.mib(),
             new.mib(),
             new.mib() / old.mib()
         );
         println!(
-            "| restore of a format 1 checkpoint by this build | | {:.1} ms, {:.0} MiB | {:.2} |\n",
+            "| restore of a format 1 checkpoint by this build (on-CPU) | | {:.1} ms ({:.1} ms), {:.0} MiB | {:.2} |\n",
             new_on_v1.ms(),
+            new_on_v1.cpu_ms(),
             new_on_v1.mib(),
             new_on_v1.ms() / old.ms()
         );

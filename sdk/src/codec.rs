@@ -8,7 +8,7 @@
 //! checkpoint written with one codec stays readable after the default changes.
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 /// A serde format for state. The numeric id is stored in every snapshot
 /// header; never reuse an id.
@@ -132,14 +132,31 @@ impl Codec {
         bytes: &[u8],
         what: &str,
     ) -> Result<(T, usize), CodecError> {
+        self.decode_seed(std::marker::PhantomData::<T>, bytes, what)
+    }
+
+    /// Decodes the value at the start of `bytes` through `seed` and returns
+    /// it with the number of bytes it used; `what` names it in errors.
+    pub(crate) fn decode_seed<'de, T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+        bytes: &'de [u8],
+        what: &str,
+    ) -> Result<(T::Value, usize), CodecError> {
         let result = match self {
             Codec::Bincode => {
-                bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+                bincode::serde::seed_decode_from_slice(seed, bytes, bincode::config::standard())
                     .map_err(|e| e.to_string())
             }
-            Codec::Postcard => postcard::take_from_bytes::<T>(bytes)
-                .map(|(value, rest)| (value, bytes.len() - rest.len()))
-                .map_err(|e| e.to_string()),
+            Codec::Postcard => {
+                let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+                seed.deserialize(&mut deserializer)
+                    .and_then(|value| {
+                        let rest = deserializer.finalize()?;
+                        Ok((value, bytes.len() - rest.len()))
+                    })
+                    .map_err(|e| e.to_string())
+            }
         };
         result.map_err(|message| CodecError::Decode {
             what: what.to_owned(),

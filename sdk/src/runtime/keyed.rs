@@ -34,8 +34,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, Error as _, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::state_hasher::StateHasher;
 use crate::codec::{Codec, CodecError};
@@ -45,9 +46,6 @@ pub(crate) type KeyedState<K, S> = HashMap<K, S, StateHasher>;
 
 /// Size of the header in front of a map's entries (format version 2).
 const HEADER_LEN: usize = 24;
-
-/// How many entries are encoded before the output is sized for the rest.
-const SIZE_SAMPLE: usize = 256;
 
 /// How many keys of a subtask's own old map are checked against the
 /// routing before the rest is trusted.
@@ -64,14 +62,81 @@ pub(crate) fn encode<K: Serialize, S: Serialize>(
     out.extend_from_slice(&k0.to_le_bytes());
     out.extend_from_slice(&k1.to_le_bytes());
     out.extend_from_slice(&(states.len() as u64).to_le_bytes());
-    for (i, entry) in states.iter().enumerate() {
-        if i == SIZE_SAMPLE {
-            let per_entry = (out.len() - HEADER_LEN).div_ceil(SIZE_SAMPLE);
-            out.reserve((states.len() - i) * per_entry);
-        }
-        codec.encode_append(&entry, &mut out, id)?;
-    }
+    codec.encode_append(&InIterationOrder(states), &mut out, id)?;
     Ok(out)
+}
+
+/// A map's entries in iteration order, serialized as a tuple: for both
+/// codecs, the entries one after another with no count in front.
+struct InIterationOrder<'a, K, S>(&'a KeyedState<K, S>);
+
+impl<K: Serialize, S: Serialize> Serialize for InIterationOrder<'_, K, S> {
+    fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        let mut tuple = serializer.serialize_tuple(self.0.len())?;
+        for entry in self.0 {
+            tuple.serialize_element(&entry)?;
+        }
+        tuple.end()
+    }
+}
+
+/// Decodes `count` entries (a tuple, as [`InIterationOrder`] writes them)
+/// straight into `map`, keeping the keys `keep` accepts. With `checked`
+/// set, stops at the first of the first [`ROUTING_SAMPLE`] keys that
+/// `checked` rejects and yields `false`; keys after the sample are kept
+/// unchecked.
+struct Fill<'m, K, S> {
+    map: &'m mut KeyedState<K, S>,
+    count: u64,
+    keep: &'m dyn Fn(&K) -> bool,
+    checked: Option<&'m dyn Fn(&K) -> bool>,
+}
+
+impl<'de, K, S> DeserializeSeed<'de> for Fill<'_, K, S>
+where
+    K: Hash + Eq + Deserialize<'de>,
+    S: Deserialize<'de>,
+{
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        let len = usize::try_from(self.count)
+            .map_err(|_| D::Error::custom("the entry count does not fit in memory"))?;
+        deserializer.deserialize_tuple(len, self)
+    }
+}
+
+impl<'de, K, S> Visitor<'de> for Fill<'_, K, S>
+where
+    K: Hash + Eq + Deserialize<'de>,
+    S: Deserialize<'de>,
+{
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} keyed state entries", self.count)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        for i in 0..self.count {
+            let entry = seq
+                .next_element::<(K, S)>()
+                .map_err(|e| A::Error::custom(format_args!("entry {i} of {}: {e}", self.count)))?;
+            let Some((key, state)) = entry else {
+                return Err(A::Error::invalid_length(i as usize, &self));
+            };
+            if let Some(check) = self.checked
+                && (i as usize) < ROUTING_SAMPLE
+                && !check(&key)
+            {
+                return Ok(false);
+            }
+            if (self.keep)(&key) {
+                self.map.insert(key, state);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The map encoded in `bytes` (version 2 layout) as format version 1 wrote
@@ -159,10 +224,8 @@ impl<'a> Entries<'a> {
         })
     }
 
-    /// Decodes every entry into `map`, keeping the keys `keep` accepts.
-    /// With `checked` set, stops at the first of the first
-    /// [`ROUTING_SAMPLE`] keys that `checked` rejects and returns `false`;
-    /// keys after the sample are kept unchecked.
+    /// Decodes every entry into `map`, keeping the keys `keep` accepts;
+    /// see [`Fill`] for `checked` and the result.
     fn insert_into<K, S>(
         &self,
         map: &mut KeyedState<K, S>,
@@ -173,38 +236,25 @@ impl<'a> Entries<'a> {
         K: Hash + Eq + DeserializeOwned,
         S: DeserializeOwned,
     {
-        let mut rest = self.bytes;
-        for i in 0..self.count {
-            let ((key, state), used): ((K, S), usize) = self
-                .codec
-                .decode_prefix(rest, self.what)
-                .map_err(|e| match e {
-                CodecError::Decode { codec, message, .. } => CodecError::Decode {
-                    what: format!("{}, entry {i} of {}", self.what, self.count),
-                    codec,
-                    message,
-                },
-                other => other,
-            })?;
-            rest = &rest[used..];
-            if let Some(check) = checked
-                && (i as usize) < ROUTING_SAMPLE
-                && !check(&key)
-            {
-                return Ok(false);
-            }
-            if keep(&key) {
-                map.insert(key, state);
-            }
-        }
-        if !rest.is_empty() {
+        let fill = Fill {
+            map,
+            count: self.count,
+            keep,
+            checked,
+        };
+        let (complete, used) = self.codec.decode_seed(fill, self.bytes, self.what)?;
+        if complete && used != self.bytes.len() {
             return Err(CodecError::Decode {
                 what: self.what.to_owned(),
                 codec: self.codec,
-                message: format!("{} trailing bytes after {} entries", rest.len(), self.count),
+                message: format!(
+                    "{} trailing bytes after {} entries",
+                    self.bytes.len() - used,
+                    self.count
+                ),
             });
         }
-        Ok(true)
+        Ok(complete)
     }
 }
 
