@@ -10,10 +10,14 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::jobs::JobArgs;
 use crate::watch::Probe;
+
+/// How long a contender may take to stop after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(40);
 
 /// Linux reports process times in clock ticks of 1/100 s (`USER_HZ`, fixed
 /// at 100 for user space on every architecture Rust targets here).
@@ -200,9 +204,25 @@ impl Probe for Running {
 }
 
 impl Drop for Running {
+    /// Sends SIGTERM (the JVM contenders then stop cleanly and delete
+    /// their temporary files), and SIGKILL after [`STOP_GRACE`].
     fn drop(&mut self) {
-        // Already exited is fine: there is nothing left to stop.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        let deadline = Instant::now() + STOP_GRACE;
+        while terminated && Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        if let Err(e) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("kafka-bench: stopping {}: {e}", self.name);
+        }
     }
 }

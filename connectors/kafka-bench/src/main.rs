@@ -17,9 +17,11 @@
 //!    second and the process's CPU seconds per million records are taken
 //!    over that window;
 //! 2. **latency**: a paced producer writes `--live-rate` records per second
-//!    for `--live-seconds` into a new input topic; the visibility latency of
-//!    each record after the first `--warm-up-seconds` is the time it
-//!    became readable under `read_committed` minus the time it was sent.
+//!    into a new input topic, each stamped with its send time. Once the
+//!    contender's first output is visible, records sent after a further
+//!    `--warm-up-seconds` have their visibility latency measured for
+//!    `--live-seconds`: the time a record became readable under
+//!    `read_committed` minus the time it was sent.
 //!
 //! Every output is checked exactly-once as it is read (`watch`). The last
 //! line is
@@ -36,7 +38,7 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -46,7 +48,7 @@ use exactly_kafka::sink::DeliveryGuarantee;
 use crate::contender::{Contender, System};
 use crate::jobs::JobArgs;
 use crate::report::{Measurement, Report};
-use crate::watch::{Outcome, UNKNOWN, Watch, watch};
+use crate::watch::{Live, Outcome, UNKNOWN, Watch, watch};
 
 /// Side-by-side Kafka benchmark of exactly, a raw pipe, a hand-written
 /// transactional loop, Apache Flink and Kafka Streams.
@@ -96,13 +98,15 @@ struct RunArgs {
     /// line-up; `raw` is always kept, every ratio is to it).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Records per second of the latency phase's producer.
-    #[arg(long, default_value_t = 20_000)]
+    /// Records per second of the latency phase's producer (below every
+    /// contender's capacity on a 2-core machine, so latency is not queueing).
+    #[arg(long, default_value_t = 5_000)]
     live_rate: u64,
-    /// How long the latency phase's producer writes.
-    #[arg(long, default_value_t = 25)]
+    /// How long latency is measured, after the warm-up.
+    #[arg(long, default_value_t = 20)]
     live_seconds: u64,
-    /// Latency is measured only for records sent after this long.
+    /// Latency is measured only for records sent this long after the
+    /// contender's first output became visible.
     #[arg(long, default_value_t = 10)]
     warm_up_seconds: u64,
     /// Skip the latency phase.
@@ -210,7 +214,7 @@ fn throughput_phase(
         topic: &output,
         expected: Arc::new(AtomicU64::new(args.records)),
         window_from: args.records / 10,
-        latency_from_seq: u64::MAX,
+        live: None,
         stall: Duration::from_secs(args.stall_seconds),
     };
     watch(&spec, &mut running)
@@ -235,18 +239,14 @@ fn latency_phase(
         &logs.join(format!("{tag}-latency.log")),
     )?;
     let expected = Arc::new(AtomicU64::new(UNKNOWN));
+    let stop_at = Arc::new(AtomicI64::new(0));
     let producer = {
-        let (bootstrap, input, expected) =
-            (args.bootstrap.clone(), input.clone(), expected.clone());
-        let (keys, rate, seconds) = (args.keys, args.live_rate, args.live_seconds);
+        let (bootstrap, input) = (args.bootstrap.clone(), input.clone());
+        let (expected, stop_at) = (expected.clone(), stop_at.clone());
+        let (keys, rate) = (args.keys, args.live_rate);
+        let give_up = Duration::from_secs(args.stall_seconds);
         thread::spawn(move || {
-            let sent = workload::produce_paced(
-                &bootstrap,
-                &input,
-                keys,
-                rate,
-                Duration::from_secs(seconds),
-            );
+            let sent = workload::produce_paced(&bootstrap, &input, keys, rate, &stop_at, give_up);
             if let Ok(sent) = sent {
                 expected.store(sent, Ordering::Release);
             }
@@ -258,7 +258,11 @@ fn latency_phase(
         topic: &output,
         expected,
         window_from: u64::MAX,
-        latency_from_seq: args.live_rate * args.warm_up_seconds,
+        live: Some(Live {
+            warm_up: Duration::from_secs(args.warm_up_seconds),
+            measure: Duration::from_secs(args.live_seconds),
+            stop_at,
+        }),
         stall: Duration::from_secs(args.stall_seconds),
     };
     let outcome = watch(&spec, &mut running);

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -78,6 +78,19 @@ impl Outcome {
     }
 }
 
+/// The latency phase's clock, shared with the paced producer: latency is
+/// measured for records sent from `warm_up` after the first visible output
+/// on, and the producer stops `measure` later still.
+pub struct Live {
+    /// Start-up (and JIT warm-up) left out of the measurement.
+    pub warm_up: Duration,
+    /// How long latency is measured.
+    pub measure: Duration,
+    /// When the producer stops, in microseconds since the Unix epoch; 0
+    /// until the first output is visible. The watcher sets it.
+    pub stop_at: Arc<AtomicI64>,
+}
+
 /// What to watch for.
 pub struct Watch<'a> {
     /// The broker.
@@ -90,9 +103,8 @@ pub struct Watch<'a> {
     /// The measured window opens when this many distinct records are
     /// visible, and closes when all are (skips start-up and JIT warm-up).
     pub window_from: u64,
-    /// Records with a sequence number from this one on have their
-    /// visibility latency measured.
-    pub latency_from_seq: u64,
+    /// For the latency phase: what to measure once output appears.
+    pub live: Option<Live>,
     /// The longest time without a new visible record before the run fails.
     pub stall: Duration,
 }
@@ -106,6 +118,10 @@ fn parse(value: &[u8]) -> Option<(u64, i64, u64)> {
     fields.next().is_none().then_some((seq, micros, count))
 }
 
+fn micros_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// Reads the output until every expected record is visible (plus
 /// [`SETTLE`]), checking as it goes.
 pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String> {
@@ -114,6 +130,7 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
         .set("group.id", format!("{}-watch", spec.topic))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
         .create()
         .map_err(|e| format!("a read_committed consumer for {}: {e}", spec.bootstrap))?;
     let mut partitions = TopicPartitionList::new();
@@ -134,6 +151,7 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
     let mut window_open: Option<(Instant, Duration, u64)> = None;
     let mut last_progress = Instant::now();
     let mut complete_at: Option<Instant> = None;
+    let mut measure_from = i64::MAX;
     loop {
         let expected = spec.expected.load(Ordering::Acquire);
         if let Some(at) = complete_at
@@ -174,6 +192,11 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                 }
                 if distinct == 0 {
                     outcome.first_visible = started.elapsed();
+                    if let Some(live) = &spec.live {
+                        measure_from = now + micros_of(live.warm_up);
+                        live.stop_at
+                            .store(measure_from + micros_of(live.measure), Ordering::Release);
+                    }
                 }
                 let index = seq as usize;
                 if index >= seen.len() {
@@ -192,7 +215,7 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                     outcome.count_errors += 1;
                 }
                 *previous = count;
-                if seq >= spec.latency_from_seq {
+                if spec.live.is_some() && micros >= measure_from {
                     outcome.latencies_us.push(now - micros);
                 }
                 if window_open.is_none() && distinct >= spec.window_from {

@@ -9,6 +9,7 @@
 //! running count. The watcher (`watch`) relies on this format and nothing
 //! else. This module does not read output.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -140,19 +141,31 @@ pub fn preload(bootstrap: &str, topic: &str, records: u64, keys: u64) -> Result<
     Ok(())
 }
 
-/// Writes input records to `topic` at `rate` records per second for
-/// `duration`, each stamped with its send time. Returns how many it wrote.
+/// Writes input records to `topic` at `rate` records per second, each
+/// stamped with its send time, until the time in `stop_at` (microseconds
+/// since the Unix epoch; 0 means not set yet) has passed. Fails when
+/// `stop_at` is still unset after `give_up`. Returns how many it wrote.
 pub fn produce_paced(
     bootstrap: &str,
     topic: &str,
     keys: u64,
     rate: u64,
-    duration: Duration,
+    stop_at: &AtomicI64,
+    give_up: Duration,
 ) -> Result<u64, String> {
     let producer = producer(bootstrap, false)?;
     let started = Instant::now();
     let mut seq = 0;
-    while started.elapsed() < duration {
+    loop {
+        let stop = stop_at.load(Ordering::Acquire);
+        if stop != 0 && now_micros() >= stop {
+            break;
+        }
+        if stop == 0 && started.elapsed() > give_up {
+            return Err(format!(
+                "no output appeared within {give_up:?} of writing to `{topic}`"
+            ));
+        }
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while seq < due {
             send(&producer, topic, keys, seq)?;
