@@ -12,6 +12,9 @@
 //!   runtime ran before format version 2, kept here) on a version 1 file,
 //!   the runtime's path on the job's version 2 checkpoint, and the
 //!   runtime's path on the same checkpoint rewritten as version 1;
+//! - a whole job's restore (the metric `last_restore_micros`: loading the
+//!   checkpoint and building every subtask with its state) with the keyed
+//!   stage on one subtask and on two;
 //! - peak memory: every measurement runs in a process of its own; restores
 //!   report the process's `VmHWM`, encodes the rise of `VmHWM` above the
 //!   resident size before encoding (reset through `/proc/self/clear_refs`);
@@ -136,12 +139,25 @@ fn child(spec: &str) {
         PathBuf::from(parts.next().unwrap()),
     );
     let m = match mode {
-        "job" => {
-            let metrics = checkpoint_in_a_job(keys, &path);
+        "job" | "job-p2" => {
+            let parallelism = if mode == "job" { 1 } else { 2 };
+            let _ = std::fs::remove_dir_all(&path);
+            let metrics = run_job(keys, &path, parallelism);
             Measurement {
                 wall: Duration::from_micros(metrics.last_checkpoint_micros),
                 cpu: Duration::ZERO,
                 bytes: metrics.last_checkpoint_bytes as usize,
+                kib: status_kib("VmHWM:"),
+            }
+        }
+        "resume" | "resume-p2" => {
+            let parallelism = if mode == "resume" { 1 } else { 2 };
+            let metrics = run_job(keys, &path, parallelism);
+            assert_eq!(metrics.records_in, 0, "the job did not resume at the end");
+            Measurement {
+                wall: Duration::from_micros(metrics.last_restore_micros),
+                cpu: Duration::ZERO,
+                bytes: 0,
                 kib: status_kib("VmHWM:"),
             }
         }
@@ -206,10 +222,10 @@ fn encode_measured(encode: impl FnOnce() -> Vec<u8>) -> Measurement {
     }
 }
 
-/// A job whose keyed state grows to `keys` entries; returns the metrics
-/// of its final checkpoint.
-fn checkpoint_in_a_job(keys: u64, checkpoints: &Path) -> exactly::MetricsSnapshot {
-    let _ = std::fs::remove_dir_all(checkpoints);
+/// A job whose keyed state, on `parallelism` subtasks, grows to `keys`
+/// entries, resuming from the newest checkpoint in `checkpoints` if there
+/// is one; returns its metrics.
+fn run_job(keys: u64, checkpoints: &Path, parallelism: usize) -> exactly::MetricsSnapshot {
     let job = Job::new(
         "state",
         JobConfig::new()
@@ -218,6 +234,7 @@ fn checkpoint_in_a_job(keys: u64, checkpoints: &Path) -> exactly::MetricsSnapsho
     );
     job.source(VecSource::new((0..keys).collect::<Vec<_>>()))
         .key_by(|k: &u64| *k)
+        .parallelism(parallelism)
         .operator(tally)
         .sink(DiscardSink::new());
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -225,8 +242,8 @@ fn checkpoint_in_a_job(keys: u64, checkpoints: &Path) -> exactly::MetricsSnapsho
 }
 
 /// The task-state file format version 1 wrote for a subtask whose only
-/// state is `map` under [`ELEMENT`]: the map through serde, the element list with each
-/// element's bytes as a `Vec<u8>`, framed with version 1.
+/// state is `map` under [`ELEMENT`]: the map through serde, the element
+/// list with each element's bytes as a `Vec<u8>`, framed with version 1.
 fn encode_format_1(map: &HashMap<u64, Value>) -> Vec<u8> {
     let codec = Codec::Bincode;
     let entries = vec![(ELEMENT.to_owned(), codec.encode(map, ELEMENT).unwrap())];
@@ -356,7 +373,16 @@ fn main() {
         let (mut enc_old, mut enc_new) = (Series::default(), Series::default());
         let (mut old, mut new, mut new_on_v1) =
             (Series::default(), Series::default(), Series::default());
+        let (resume_p1, resume_p2) = (
+            dir.path().join(format!("resume-{keys}")),
+            dir.path().join(format!("resume-p2-{keys}")),
+        );
+        measure("job", keys, &resume_p1);
+        measure("job-p2", keys, &resume_p2);
+        let (mut job_p1, mut job_p2) = (Series::default(), Series::default());
         for _ in 0..runs {
+            job_p1.0.push(measure("resume", keys, &resume_p1));
+            job_p2.0.push(measure("resume-p2", keys, &resume_p2));
             enc_old.0.push(measure("encode-old", keys, &v1_file));
             enc_new.0.push(measure("encode-new", keys, &v1_file));
             old.0.push(measure("restore-old", keys, &v1_file));
@@ -420,13 +446,20 @@ fn main() {
             new.mib() / old.mib()
         );
         println!(
-            "| restore of a format 1 checkpoint by this build (on-CPU) | | {:.1} ms ({:.1} ms), {:.0} MiB | {:.2} |\n",
+            "| restore of a format 1 checkpoint by this build (on-CPU) | | {:.1} ms ({:.1} ms), {:.0} MiB | {:.2} |",
             new_on_v1.ms(),
             new_on_v1.cpu_ms(),
             new_on_v1.mib(),
             new_on_v1.ms() / old.ms()
         );
+        println!(
+            "| restore of the whole job, one keyed subtask / two (`last_restore_micros`) | | {:.1} ms / {:.1} ms | |\n",
+            job_p1.ms(),
+            job_p2.ms()
+        );
         let _ = std::fs::remove_dir_all(&jobs);
+        let _ = std::fs::remove_dir_all(&resume_p1);
+        let _ = std::fs::remove_dir_all(&resume_p2);
         let _ = std::fs::remove_dir_all(&v1);
     }
 }

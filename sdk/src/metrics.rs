@@ -13,6 +13,7 @@ pub struct JobMetrics {
     pub(crate) last_checkpoint_id: AtomicU64,
     pub(crate) last_checkpoint_micros: AtomicU64,
     pub(crate) last_checkpoint_bytes: AtomicU64,
+    pub(crate) last_restore_micros: AtomicU64,
     pub(crate) transactions_committed: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) restarts: AtomicU64,
@@ -39,6 +40,11 @@ pub struct MetricsSnapshot {
     pub last_checkpoint_micros: u64,
     /// Total size of the last completed checkpoint's state files.
     pub last_checkpoint_bytes: u64,
+    /// Duration of the last restore, in microseconds: from the start of an
+    /// attempt that restores a checkpoint to every subtask built with its
+    /// state (reading and checking the files, rebuilding the state). Zero
+    /// until an attempt restores.
+    pub last_restore_micros: u64,
     /// Sink transactions committed.
     pub transactions_committed: u64,
     /// Sink commits that failed (each one also failed the job).
@@ -59,6 +65,7 @@ impl JobMetrics {
             last_checkpoint_id: get(&self.last_checkpoint_id),
             last_checkpoint_micros: get(&self.last_checkpoint_micros),
             last_checkpoint_bytes: get(&self.last_checkpoint_bytes),
+            last_restore_micros: get(&self.last_restore_micros),
             transactions_committed: get(&self.transactions_committed),
             commit_failures: get(&self.commit_failures),
             restarts: get(&self.restarts),

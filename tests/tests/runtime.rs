@@ -303,10 +303,10 @@ fn a_checkpoint_in_the_previous_format_version_restores() {
     assert_eq!(reopened.metadata, latest.metadata);
     // Committed output before the stop ends at the checkpoint it resumes
     // from; the counts continue from the rewritten state.
-    wordcount_like(config(dir.path()), records, 2, sink.clone())
-        .run()
-        .unwrap();
+    let job = wordcount_like(config(dir.path()), records, 2, sink.clone());
+    let metrics = runtime().block_on(async { job.spawn().unwrap().join().await.unwrap() });
     assert_exactly_once(&sink.committed(), records);
+    assert!(metrics.last_restore_micros > 0, "the restore was not timed");
 }
 
 #[test]

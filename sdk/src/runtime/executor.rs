@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::watch;
@@ -185,6 +186,7 @@ impl Executor {
         stages: &[StageMetadata],
     ) -> Result<(), Failure> {
         let codec = self.config.codec;
+        let restore_started = Instant::now();
         let restored = match &restore {
             Some(checkpoint) => {
                 let checkpoint = checkpoint.clone();
@@ -280,6 +282,12 @@ impl Executor {
                 names.insert(handle.id(), name);
                 expected_acks += 1;
             }
+        }
+        if restore.is_some() {
+            JobMetrics::set(
+                &self.metrics.last_restore_micros,
+                restore_started.elapsed().as_micros() as u64,
+            );
         }
         drop(link);
 
