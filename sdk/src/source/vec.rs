@@ -43,8 +43,15 @@ pub struct VecPosition {
 impl<T> VecSource<T> {
     /// A source over `items`.
     pub fn new(items: impl Into<Vec<T>>) -> Self {
+        Self::shared(Arc::new(items.into()))
+    }
+
+    /// A source over `items` shared with the caller, who keeps them (for
+    /// example to run several jobs over the same records without copying
+    /// them, or to free them on its own thread).
+    pub fn shared(items: Arc<Vec<T>>) -> Self {
         VecSource {
-            items: Arc::new(items.into()),
+            items,
             subtask: 0,
             parallelism: 1,
             next: 0,
