@@ -89,10 +89,9 @@ impl<T> Emitter<T> {
         std::mem::take(&mut self.buffer)
     }
 
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
-        Emitter {
-            buffer: Vec::with_capacity(capacity),
-        }
+    /// The buffer itself, for the runtime to hand down and refill.
+    pub(crate) fn buffer(&mut self) -> &mut Vec<T> {
+        &mut self.buffer
     }
 }
 

@@ -22,8 +22,8 @@ use super::message::{Barrier, Message};
 /// What the gate hands to its task.
 #[derive(Debug)]
 pub(crate) enum GateEvent<T> {
-    /// A batch from one input.
-    Batch(Vec<T>),
+    /// A batch from input `input`.
+    Batch { input: usize, records: Vec<T> },
     /// Every live input has delivered this barrier.
     Barrier(Barrier),
     /// Every input has ended.
@@ -83,7 +83,7 @@ impl<T> InputGate<T> {
             }
             let (input, message) = self.recv_any().await;
             match message {
-                Some(Message::Batch(batch)) => return Ok(GateEvent::Batch(batch)),
+                Some(Message::Batch(records)) => return Ok(GateEvent::Batch { input, records }),
                 Some(Message::Barrier(barrier)) => {
                     match self.aligning {
                         None => self.aligning = Some(barrier),
@@ -162,7 +162,7 @@ mod tests {
         let mut out = Vec::new();
         for _ in 0..count {
             out.push(match gate.next().await.unwrap() {
-                GateEvent::Batch(b) => format!("{b:?}"),
+                GateEvent::Batch { records, .. } => format!("{records:?}"),
                 GateEvent::Barrier(b) => format!("B{}", b.checkpoint_id),
                 GateEvent::End => "End".into(),
             });

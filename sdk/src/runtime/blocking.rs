@@ -49,7 +49,7 @@ impl BlockingCalls {
             f()
         });
         handle.await.map_err(|e| match e.try_into_panic() {
-            Ok(payload) => format!("{what} panicked: {}", panic_message(payload.as_ref())),
+            Ok(payload) => panicked(what, payload.as_ref()),
             Err(_) => format!("{what} was cancelled"),
         })
     }
@@ -82,6 +82,11 @@ impl BlockingCalls {
             notified.await;
         }
     }
+}
+
+/// The error message of a call `what` that panicked with `payload`.
+pub(crate) fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> String {
+    format!("{what} panicked: {}", panic_message(payload))
 }
 
 /// The message of a panic payload.

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,13 +32,47 @@ use crate::storage::frame;
 /// be chained as trait objects.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What [`Pipe::push`] returns: the result, when the batch went down the
+/// chain without waiting (operators, a queue with room, a sink that runs
+/// inline), or a boxed future for an element that has to wait. The common
+/// case allocates nothing per batch.
+pub(crate) enum PushFuture<'a> {
+    /// Done; taken when polled.
+    Ready(Option<Result<()>>),
+    /// Waiting for a queue or a blocking call.
+    Waiting(BoxFuture<'a, Result<()>>),
+}
+
+impl PushFuture<'_> {
+    /// A push that is already done.
+    pub(crate) fn ready(result: Result<()>) -> Self {
+        PushFuture::Ready(Some(result))
+    }
+}
+
+impl Future for PushFuture<'_> {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut *self {
+            PushFuture::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("a push future polled after it completed"),
+            ),
+            PushFuture::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// One element of a chain. Each method handles its own part, then passes
 /// the call on to the next element.
 pub(crate) trait Pipe<T>: Send {
     /// Prepares the element (restore, recovery) before the first record.
     fn open(&mut self) -> BoxFuture<'_, Result<()>>;
-    /// Processes a batch.
-    fn push(&mut self, batch: Vec<T>) -> BoxFuture<'_, Result<()>>;
+    /// Processes a batch: takes every record out of `batch` and leaves it
+    /// empty, so that the caller fills the same allocation again.
+    fn push<'a>(&'a mut self, batch: &'a mut Vec<T>) -> PushFuture<'a>;
     /// Snapshots the element's state into `snapshot`, then forwards the
     /// barrier.
     fn barrier<'a>(
@@ -192,6 +227,8 @@ pub(crate) struct OperatorPipe<O: Operator, K> {
     op: O,
     scope: Scope<O, K>,
     task: String,
+    /// The output batch, handed down and then filled again.
+    out: Emitter<O::Out>,
     down: Box<dyn Pipe<O::Out>>,
 }
 
@@ -222,6 +259,7 @@ impl<O: Operator> OperatorPipe<O, ()> {
             op,
             scope: Scope::Unkeyed(O::State::default()),
             task: env.task_name(),
+            out: Emitter::new(),
             down,
         }
     }
@@ -245,23 +283,27 @@ impl<O: Operator, K: Key> OperatorPipe<O, K> {
             op,
             scope: Scope::Keyed { key, states, id },
             task: env.task_name(),
+            out: Emitter::new(),
             down,
         })
     }
 
-    fn process(&mut self, batch: Vec<O::In>) -> Result<Vec<O::Out>> {
-        let mut out = Emitter::with_capacity(batch.len());
+    /// Runs the operator over `batch` (leaving it empty) into `self.out`.
+    fn process(&mut self, batch: &mut Vec<O::In>) -> Result<()> {
+        let out = &mut self.out;
         let result = match &mut self.scope {
             Scope::Unkeyed(state) => batch
-                .into_iter()
-                .try_for_each(|record| self.op.process(record, state, &mut out)),
-            Scope::Keyed { key, states, .. } => batch.into_iter().try_for_each(|record| {
+                .drain(..)
+                .try_for_each(|record| self.op.process(record, state, out)),
+            Scope::Keyed { key, states, .. } => batch.drain(..).try_for_each(|record| {
                 let state = states.entry(key(&record)).or_default();
-                self.op.process(record, state, &mut out)
+                self.op.process(record, state, out)
             }),
         };
-        result.map_err(|e| operator_error(&self.task, O::NAME, e))?;
-        Ok(out.take())
+        result.map_err(|e| {
+            out.buffer().clear();
+            operator_error(&self.task, O::NAME, e)
+        })
     }
 }
 
@@ -270,11 +312,11 @@ impl<O: Operator, K: Key> Pipe<O::In> for OperatorPipe<O, K> {
         self.down.open()
     }
 
-    fn push(&mut self, batch: Vec<O::In>) -> BoxFuture<'_, Result<()>> {
+    fn push<'a>(&'a mut self, batch: &'a mut Vec<O::In>) -> PushFuture<'a> {
         match self.process(batch) {
-            Ok(out) if out.is_empty() => Box::pin(async { Ok(()) }),
-            Ok(out) => self.down.push(out),
-            Err(e) => Box::pin(async move { Err(e) }),
+            Ok(()) if self.out.emitted().is_empty() => PushFuture::ready(Ok(())),
+            Ok(()) => self.down.push(self.out.buffer()),
+            Err(e) => PushFuture::ready(Err(e)),
         }
     }
 

@@ -190,9 +190,12 @@ pub(crate) async fn run_source<S: Source>(
                     SourcePoll::Data => {
                         if !batch.is_empty() {
                             JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
-                            let full =
-                                std::mem::replace(&mut batch, Vec::with_capacity(env.batch_size));
-                            pipe.push(full).await?;
+                            pipe.push(&mut batch).await?;
+                            batch.reserve(env.batch_size);
+                            // A chain that never waits (a queue with room,
+                            // an inline sink) still lets other tasks and
+                            // timers (the checkpoint trigger) run.
+                            tokio::task::yield_now().await;
                         }
                         None
                     }
@@ -264,7 +267,13 @@ pub(crate) async fn run_gate<T: Send + 'static>(
     env: SubtaskEnv,
     mut pipe: Box<dyn Pipe<T>>,
 ) -> Result<()> {
-    let mut input = InputGate::new(env.gates.get::<T>(gate).take_receivers(env.ctx.index));
+    let (receivers, pools): (Vec<_>, Vec<_>) = env
+        .gates
+        .get::<T>(gate)
+        .take_receivers(env.ctx.index)
+        .into_iter()
+        .unzip();
+    let mut input = InputGate::new(receivers);
     pipe.open().await?;
     let mut completed = env.link.completed.clone();
     let mut coordinator_alive = true;
@@ -283,11 +292,15 @@ pub(crate) async fn run_gate<T: Send + 'static>(
             event = input.next() => event.map_err(|e| task_error(&env, "reading inputs")(e.into()))?,
         };
         match event {
-            GateEvent::Batch(batch) => {
+            GateEvent::Batch {
+                input: from,
+                mut records,
+            } => {
                 if let Some(checkpoint) = input.aligning() {
                     env.fault(FaultPoint::DuringAlignment { checkpoint })?;
                 }
-                pipe.push(batch).await?;
+                pipe.push(&mut records).await?;
+                pools[from].give(records);
             }
             GateEvent::Barrier(barrier) => {
                 let mut snapshot = SnapshotWriter::new(env.codec);

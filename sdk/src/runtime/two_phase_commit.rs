@@ -8,7 +8,9 @@
 //! own what a transaction is: that is the sink.
 //!
 //! Every sink call runs on the blocking pool through
-//! [`super::blocking::BlockingCalls`].
+//! [`super::blocking::BlockingCalls`], except those of a sink that declares
+//! that it never blocks ([`TwoPhaseCommitSink::may_block`]): they run
+//! inline, in the same order, with panics caught and reported the same way.
 //!
 //! After committing, a subtask records in checkpoint storage the checkpoint
 //! up to which it has committed (a commit marker). A restore does not commit
@@ -18,13 +20,14 @@
 //! although nothing was lost.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::blocking::BlockingCalls;
-use super::chain::{BoxFuture, Pipe, SnapshotWriter};
+use super::blocking::{BlockingCalls, panicked};
+use super::chain::{BoxFuture, Pipe, PushFuture, SnapshotWriter};
 use super::env::SubtaskEnv;
 use super::message::Barrier;
 use crate::error::{Error, Result};
@@ -40,6 +43,12 @@ struct SinkState<T> {
     pending: Vec<(u64, T)>,
     current: Option<T>,
 }
+
+/// What a sink's `write` call hands back: the transaction, and the result.
+type Written<S> = (
+    <S as TwoPhaseCommitSink>::Transaction,
+    Result<(), crate::BoxError>,
+);
 
 /// The commit markers of one sink stage in checkpoint storage.
 struct CommitMarkers {
@@ -83,6 +92,9 @@ impl CommitMarkers {
 /// Drives one sink subtask through the two-phase-commit lifecycle.
 pub(crate) struct TwoPhaseCommitDriver<S: TwoPhaseCommitSink> {
     sink: Option<S>,
+    /// The sink never blocks: its calls run inline, not on the blocking
+    /// pool.
+    inline: bool,
     id: String,
     task: String,
     ctx: SinkContext,
@@ -124,6 +136,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         }
         let transaction_timeout = sink.transaction_timeout();
         Ok(TwoPhaseCommitDriver {
+            inline: !sink.may_block(),
             transaction_timeout,
             checkpoint_timeout: env.link.checkpoint_timeout,
             current_began: Instant::now(),
@@ -155,17 +168,17 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         self.faults.check(point, Some(&self.task), self.attempt)
     }
 
-    /// Runs `f` with the sink on the blocking pool.
+    /// Runs `f` with the sink: on the blocking pool, or inline if the sink
+    /// never blocks.
     async fn call<R, F>(&mut self, phase: &'static str, f: F) -> Result<R>
     where
         F: FnOnce(&mut S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let mut sink = self.sink.take().ok_or_else(|| Error::Task {
-            task: self.task.clone(),
-            phase,
-            source: "the sink was lost by an earlier failed call".into(),
-        })?;
+        if self.inline {
+            return self.call_inline(phase, f);
+        }
+        let mut sink = self.take_sink(phase)?;
         let (sink, result) = self
             .blocking
             .run(phase, move || {
@@ -180,6 +193,32 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             })?;
         self.sink = Some(sink);
         Ok(result)
+    }
+
+    /// Runs `f` with the sink on this thread. A panic is an error, as on the
+    /// blocking pool, and loses the sink as it does there.
+    fn call_inline<R>(&mut self, phase: &'static str, f: impl FnOnce(&mut S) -> R) -> Result<R> {
+        let mut sink = self.take_sink(phase)?;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut sink)));
+        match result {
+            Ok(result) => {
+                self.sink = Some(sink);
+                Ok(result)
+            }
+            Err(payload) => Err(Error::Task {
+                task: self.task.clone(),
+                phase,
+                source: panicked(phase, payload.as_ref()).into(),
+            }),
+        }
+    }
+
+    fn take_sink(&mut self, phase: &'static str) -> Result<S> {
+        self.sink.take().ok_or_else(|| Error::Task {
+            task: self.task.clone(),
+            phase,
+            source: "the sink was lost by an earlier failed call".into(),
+        })
     }
 
     fn failed(&self, phase: &'static str) -> impl FnOnce(crate::BoxError) -> Error + '_ {
@@ -310,16 +349,39 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         self.begin(self.first_checkpoint).await
     }
 
+    /// Writes `batch` into the open transaction on the blocking pool.
     async fn write(&mut self, batch: Vec<S::Item>) -> Result<()> {
-        self.guard_lifetimes()?;
         let n = batch.len() as u64;
+        let call = self.write_call(batch)?;
+        let written = self.call("write", call).await?;
+        self.wrote(n, written)
+    }
+
+    /// Writes `batch` into the open transaction inline (a sink that never
+    /// blocks), without a future per batch.
+    fn write_inline(&mut self, batch: Vec<S::Item>) -> Result<()> {
+        let n = batch.len() as u64;
+        let call = self.write_call(batch)?;
+        let written = self.call_inline("write", call)?;
+        self.wrote(n, written)
+    }
+
+    /// The sink call that writes `batch` into the open transaction and
+    /// hands the transaction back.
+    fn write_call(
+        &mut self,
+        batch: Vec<S::Item>,
+    ) -> Result<impl FnOnce(&mut S) -> Written<S> + Send + 'static> {
+        self.guard_lifetimes()?;
         let mut txn = self.take_current("write")?;
-        let (txn, result) = self
-            .call("write", move |s| {
-                let result = s.write(&mut txn, batch);
-                (txn, result)
-            })
-            .await?;
+        Ok(move |s: &mut S| {
+            let result = s.write(&mut txn, batch);
+            (txn, result)
+        })
+    }
+
+    /// Takes the transaction back from a write of `n` records.
+    fn wrote(&mut self, n: u64, (txn, result): Written<S>) -> Result<()> {
         self.current = Some(txn);
         result.map_err(self.failed("write"))?;
         JobMetrics::add(&self.metrics.records_out, n);
@@ -406,9 +468,15 @@ impl<S: TwoPhaseCommitSink> Drop for TwoPhaseCommitDriver<S> {
     /// Drops the sink on the blocking pool: dropping may block (an rdkafka
     /// producer flushes for up to 500 ms), and an aborted attempt drops its
     /// tasks on the async workers. The restart waits for it, so an old
-    /// producer is gone before recovery begins.
+    /// producer is gone before recovery begins. A sink that never blocks is
+    /// dropped here.
     fn drop(&mut self) {
-        if let Some(sink) = self.sink.take() {
+        let Some(sink) = self.sink.take() else {
+            return;
+        };
+        if self.inline {
+            drop(sink);
+        } else {
             self.blocking.detach(move || drop(sink));
         }
     }
@@ -419,8 +487,17 @@ impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
         Box::pin(self.open_and_recover())
     }
 
-    fn push(&mut self, batch: Vec<S::Item>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.write(batch))
+    fn push<'a>(&'a mut self, batch: &'a mut Vec<S::Item>) -> PushFuture<'a> {
+        // The sink's `write` takes the batch by value: it gets the records
+        // in a vector of their own size, and the caller keeps the
+        // allocation it fills batch after batch.
+        let mut records = Vec::with_capacity(batch.len());
+        records.append(batch);
+        if self.inline {
+            PushFuture::ready(self.write_inline(records))
+        } else {
+            PushFuture::Waiting(Box::pin(self.write(records)))
+        }
     }
 
     fn barrier<'a>(
@@ -451,12 +528,19 @@ mod tests_support {
 
     use super::*;
 
+    /// A record that makes [`Recorder::write`] panic.
+    pub(super) const CURSED: u32 = 13;
+
     /// A sink that logs every call; a transaction is the checkpoint id it
     /// was begun for.
     #[derive(Clone, Default)]
     pub(super) struct Recorder {
         pub(super) log: Arc<Mutex<Vec<String>>>,
         pub(super) failing_commits: Arc<AtomicU32>,
+        /// Declares that the sink never blocks, so that it is called inline.
+        pub(super) never_blocks: bool,
+        /// The threads `write` was called on.
+        pub(super) write_threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
     }
 
     impl Recorder {
@@ -475,11 +559,19 @@ mod tests_support {
         fn name(&self) -> String {
             "recorder".into()
         }
+        fn may_block(&self) -> bool {
+            !self.never_blocks
+        }
         fn begin_transaction(&mut self, checkpoint_id: u64) -> Result<u64, crate::BoxError> {
             self.note(format!("begin {checkpoint_id}"));
             Ok(checkpoint_id)
         }
         fn write(&mut self, txn: &mut u64, batch: Vec<u32>) -> Result<(), crate::BoxError> {
+            self.write_threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            assert!(!batch.contains(&CURSED), "record {CURSED} is cursed");
             self.note(format!("write {txn} {batch:?}"));
             Ok(())
         }
@@ -533,9 +625,62 @@ mod tests_support {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::tests_support::{Recorder, restored_from};
+    use super::tests_support::{CURSED, Recorder, restored_from};
     use super::*;
     use crate::codec::Codec;
+
+    fn recorder(never_blocks: bool) -> Recorder {
+        Recorder {
+            never_blocks,
+            ..Recorder::default()
+        }
+    }
+
+    /// A driver of `sink`, opened.
+    async fn opened(sink: &Recorder, env: &SubtaskEnv) -> TwoPhaseCommitDriver<Recorder> {
+        let mut driver = TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), env).unwrap();
+        driver.open().await.unwrap();
+        driver
+    }
+
+    #[tokio::test]
+    async fn a_sink_that_never_blocks_is_called_inline_in_the_same_order() {
+        for never_blocks in [false, true] {
+            let sink = recorder(never_blocks);
+            let mut driver = opened(&sink, &SubtaskEnv::for_tests(None, 1)).await;
+            driver.push(&mut vec![1, 2]).await.unwrap();
+            barrier(&mut driver, 1).await;
+            driver.checkpoint_complete(1).await.unwrap();
+            driver.end().await.unwrap();
+            let log = sink.take();
+            assert_eq!(log[..2], ["begin 1", "write 1 [1, 2]"]);
+            assert_eq!(log[2..], ["pre-commit 1", "begin 2", "commit 1", "abort 2"]);
+            let here = std::thread::current().id();
+            let threads = sink.write_threads.lock().unwrap().clone();
+            assert_eq!(
+                threads.iter().all(|t| *t == here),
+                never_blocks,
+                "write ran on {threads:?}, the test on {here:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_sink_call_is_the_same_error_inline_and_on_the_blocking_pool() {
+        let mut errors = Vec::new();
+        for never_blocks in [false, true] {
+            let sink = recorder(never_blocks);
+            let mut driver = opened(&sink, &SubtaskEnv::for_tests(None, 1)).await;
+            let err = driver.push(&mut vec![CURSED]).await.unwrap_err();
+            errors.push(err.to_string());
+        }
+        assert_eq!(errors[0], errors[1]);
+        assert!(
+            errors[1].ends_with(&format!("write panicked: record {CURSED} is cursed")),
+            "{}",
+            errors[1]
+        );
+    }
 
     async fn barrier(driver: &mut TwoPhaseCommitDriver<Recorder>, id: u64) -> SnapshotWriter {
         let mut snapshot = SnapshotWriter::new(Codec::Bincode);
@@ -549,13 +694,10 @@ mod tests {
     #[tokio::test]
     async fn a_late_notification_commits_every_pending_transaction_up_to_it_in_order() {
         let sink = Recorder::default();
-        let env = SubtaskEnv::for_tests(None, 1);
-        let mut driver =
-            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
-        driver.open().await.unwrap();
-        driver.push(vec![1, 2]).await.unwrap();
+        let mut driver = opened(&sink, &SubtaskEnv::for_tests(None, 1)).await;
+        driver.push(&mut vec![1, 2]).await.unwrap();
         barrier(&mut driver, 1).await;
-        driver.push(vec![3]).await.unwrap();
+        driver.push(&mut vec![3]).await.unwrap();
         barrier(&mut driver, 2).await;
         barrier(&mut driver, 3).await;
         assert_eq!(

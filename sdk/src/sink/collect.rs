@@ -95,6 +95,12 @@ where
         "collect".into()
     }
 
+    /// In memory: its only lock is held for the length of a commit's
+    /// append.
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -40,6 +40,10 @@ impl<T: Send + 'static> TwoPhaseCommitSink for DiscardSink<T> {
         "discard".into()
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn begin_transaction(&mut self, _checkpoint_id: u64) -> Result<(), BoxError> {
         Ok(())
     }

@@ -31,7 +31,10 @@
 //!    `recover_and_commit` must therefore be idempotent.
 //!
 //! Every method may block: the runtime calls them on tokio's blocking pool,
-//! never on the async executor.
+//! never on the async executor, unless the sink declares with
+//! [`may_block`](TwoPhaseCommitSink::may_block) that its calls never block
+//! (the in-memory [`DiscardSink`] and [`CollectSink`]); those run inline, on
+//! the task's own worker.
 
 mod collect;
 mod discard;
@@ -97,6 +100,18 @@ pub trait TwoPhaseCommitSink: Clone + Send + 'static {
     /// checkpoint, before a transaction could outlive it uncommitted.
     fn transaction_timeout(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Whether a call of this sink (any method below, or dropping it) may
+    /// block its thread: wait for I/O, for a lock that another thread holds
+    /// for long, or sleep. The runtime runs the calls of a sink that may
+    /// block on tokio's blocking pool, one hop there and back per call
+    /// (every batch is one `write`); it runs those of a sink that never
+    /// blocks inline on the task's worker thread, in the same order. The
+    /// default is `true`; return `false` only if every call returns
+    /// promptly on its own.
+    fn may_block(&self) -> bool {
+        true
     }
 
     /// Prepares the subtask, before any recovery call.
