@@ -12,6 +12,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::frame::{self, PayloadKind};
 use super::{
@@ -27,6 +28,10 @@ const RESTORE_ORIGIN_FILE: &str = "restored-from";
 
 /// The file a running job locks, and names itself in.
 const LOCK_FILE: &str = "lock";
+
+/// How many times [`LocalStorage::discard`] retries a removal that raced
+/// with a late task's write, 1 ms apart.
+const DISCARD_ATTEMPTS: u32 = 200;
 
 /// Checkpoint storage in a local directory: the embedded default.
 #[derive(Debug, Clone)]
@@ -163,8 +168,18 @@ impl CheckpointStorage for LocalStorage {
         if !dir.is_dir() {
             return Err(discarded);
         }
-        write_atomically(&dir.join(&file), framed)
-            .map_err(|e| if dir.is_dir() { e } else { discarded })?;
+        // Only a discard deletes files of a checkpoint in progress: a file
+        // that vanished under the write (the directory may still be
+        // half-removed) means the checkpoint was discarded.
+        write_atomically(&dir.join(&file), framed).map_err(|e| match e {
+            StorageError::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                discarded
+            }
+            e if dir.is_dir() => e,
+            _ => discarded,
+        })?;
         Ok(TaskStateHandle {
             stage,
             subtask,
@@ -188,12 +203,28 @@ impl CheckpointStorage for LocalStorage {
         })
     }
 
+    /// Removes the checkpoint's directory. A late task may be writing its
+    /// snapshot into it at that moment: its file can appear after the
+    /// directory was listed, and the removal then fails with "directory
+    /// not empty". The removal is retried (each write happens once, so the
+    /// race ends quickly); the late write fails and is dropped as
+    /// [`StorageError::Discarded`].
     fn discard(&self, checkpoint_id: u64) -> Result<(), StorageError> {
         let dir = self.checkpoint_dir(checkpoint_id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("delete", &dir)(e)),
+        let mut attempts = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        && attempts < DISCARD_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(io("delete", &dir)(e)),
+            }
         }
     }
 
