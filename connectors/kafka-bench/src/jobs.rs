@@ -25,9 +25,11 @@ use exactly_kafka::client::ClientSettings;
 use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
 use exactly_kafka::source::{KafkaRecord, KafkaSource};
+
+use crate::workload::send;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// The hand-written loop's transaction timeout: below the test broker's
@@ -91,22 +93,6 @@ fn consumer(args: &JobArgs, transactional: bool) -> Result<BaseConsumer, String>
     Ok(consumer)
 }
 
-/// Sends one output record, serving delivery reports while librdkafka's
-/// queue is full.
-fn send(producer: &BaseProducer, topic: &str, key: &[u8], value: &str) -> Result<(), String> {
-    let mut record = BaseRecord::<[u8], str>::to(topic).key(key).payload(value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
-        }
-    }
-}
-
 /// Reads one input record and writes its output; `false` when no record
 /// came within the poll timeout.
 fn pipe_one(
@@ -121,7 +107,7 @@ fn pipe_one(
         Some(Ok(message)) => {
             let key = message.key().unwrap_or_default();
             let value = counts.next_value(key, message.payload().unwrap_or_default());
-            send(producer, output, key, &value)?;
+            send(producer, output, key, value.as_bytes())?;
             producer.poll(Duration::ZERO);
             Ok(true)
         }

@@ -85,23 +85,27 @@ fn producer(bootstrap: &str, bulk: bool) -> Result<BaseProducer, String> {
         .map_err(|e| format!("a producer for {bootstrap}: {e}"))
 }
 
-/// Sends one input record, waiting while librdkafka's queue is full.
-fn send(producer: &BaseProducer, topic: &str, keys: u64, seq: u64) -> Result<(), String> {
-    let key = format!("k{}", seq % keys);
-    let value = format!("{seq} {}", now_micros());
-    let mut record = BaseRecord::<String, String>::to(topic)
-        .key(&key)
-        .payload(&value);
+/// Sends one record to `topic`, serving delivery reports while
+/// librdkafka's queue is full.
+pub fn send(producer: &BaseProducer, topic: &str, key: &[u8], value: &[u8]) -> Result<(), String> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(10));
+                producer.poll(Duration::from_millis(1));
             }
             Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
         }
     }
+}
+
+/// Sends input record `seq`, stamped with the time now.
+fn send_input(producer: &BaseProducer, topic: &str, keys: u64, seq: u64) -> Result<(), String> {
+    let key = format!("k{}", seq % keys);
+    let value = format!("{seq} {}", now_micros());
+    send(producer, topic, key.as_bytes(), value.as_bytes())
 }
 
 fn flush(producer: &BaseProducer, topic: &str) -> Result<(), String> {
@@ -128,7 +132,7 @@ pub fn preload(bootstrap: &str, topic: &str, records: u64, keys: u64) -> Result<
     let started = Instant::now();
     let producer = producer(bootstrap, true)?;
     for seq in 0..records {
-        send(&producer, topic, keys, seq)?;
+        send_input(&producer, topic, keys, seq)?;
         if seq % 1_000_000 == 999_999 {
             eprintln!("kafka-bench: loaded {} records", seq + 1);
         }
@@ -168,7 +172,7 @@ pub fn produce_paced(
         }
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while seq < due {
-            send(&producer, topic, keys, seq)?;
+            send_input(&producer, topic, keys, seq)?;
             seq += 1;
         }
         producer.poll(Duration::ZERO);
