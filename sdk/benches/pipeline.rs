@@ -1,4 +1,4 @@
-//! Throughput and checkpoint benchmarks; see BENCHMARKS.md.
+//! Throughput benchmarks; see BENCHMARKS.md.
 //!
 //! `cargo bench -p exactly --bench pipeline` prints:
 //! 1. instructions per record of the word-count pipeline (three operators:
@@ -6,11 +6,14 @@
 //!    work as one hand-written single-threaded loop, counted by callgrind;
 //! 2. the wall-clock throughput of that pipeline, with checkpoints every
 //!    100 ms, against the loop, alternated three times in one run so that
-//!    the ratio is measured side by side;
-//! 3. the checkpoint of a keyed state of one million entries, from inside
-//!    a running job (duration and size);
-//! 4. bincode against postcard on that state: encoded size, encode and
-//!    decode throughput.
+//!    the ratio is measured side by side, and, when `BENCH_FLINK_JAR` is
+//!    set, against the same word count on Apache Flink in each round (see
+//!    [Flink](#flink));
+//! 3. bincode against postcard on a keyed state's map of one million
+//!    entries: encoded size, encode and decode throughput.
+//!
+//! The checkpoint and restore of a large keyed state are measured by the
+//! `state` bench.
 //!
 //! Set `BENCH_WORDS` to change the number of records of part 2 (default 4
 //! million), `BENCH_ONLY=instructions` to run only part 1,
@@ -18,6 +21,21 @@
 //! `BENCH_CALLGRIND_DIR` to keep the callgrind output files of part 1 there
 //! (for `callgrind_annotate`). With `--features mimalloc` the bench runs
 //! on mimalloc instead of the system allocator.
+//!
+//! # Flink
+//!
+//! `BENCH_FLINK_JAR` names the jar of the Maven project
+//! `sdk/benches/flink-wordcount` (`scripts/bench-flink-wordcount` builds it
+//! and runs this bench with it). Each wall-clock round then also runs, as a
+//! child process (`java -jar`), the same word count on Flink's local
+//! MiniCluster over the same words: one unmeasured warm-up run at
+//! parallelism 1 and 2 for the JIT, then one measured run at each. The
+//! round prints the ratio of the pipeline's records/s to Flink's, one
+//! worker thread against parallelism 1 and two against 2, and the run ends
+//! with their medians. Flink's rate is taken over its own job duration
+//! (`JobExecutionResult::getNetRuntime`), which leaves out starting its
+//! MiniCluster, as the pipeline's leaves out building the tokio runtime.
+//! If the jar is missing the bench says how to build it and fails.
 //!
 //! # Instruction counts
 //!
@@ -40,7 +58,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,12 +100,11 @@ fn every_hundredth(update: &(String, u64)) -> bool {
     update.1.is_multiple_of(100)
 }
 
+/// The text whose words, cycled, are the input (the Flink job reads it too).
+const WORDS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/data/words.txt");
+
 fn words(n: usize) -> Arc<Vec<String>> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/data/words.txt"
-    ))
-    .expect("examples/data/words.txt");
+    let text = std::fs::read_to_string(WORDS_FILE).expect("examples/data/words.txt");
     let vocabulary: Vec<&str> = text.split_whitespace().collect();
     vocabulary
         .iter()
@@ -149,27 +166,78 @@ fn pipeline(
     (started.elapsed(), metrics)
 }
 
-/// A job whose keyed state grows to `keys` entries; returns the metrics of
-/// its final checkpoint.
-fn big_state_checkpoint(keys: u64, checkpoints: &std::path::Path) -> MetricsSnapshot {
-    #[operator]
-    fn tally(key: u64, #[state] c: &mut WordCount) -> u64 {
-        c.count += 1;
-        key
+/// Names the jar of `sdk/benches/flink-wordcount` to compare against.
+const FLINK_JAR_VAR: &str = "BENCH_FLINK_JAR";
+
+/// One measured Flink run, from the job's result line.
+struct FlinkRun {
+    records_per_s: f64,
+    checkpoints: u64,
+}
+
+/// The Flink jar named by [`FLINK_JAR_VAR`], if set; fails the bench,
+/// saying how to build it, when the file is missing.
+fn flink_jar() -> Option<PathBuf> {
+    let jar = PathBuf::from(std::env::var_os(FLINK_JAR_VAR)?);
+    if !jar.is_file() {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        eprintln!(
+            "{FLINK_JAR_VAR}={} names no file (relative paths start from {}).\n\
+             Build the jar with `mvn -q -f sdk/benches/flink-wordcount/pom.xml package` \
+             (it is then sdk/benches/flink-wordcount/target/flink-wordcount.jar), \
+             or run scripts/bench-flink-wordcount, which builds it and runs this bench with it.",
+            jar.display(),
+            cwd.display()
+        );
+        std::process::exit(2);
     }
-    let _ = std::fs::remove_dir_all(checkpoints);
-    let job = Job::new(
-        "state",
-        JobConfig::new()
-            .checkpoint_dir(checkpoints)
-            .restart_strategy(RestartStrategy::none()),
+    Some(jar)
+}
+
+/// Runs the Flink word count over the first `records` words in a new JVM:
+/// one unmeasured warm-up run at parallelism 1 and 2, then one measured run
+/// at each. Returns the measured runs, parallelism 1 first.
+fn flink(jar: &Path, records: usize) -> [FlinkRun; 2] {
+    let run = Command::new("java")
+        .arg("-jar")
+        .arg(jar)
+        .args(["--words", WORDS_FILE, "--records", &records.to_string()])
+        .args(["--parallelism", "1,2", "--warmup-runs", "1", "--runs", "1"])
+        .output()
+        .unwrap_or_else(|e| panic!("could not start `java -jar {}`: {e}", jar.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "the Flink word count failed: {}\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
     );
-    job.source(VecSource::new((0..keys).collect::<Vec<_>>()))
-        .key_by(|k: &u64| *k)
-        .operator(tally)
-        .sink(DiscardSink::new());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async { job.spawn().unwrap().join().await.unwrap() })
+    let measured = |parallelism: &str| {
+        let line = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("flink-wordcount:"))
+            .find(|l| {
+                l.contains(" run=measured ") && l.contains(&format!(" parallelism={parallelism} "))
+            })
+            .unwrap_or_else(|| panic!("no measured run at parallelism {parallelism}:\n{stdout}"));
+        let field = |name: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        FlinkRun {
+            records_per_s: field("records_per_s"),
+            checkpoints: field("checkpoints") as u64,
+        }
+    };
+    [measured("1"), measured("2")]
+}
+
+/// The median of an odd number of values.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn mb_per_s(bytes: usize, took: Duration) -> f64 {
@@ -307,6 +375,7 @@ fn main() {
         return;
     }
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let jar = flink_jar();
     instructions_per_record();
     if only == "instructions" {
         return;
@@ -320,11 +389,24 @@ fn main() {
     println!(
         "## Keyed word count, {n} records, 3 operators, checkpoints every 100 ms, {ALLOCATOR}\n"
     );
-    println!(
-        "| round | hand-written loop (1 thread) | pipeline, 2 worker threads | ratio | pipeline, 1 worker thread | ratio | checkpoints (2 / 1 threads) |"
+    if jar.is_some() {
+        println!(
+            "Flink: the same job on a local MiniCluster in a JVM of its own per round, \
+             after one warm-up run at each parallelism; \"vs Flink\" is the pipeline's rate over Flink's, \
+             1 worker thread against parallelism 1 and 2 against 2.\n"
+        );
+    }
+    let mut header = String::from(
+        "| round | hand-written loop (1 thread) | pipeline, 2 worker threads | ratio | pipeline, 1 worker thread | ratio | checkpoints (2 / 1 threads) |",
     );
-    println!("|---|---|---|---|---|---|---|");
+    let mut rule = String::from("|---|---|---|---|---|---|---|");
+    if jar.is_some() {
+        header += " Flink, parallelism 2 | vs Flink | Flink, parallelism 1 | vs Flink | Flink checkpoints (2 / 1) |";
+        rule += "---|---|---|---|---|";
+    }
+    println!("{header}\n{rule}");
     let (mut two, mut one) = (Vec::new(), Vec::new());
+    let (mut flink_two, mut flink_one) = (Vec::new(), Vec::new());
     for round in 1..=3 {
         let (hand, kept) = hand_written(&input);
         let every = Some(Duration::from_millis(100));
@@ -336,7 +418,7 @@ fn main() {
         let (hand_rate, pipe_rate, single_rate) = (rate(hand), rate(piped), rate(single));
         two.push(pipe_rate / hand_rate);
         one.push(single_rate / hand_rate);
-        println!(
+        let mut row = format!(
             "| {round} | {:.2} M rec/s | {:.2} M rec/s | {:.0} % | {:.2} M rec/s | {:.0} % | {} / {} |",
             hand_rate / 1e6,
             pipe_rate / 1e6,
@@ -346,29 +428,41 @@ fn main() {
             metrics.checkpoints_completed,
             single_metrics.checkpoints_completed
         );
+        if let Some(jar) = &jar {
+            let [p1, p2] = flink(jar, n);
+            flink_two.push(pipe_rate / p2.records_per_s);
+            flink_one.push(single_rate / p1.records_per_s);
+            row += &format!(
+                " {:.2} M rec/s | {:.2}x | {:.2} M rec/s | {:.2}x | {} / {} |",
+                p2.records_per_s / 1e6,
+                pipe_rate / p2.records_per_s,
+                p1.records_per_s / 1e6,
+                single_rate / p1.records_per_s,
+                p2.checkpoints,
+                p1.checkpoints
+            );
+        }
+        println!("{row}");
     }
-    two.sort_by(f64::total_cmp);
-    one.sort_by(f64::total_cmp);
     println!(
-        "\nmedian ratio to the hand-written loop: {:.0} % with 2 worker threads, {:.0} % with 1\n",
-        100.0 * two[1],
-        100.0 * one[1]
+        "\nmedian ratio to the hand-written loop: {:.0} % with 2 worker threads, {:.0} % with 1",
+        100.0 * median(two),
+        100.0 * median(one)
     );
+    if jar.is_some() {
+        println!(
+            "median ratio to Flink: {:.2}x with 2 worker threads (Flink at parallelism 2), {:.2}x with 1 (parallelism 1)",
+            median(flink_two),
+            median(flink_one)
+        );
+    }
+    println!();
 
     if only == "throughput" {
         return;
     }
     let keys = 1_000_000u64;
-    println!("## Checkpoint of a keyed state of {keys} entries\n");
-    let metrics = big_state_checkpoint(keys, &dir.path().join("state"));
-    println!(
-        "final checkpoint: {:.1} ms, {:.1} MB of state files, {:.0} MB/s (trigger to durable metadata, incl. fsync)\n",
-        metrics.last_checkpoint_micros as f64 / 1000.0,
-        metrics.last_checkpoint_bytes as f64 / 1e6,
-        metrics.last_checkpoint_bytes as f64 / metrics.last_checkpoint_micros as f64
-    );
-
-    println!("## Codecs on that state (HashMap<u64, (WordCount,)>, {keys} entries)\n");
+    println!("## Codecs on a keyed state's map (HashMap<u64, (WordCount,)>, {keys} entries)\n");
     println!("| codec | size | encode | decode |");
     println!("|---|---|---|---|");
     let state: HashMap<u64, (WordCount,)> = (0..keys)
