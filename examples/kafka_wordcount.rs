@@ -68,7 +68,7 @@ fn exactly_once_sink<T: Send + 'static>(
     settings: &ClientSettings,
     topic: &str,
     prefix: String,
-    serialize: impl Fn(&T) -> OutputRecord + Send + Sync + 'static,
+    serialize: impl Fn(T) -> OutputRecord + Send + Sync + 'static,
 ) -> exactly::Result<KafkaSink<T>> {
     KafkaSink::builder(settings.clone(), topic, serialize)
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
@@ -112,7 +112,7 @@ fn run(lines: usize) -> exactly::Result<()> {
         &settings,
         &input,
         format!("wordcount-generator-{run}"),
-        |line: &String| OutputRecord::value(line.clone()),
+        |line: String| OutputRecord::value(line),
     )?;
     generator
         .source(VecSource::new(text.clone()))
@@ -129,7 +129,10 @@ fn run(lines: usize) -> exactly::Result<()> {
         &settings,
         &output,
         format!("wordcount-{run}"),
-        |(word, n): &(String, u64)| OutputRecord::keyed(word.clone(), format!("{word} {n}")),
+        |(word, n): (String, u64)| {
+            let line = format!("{word} {n}");
+            OutputRecord::keyed(word, line)
+        },
     )?;
     let job = Job::new(
         "kafka-wordcount",

@@ -87,6 +87,7 @@ impl Contender {
         input: &str,
         output: &str,
         id: &str,
+        producer_properties: &[String],
         log: &Path,
     ) -> Result<Running, String> {
         let args = JobArgs {
@@ -96,6 +97,7 @@ impl Contender {
             interval_ms: self.interval_ms,
             parallelism: self.parallelism,
             id: id.to_owned(),
+            producer_properties: producer_properties.to_owned(),
         };
         let mut command = match self.system {
             System::Flink => java("flink", "exactly.bench.FlinkCount")?,
@@ -119,6 +121,11 @@ impl Contender {
             .args(["--interval-ms", &args.interval_ms.to_string()])
             .args(["--parallelism", &args.parallelism.to_string()])
             .args(["--id", &args.id]);
+        if !matches!(self.system, System::Flink | System::Kstreams) {
+            for property in &args.producer_properties {
+                command.args(["--producer-property", property]);
+            }
+        }
         let file = File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let errors = file
             .try_clone()

@@ -61,6 +61,33 @@ pub struct JobArgs {
     /// A name unique to this run: consumer group, transactional id prefix.
     #[arg(long)]
     pub id: String,
+    /// Extra librdkafka properties for the producers, `KEY=VALUE`.
+    #[arg(long = "producer-property", value_name = "KEY=VALUE")]
+    pub producer_properties: Vec<String>,
+}
+
+impl JobArgs {
+    /// The `--producer-property` pairs, split at their first `=`.
+    fn producer_properties(&self) -> Result<Vec<(&str, &str)>, String> {
+        self.producer_properties
+            .iter()
+            .map(|pair| {
+                pair.split_once('=').ok_or_else(|| {
+                    format!("--producer-property `{pair}`: expected KEY=VALUE, e.g. linger.ms=20")
+                })
+            })
+            .collect()
+    }
+
+    /// A producer configuration for the broker, with the extra properties.
+    fn producer_config(&self) -> Result<ClientConfig, String> {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in self.producer_properties()? {
+            config.set(key, value);
+        }
+        Ok(config)
+    }
 }
 
 /// The per-key running count of the [`raw_pipe`] and [`hand_written`]
@@ -117,8 +144,8 @@ fn pipe_one(
 /// rdkafka consume → produce, at-least-once, no transactions.
 pub fn raw_pipe(args: &JobArgs) -> Result<(), String> {
     let consumer = consumer(args, false)?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let producer: BaseProducer = args
+        .producer_config()?
         .create()
         .map_err(|e| format!("a producer for {}: {e}", args.bootstrap))?;
     let mut counts = Counts::default();
@@ -145,8 +172,8 @@ fn positions(consumer: &BaseConsumer) -> Result<TopicPartitionList, String> {
 /// the transaction every interval.
 pub fn hand_written(args: &JobArgs) -> Result<(), String> {
     let consumer = consumer(args, true)?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let producer: BaseProducer = args
+        .producer_config()?
         .set("transactional.id", &args.id)
         .set(
             "transaction.timeout.ms",
@@ -211,10 +238,14 @@ pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), S
         .deserializer(Utf8)
         .build()
         .map_err(|e| format!("the Kafka source: {e}"))?;
+    let mut sink_settings = settings;
+    for (key, value) in args.producer_properties()? {
+        sink_settings = sink_settings.property(key, value);
+    }
     let sink = KafkaSink::builder(
-        settings,
+        sink_settings,
         &args.output,
-        |(key, value): &(Vec<u8>, String)| OutputRecord::keyed(key.clone(), value.clone()),
+        |(key, value): (Vec<u8>, String)| OutputRecord::keyed(key, value),
     )
     .delivery_guarantee(guarantee)
     .transactional_id_prefix(&args.id)

@@ -35,6 +35,13 @@ mod report;
 mod watch;
 mod workload;
 
+/// Every Rust contender runs on mimalloc, the allocator the SDK recommends
+/// for throughput (`docs/performance.md`): the raw pipe and the
+/// hand-written loop as much as the `exactly` job, so the ratios compare
+/// the code, not the allocator. librdkafka keeps the C allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -115,6 +122,12 @@ struct RunArgs {
     /// A run fails when no new output appears for this many seconds.
     #[arg(long, default_value_t = 120)]
     stall_seconds: u64,
+    /// A librdkafka property for the producers of the Rust contenders (the
+    /// raw pipe's, the hand-written loop's and exactly's sink), to profile
+    /// producer settings; repeatable. Flink and Kafka Streams keep their
+    /// defaults.
+    #[arg(long = "producer-property", value_name = "KEY=VALUE")]
+    producer_properties: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +220,7 @@ fn throughput_phase(
         input,
         &output,
         &format!("bench-{tag}"),
+        &args.producer_properties,
         &logs.join(format!("{tag}-throughput.log")),
     )?;
     let spec = Watch {
@@ -236,6 +250,7 @@ fn latency_phase(
         &input,
         &output,
         &format!("bench-live-{tag}"),
+        &args.producer_properties,
         &logs.join(format!("{tag}-latency.log")),
     )?;
     let expected = Arc::new(AtomicU64::new(UNKNOWN));

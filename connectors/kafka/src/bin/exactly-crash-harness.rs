@@ -307,8 +307,8 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
         .deserializer(Utf8)
         .build()
         .map_err(|e| runtime_error(&e))?;
-    let sink = KafkaSink::builder(settings.clone(), &args.output, |line: &String| {
-        OutputRecord::keyed(key_of(line), line.clone())
+    let sink = KafkaSink::builder(settings.clone(), &args.output, |line: String| {
+        OutputRecord::keyed(key_of(&line), line)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .transactional_id_prefix(&args.prefix)

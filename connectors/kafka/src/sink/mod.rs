@@ -23,7 +23,10 @@
 //!   transactions left open under them, and aborts the open transactions
 //!   under its prefix that it owns but its pool does not cover (those of
 //!   subtasks a smaller parallelism no longer runs, found with
-//!   ListTransactions), so that none can pin the last stable offset;
+//!   ListTransactions), so that none can pin the last stable offset; it
+//!   then keeps only the first slot's producer and creates the others again
+//!   when a transaction needs them, since an idle librdkafka producer costs
+//!   threads and statistics callbacks;
 //! - a producer fenced by a newer one with the same id fails the job with
 //!   [`FencedError`], wrapped in [`Unrecoverable`]: no restart, which would
 //!   fence the other instance in turn.
@@ -137,7 +140,7 @@ impl fmt::Display for KafkaTransaction {
 }
 
 /// Turns a stream element into a Kafka record.
-type Serializer<T> = Arc<dyn Fn(&T) -> OutputRecord + Send + Sync>;
+type Serializer<T> = Arc<dyn Fn(T) -> OutputRecord + Send + Sync>;
 
 /// A Kafka sink. Build it with [`KafkaSink::builder`].
 pub struct KafkaSink<T> {
@@ -230,11 +233,12 @@ impl<T> fmt::Debug for KafkaSinkBuilder<T> {
 
 impl<T: Send + 'static> KafkaSink<T> {
     /// A sink writing to `topic` on the cluster `settings` names, turning
-    /// each element into a record with `serialize`.
+    /// each element into a record with `serialize`. The element is given by
+    /// value, so its bytes can become the record's without a copy.
     pub fn builder(
         settings: ClientSettings,
         topic: impl Into<String>,
-        serialize: impl Fn(&T) -> OutputRecord + Send + Sync + 'static,
+        serialize: impl Fn(T) -> OutputRecord + Send + Sync + 'static,
     ) -> KafkaSinkBuilder<T> {
         KafkaSinkBuilder {
             sink: KafkaSink {
@@ -566,6 +570,15 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
                 self.slot(slot)?;
             }
             self.abort_lingering()?;
+            // Every id is fenced now. Only the producers that transactions
+            // use stay: a slot's producer is created again (initialising its
+            // id once more) when a transaction needs it. At checkpoints that
+            // complete before the next one, two slots take turns, and each
+            // idle producer would cost threads and statistics callbacks.
+            self.slots
+                .iter_mut()
+                .skip(1)
+                .for_each(|producer| *producer = None);
         }
         let free = (0..self.pool_size).find(|s| !self.busy.contains(s)).ok_or_else(|| {
             format!(
@@ -589,13 +602,14 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let serialize = Arc::clone(&self.serialize);
         let topic = self.topic.clone();
         let producer = self.producer_for(transaction)?;
-        for element in &batch {
+        let records = batch.len() as u64;
+        for element in batch {
             let record = serialize(element);
             producer
                 .send(&topic, record.key.as_deref(), &record.value)
                 .map_err(|e| kafka_failed("writing a record", transaction, producer, e))?;
         }
-        transaction.records += batch.len() as u64;
+        transaction.records += records;
         Ok(())
     }
 

@@ -20,8 +20,8 @@ use crate::common::{
 };
 
 fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
-    KafkaSink::builder(ClientSettings::new(broker), topic, |v: &String| {
-        OutputRecord::keyed(v.clone(), v.clone())
+    KafkaSink::builder(ClientSettings::new(broker), topic, |v: String| {
+        OutputRecord::keyed(v.clone(), v)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .transactional_id_prefix(prefix)
@@ -146,8 +146,8 @@ fn recovery_never_commits_a_later_transaction_on_the_same_id() {
     create_topic(&broker, &topic, 1);
     let prefix = unique_topic("prefix");
     let single = || {
-        KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
-            OutputRecord::value(v.clone())
+        KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: String| {
+            OutputRecord::value(v)
         })
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
         .transactional_id_prefix(&prefix)
@@ -350,8 +350,8 @@ fn a_job_writes_every_record_exactly_once_even_across_a_stop_and_restart() {
 
 /// An exactly-once sink with the given `transaction.timeout.ms`.
 fn timed_sink(broker: &str, topic: &str, timeout: Duration) -> KafkaSink<String> {
-    KafkaSink::builder(ClientSettings::new(broker), topic, |v: &String| {
-        OutputRecord::value(v.clone())
+    KafkaSink::builder(ClientSettings::new(broker), topic, |v: String| {
+        OutputRecord::value(v)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .transactional_id_prefix(unique_topic("prefix"))
@@ -435,7 +435,7 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
     let missing = KafkaSink::builder(
         ClientSettings::new(&broker),
         unique_topic("missing"),
-        |v: &String| OutputRecord::value(v.clone()),
+        |v: String| OutputRecord::value(v),
     )
     .delivery_guarantee(DeliveryGuarantee::AtLeastOnce)
     .build()
@@ -450,12 +450,10 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
         timeout: Duration::from_secs(3),
         ..ClientSettings::new("127.0.0.1:1")
     };
-    let nowhere = KafkaSink::builder(unreachable, &topic, |v: &String| {
-        OutputRecord::value(v.clone())
-    })
-    .delivery_guarantee(DeliveryGuarantee::AtLeastOnce)
-    .build()
-    .unwrap();
+    let nowhere = KafkaSink::builder(unreachable, &topic, |v: String| OutputRecord::value(v))
+        .delivery_guarantee(DeliveryGuarantee::AtLeastOnce)
+        .build()
+        .unwrap();
     let err = preflight_error(job_config(dir.path()), nowhere);
     assert!(
         err.contains("127.0.0.1:1") && err.contains("did not answer"),
@@ -476,8 +474,8 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
         "{err}"
     );
 
-    let no_prefix = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
-        OutputRecord::value(v.clone())
+    let no_prefix = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: String| {
+        OutputRecord::value(v)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .build()
@@ -495,8 +493,8 @@ fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
         let topic = unique_topic("sink-plain");
         create_topic(&broker, &topic, 2);
         let dir = tempfile::tempdir().unwrap();
-        let sink = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: &String| {
-            OutputRecord::value(v.clone())
+        let sink = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: String| {
+            OutputRecord::value(v)
         })
         .delivery_guarantee(guarantee)
         .build()

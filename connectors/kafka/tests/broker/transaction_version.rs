@@ -207,8 +207,8 @@ fn end_txn(
 }
 
 fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
-    KafkaSink::builder(ClientSettings::new(broker), topic, |v: &String| {
-        OutputRecord::keyed(v.clone(), v.clone())
+    KafkaSink::builder(ClientSettings::new(broker), topic, |v: String| {
+        OutputRecord::keyed(v.clone(), v)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .transactional_id_prefix(prefix)

@@ -72,8 +72,9 @@ fn wordcount(broker: &str, input: &str, output: &str, prefix: &str, checkpoints:
         .deserializer(Utf8)
         .build()
         .unwrap();
-    let sink = KafkaSink::builder(settings, output, |(w, n): &(String, u64)| {
-        OutputRecord::keyed(w.clone(), format!("{w} {n}"))
+    let sink = KafkaSink::builder(settings, output, |(w, n): (String, u64)| {
+        let value = format!("{w} {n}");
+        OutputRecord::keyed(w, value)
     })
     .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
     .transactional_id_prefix(prefix)
