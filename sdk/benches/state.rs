@@ -20,11 +20,22 @@
 //!   resident size before encoding (reset through `/proc/self/clear_refs`);
 //! - besides wall-clock time, the time the measuring thread spent on a CPU
 //!   (`/proc/thread-self/schedstat`), which on a shared machine leaves out
-//!   the time it waited for one.
+//!   the time it waited for one, and the minor page faults the process took
+//!   during a restore (`/proc/self/stat`);
+//! - the runtime's restore without and with transparent huge pages where
+//!   the kernel gives them only to memory advised `MADV_HUGEPAGE`: glibc's
+//!   malloc advises none unless `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` is in
+//!   the process's environment (then it advises every block it maps: the
+//!   restored table and the file buffers); mimalloc advises its arenas
+//!   unless `MIMALLOC_ALLOW_THP=0`. The restore rows without a mention of
+//!   huge pages are measured without them.
 //!
 //! Runs alternate old and new so that ratios are measured side by side.
 //! `BENCH_STATE_SIZES` (comma-separated, default `1000000,10000000`) and
-//! `BENCH_STATE_RUNS` (default 5) change the sizes and the run count.
+//! `BENCH_STATE_RUNS` (default 5) change the sizes and the run count;
+//! `BENCH_STATE_QUICK=1` measures only the runtime's restore, with and
+//! without huge pages. With `--features mimalloc` the bench runs on
+//! mimalloc instead of the system allocator.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -48,6 +59,36 @@ type Value = (WordCount,);
 
 /// The environment variable that makes this binary one measurement.
 const CHILD: &str = "BENCH_STATE_CHILD";
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The global allocator this bench runs on.
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "the system allocator (glibc)"
+};
+
+/// The environment of a measurement without transparent huge pages, and
+/// of one with them.
+type HugePages = (
+    Option<(&'static str, &'static str)>,
+    Option<(&'static str, &'static str)>,
+);
+
+/// Without and with huge pages, for this bench's allocator.
+const HUGE_PAGES: HugePages = if cfg!(feature = "mimalloc") {
+    (Some(("MIMALLOC_ALLOW_THP", "0")), None)
+} else {
+    (None, Some(("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")))
+};
+
+/// An environment setting as it is written in a shell.
+fn shell(env: Option<(&str, &str)>) -> String {
+    env.map_or_else(|| "default".to_owned(), |(k, v)| format!("`{k}={v}`"))
+}
 
 /// The keyed stage of the bench job.
 const KEYED_STAGE: usize = 1;
@@ -103,13 +144,15 @@ fn keyed_file(checkpoint: &CompletedCheckpoint) -> PathBuf {
 }
 
 /// One measurement: its wall-clock time, the time the measuring thread
-/// spent on a CPU, a size in bytes and a memory figure in KiB.
+/// spent on a CPU, a size in bytes, a memory figure in KiB and the minor
+/// page faults the process took while it ran.
 #[derive(Debug, Clone, Copy, Default)]
 struct Measurement {
     wall: Duration,
     cpu: Duration,
     bytes: usize,
     kib: u64,
+    faults: u64,
 }
 
 /// Nanoseconds this thread has spent on a CPU, from
@@ -122,15 +165,29 @@ fn cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `work` and returns its wall-clock and on-CPU time.
-fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration, Duration) {
-    let (cpu, wall) = (cpu_ns(), Instant::now());
-    let out = work();
-    let wall = wall.elapsed();
-    (out, wall, Duration::from_nanos(cpu_ns() - cpu))
+/// The minor page faults of this process so far (field 10 of
+/// `/proc/self/stat`, counted after the command name in parentheses).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after_name = &s[s.rfind(')')? + 1..];
+            after_name.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
-/// One measurement, printed on stdout as `wall_us cpu_us bytes kib`.
+/// Runs `work` and returns its wall-clock and on-CPU time and the minor
+/// page faults the process took meanwhile.
+fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration, Duration, u64) {
+    let (faults, cpu, wall) = (minor_faults(), cpu_ns(), Instant::now());
+    let out = work();
+    let wall = wall.elapsed();
+    let cpu = Duration::from_nanos(cpu_ns() - cpu);
+    (out, wall, cpu, minor_faults() - faults)
+}
+
+/// One measurement, printed on stdout as `wall_us cpu_us bytes kib faults`.
 fn child(spec: &str) {
     let mut parts = spec.split(' ');
     let (mode, keys, path) = (
@@ -148,6 +205,7 @@ fn child(spec: &str) {
                 cpu: Duration::ZERO,
                 bytes: metrics.last_checkpoint_bytes as usize,
                 kib: status_kib("VmHWM:"),
+                faults: 0,
             }
         }
         "resume" | "resume-p2" => {
@@ -159,6 +217,7 @@ fn child(spec: &str) {
                 cpu: Duration::ZERO,
                 bytes: 0,
                 kib: status_kib("VmHWM:"),
+                faults: 0,
             }
         }
         "encode-old" => {
@@ -170,37 +229,40 @@ fn child(spec: &str) {
             encode_measured(|| map.task_state_file(Codec::Bincode, ELEMENT).unwrap())
         }
         "restore-old" => {
-            let (restored, wall, cpu) = timed(|| restore_format_1_as_before(&path));
+            let (restored, wall, cpu, faults) = timed(|| restore_format_1_as_before(&path));
             assert_eq!(restored.len() as u64, keys);
-            restored_measurement(wall, cpu)
+            restored_measurement(wall, cpu, faults)
         }
         "restore-new" => {
             let checkpoint = LocalStorage::open_checkpoint(&path).unwrap();
             let id = keyed_id(&checkpoint);
             drop(checkpoint);
-            let (restored, wall, cpu) =
+            let (restored, wall, cpu, faults) =
                 timed(|| restore_keyed::<u64, Value>(&path, KEYED_STAGE, &id, 1, 0).unwrap());
             assert_eq!(restored.len() as u64, keys);
-            restored_measurement(wall, cpu)
+            restored_measurement(wall, cpu, faults)
         }
         other => panic!("unknown mode {other}"),
     };
     println!(
-        "{} {} {} {}",
+        "{} {} {} {} {}",
         m.wall.as_micros(),
         m.cpu.as_micros(),
         m.bytes,
-        m.kib
+        m.kib,
+        m.faults
     );
 }
 
-/// A restore's times, with the process's peak resident size.
-fn restored_measurement(wall: Duration, cpu: Duration) -> Measurement {
+/// A restore's times and page faults, with the process's peak resident
+/// size.
+fn restored_measurement(wall: Duration, cpu: Duration, faults: u64) -> Measurement {
     Measurement {
         wall,
         cpu,
         bytes: 0,
         kib: status_kib("VmHWM:"),
+        faults,
     }
 }
 
@@ -209,10 +271,11 @@ fn restored_measurement(wall: Duration, cpu: Duration) -> Measurement {
 fn encode_measured(encode: impl FnOnce() -> Vec<u8>) -> Measurement {
     let before = status_kib("VmRSS:");
     let resettable = reset_peak();
-    let (file, wall, cpu) = timed(encode);
+    let (file, wall, cpu, faults) = timed(encode);
     Measurement {
         wall,
         cpu,
+        faults,
         bytes: file.len(),
         kib: if resettable {
             status_kib("VmHWM:").saturating_sub(before)
@@ -281,12 +344,26 @@ fn restore_format_1_as_before(file: &Path) -> HashMap<u64, Value> {
     states
 }
 
-/// Runs one measurement in a process of its own.
+/// Runs one measurement in a process of its own; restores run without
+/// huge pages.
 fn measure(mode: &str, keys: u64, path: &Path) -> Measurement {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .env(CHILD, format!("{mode} {keys} {}", path.display()))
-        .output()
-        .unwrap();
+    let env = if mode.starts_with("restore") {
+        HUGE_PAGES.0
+    } else {
+        None
+    };
+    measure_with(mode, keys, path, env)
+}
+
+/// Runs one measurement in a process of its own, with `env` set in its
+/// environment.
+fn measure_with(mode: &str, keys: u64, path: &Path, env: Option<(&str, &str)>) -> Measurement {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.env(CHILD, format!("{mode} {keys} {}", path.display()));
+    if let Some((name, value)) = env {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{mode}: {}",
@@ -305,6 +382,7 @@ fn measure(mode: &str, keys: u64, path: &Path) -> Measurement {
         cpu: Duration::from_micros(fields[1]),
         bytes: fields[2] as usize,
         kib: fields[3],
+        faults: fields[4],
     }
 }
 
@@ -330,15 +408,87 @@ impl Series {
     fn mib(&self) -> f64 {
         self.median(|m| m.kib) as f64 / 1024.0
     }
+    fn faults(&self) -> u64 {
+        self.median(|m| m.faults)
+    }
     /// Every run's wall-clock time, for the spread.
     fn runs_ms(&self) -> String {
+        self.runs(|m| m.wall)
+    }
+    /// Every run's on-CPU time.
+    fn runs_cpu_ms(&self) -> String {
+        self.runs(|m| m.cpu)
+    }
+    fn runs(&self, field: impl Fn(&Measurement) -> Duration) -> String {
         let runs: Vec<String> = self
             .0
             .iter()
-            .map(|m| format!("{:.0}", m.wall.as_secs_f64() * 1e3))
+            .map(|m| format!("{:.0}", field(m).as_secs_f64() * 1e3))
             .collect();
         runs.join(" / ")
     }
+}
+
+/// Measures the runtime's restore of `checkpoint` once without huge pages
+/// (into `without`) and once with them (into `with`).
+fn restore_without_and_with_huge_pages(
+    keys: u64,
+    checkpoint: &Path,
+    without: &mut Series,
+    with: &mut Series,
+) {
+    without.0.push(measure("restore-new", keys, checkpoint));
+    with.0
+        .push(measure_with("restore-new", keys, checkpoint, HUGE_PAGES.1));
+}
+
+/// Prints the rows of the runtime's restore without and with huge pages.
+fn print_restore_rows(new: &Series, huge: &Series) {
+    println!(
+        "| this build's restore on {ALLOCATOR} | without huge pages ({}) | with huge pages ({}) | with / without |",
+        shell(HUGE_PAGES.0),
+        shell(HUGE_PAGES.1)
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| file to ready map, wall clock (on-CPU) | {:.1} ms ({:.1} ms) | {:.1} ms ({:.1} ms) | {:.2} ({:.2}) |",
+        new.ms(),
+        new.cpu_ms(),
+        huge.ms(),
+        huge.cpu_ms(),
+        huge.ms() / new.ms(),
+        huge.cpu_ms() / new.cpu_ms()
+    );
+    print_run_rows("", new, huge);
+    println!();
+}
+
+/// Prints, for two series of restores side by side, every run's times,
+/// the median minor page faults and the median peak memory; `prefix`
+/// starts each row's label.
+fn print_run_rows(prefix: &str, a: &Series, b: &Series) {
+    println!(
+        "| {prefix}every run, wall clock | {} ms | {} ms | |",
+        a.runs_ms(),
+        b.runs_ms()
+    );
+    println!(
+        "| {prefix}every run, on-CPU | {} ms | {} ms | |",
+        a.runs_cpu_ms(),
+        b.runs_cpu_ms()
+    );
+    println!(
+        "| {prefix}minor page faults | {} | {} | {:.2} |",
+        a.faults(),
+        b.faults(),
+        b.faults() as f64 / a.faults().max(1) as f64
+    );
+    println!(
+        "| {prefix}process peak memory (VmHWM) | {:.0} MiB | {:.0} MiB | {:.2} |",
+        a.mib(),
+        b.mib(),
+        b.mib() / a.mib()
+    );
 }
 
 fn main() {
@@ -352,27 +502,41 @@ fn main() {
         .map(|s| s.trim().parse().expect("BENCH_STATE_SIZES: numbers"))
         .collect();
     let runs: usize = env_or("BENCH_STATE_RUNS", 5);
+    let quick = env_or("BENCH_STATE_QUICK", 0u8) == 1;
     let dir = tempfile::tempdir().unwrap();
     for keys in sizes {
         println!(
-            "## Keyed state of {keys} entries (u64 -> (WordCount,), bincode), median of {runs} runs\n"
+            "## Keyed state of {keys} entries (u64 -> (WordCount,), bincode), median of {runs} runs, on {ALLOCATOR}\n"
         );
         let jobs = dir.path().join(format!("job-{keys}"));
         let mut job = Series::default();
-        for _ in 0..runs {
+        for _ in 0..if quick { 1 } else { runs } {
             job.0.push(measure("job", keys, &jobs));
         }
         let checkpoint = LocalStorage::new(&jobs);
         let latest = exactly::storage::CheckpointStorage::latest(&checkpoint)
             .unwrap()
             .expect("the job completed a checkpoint");
+        if quick {
+            let (mut new, mut huge) = (Series::default(), Series::default());
+            for _ in 0..runs {
+                restore_without_and_with_huge_pages(keys, &latest.path, &mut new, &mut huge);
+            }
+            print_restore_rows(&new, &huge);
+            let _ = std::fs::remove_dir_all(&jobs);
+            continue;
+        }
         let v1 = dir.path().join(format!("v1-{keys}"));
         copy_as_format_1(&latest.path, &v1, &[keyed_id(&latest).as_str()]).unwrap();
         let v1_file = keyed_file(&LocalStorage::open_checkpoint(&v1).unwrap());
 
         let (mut enc_old, mut enc_new) = (Series::default(), Series::default());
-        let (mut old, mut new, mut new_on_v1) =
-            (Series::default(), Series::default(), Series::default());
+        let (mut old, mut new, mut new_on_v1, mut huge) = (
+            Series::default(),
+            Series::default(),
+            Series::default(),
+            Series::default(),
+        );
         let (resume_p1, resume_p2) = (
             dir.path().join(format!("resume-{keys}")),
             dir.path().join(format!("resume-p2-{keys}")),
@@ -386,7 +550,7 @@ fn main() {
             enc_old.0.push(measure("encode-old", keys, &v1_file));
             enc_new.0.push(measure("encode-new", keys, &v1_file));
             old.0.push(measure("restore-old", keys, &v1_file));
-            new.0.push(measure("restore-new", keys, &latest.path));
+            restore_without_and_with_huge_pages(keys, &latest.path, &mut new, &mut huge);
             new_on_v1.0.push(measure("restore-new", keys, &v1));
         }
         println!("| | format 1, as before | format 2, this build | new / old |");
@@ -434,17 +598,7 @@ fn main() {
             new.cpu_ms(),
             new.cpu_ms() / old.cpu_ms()
         );
-        println!(
-            "| restore: every run, wall clock | {} ms | {} ms | |",
-            old.runs_ms(),
-            new.runs_ms()
-        );
-        println!(
-            "| restore: process peak memory (VmHWM) | {:.0} MiB | {:.0} MiB | {:.2} |",
-            old.mib(),
-            new.mib(),
-            new.mib() / old.mib()
-        );
+        print_run_rows("restore: ", &old, &new);
         println!(
             "| restore of a format 1 checkpoint by this build (on-CPU) | | {:.1} ms ({:.1} ms), {:.0} MiB | {:.2} |",
             new_on_v1.ms(),
@@ -457,6 +611,7 @@ fn main() {
             job_p1.ms(),
             job_p2.ms()
         );
+        print_restore_rows(&new, &huge);
         let _ = std::fs::remove_dir_all(&jobs);
         let _ = std::fs::remove_dir_all(&resume_p1);
         let _ = std::fs::remove_dir_all(&resume_p2);
