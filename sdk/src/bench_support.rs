@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{Bytes, Codec};
 use crate::error::{Error, Result};
-use crate::runtime::chain::{Key, SnapshotWriter};
+use crate::key::Key;
+use crate::runtime::element::SnapshotWriter;
 use crate::runtime::executor::load_checkpoint;
 use crate::runtime::keyed::{self, KeyedState};
 use crate::storage::frame::{self, PayloadKind};
@@ -80,7 +81,11 @@ pub fn restore_keyed<K: Key, S: DeserializeOwned>(
     let restored = stages
         .get(stage)
         .and_then(Option::as_ref)
-        .ok_or_else(|| Error::Runtime(format!("the checkpoint has no stage {stage}")))?;
+        .ok_or_else(|| Error::Restore {
+            checkpoint: checkpoint.id(),
+            path: checkpoint.path.clone(),
+            message: format!("the checkpoint has no stage {stage}"),
+        })?;
     restored
         .restore_keyed(id, parallelism, index)
         .map(KeyedStateMap)

@@ -1,11 +1,18 @@
 //! Error types shared by the whole SDK.
 //!
-//! Owns: the job-level [`Error`], the boxed [`BoxError`] that user code and
-//! connectors return, and the context wrappers the runtime adds. Does not own
-//! the storage and codec errors, which live beside the code that raises them
-//! and convert into [`Error`].
+//! Owns: the job-level [`Error`] with one typed variant per way a job can
+//! stop, each keeping its underlying error as its source; the boxed
+//! [`BoxError`] that user code and connectors return; [`Unrecoverable`];
+//! and the errors of the runtime's own machinery that users may match on:
+//! [`SavepointError`] and [`CallError`]. Does not own the storage and codec
+//! errors ([`StorageError`], [`CodecError`]), which live beside the code
+//! that raises them and convert into [`Error`], nor the errors of a user's
+//! operators, sources and sinks, which arrive boxed inside
+//! [`Error::Task`], [`Error::Commit`] and [`Error::Preflight`].
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::codec::CodecError;
 use crate::storage::StorageError;
@@ -125,9 +132,109 @@ pub enum Error {
         last: Box<Error>,
     },
 
-    /// The runtime could not be started (for example the tokio runtime).
-    #[error("runtime: {0}")]
-    Runtime(String),
+    /// Several of the errors above, found at once (for example every
+    /// mistake in a pipeline), in the order they were found.
+    #[error("{}", list(.0))]
+    Many(Vec<Error>),
+
+    /// [`crate::Job::run`] could not start its tokio runtime.
+    #[error("cannot start the tokio runtime: {0}")]
+    StartRuntime(#[source] std::io::Error),
+
+    /// [`crate::Job::spawn`] was called outside a tokio runtime.
+    #[error("Job::spawn needs a tokio runtime; from synchronous code call Job::run")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+
+    /// A savepoint was not taken.
+    #[error(transparent)]
+    Savepoint(#[from] SavepointError),
+
+    /// A call the runtime ran on a thread of its own, or the job's driver
+    /// task, panicked or was cancelled.
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+/// Why a savepoint was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SavepointError {
+    /// The job had ended before the request reached it.
+    #[error("the job has already ended")]
+    JobEnded,
+    /// The job ended while the savepoint was waiting to be taken.
+    #[error("the job ended before the savepoint was taken")]
+    EndedBeforeSavepoint,
+    /// The job is taking its final checkpoint; nothing can follow it.
+    #[error("the job is stopping; no further savepoint can be taken")]
+    Stopping,
+    /// The savepoint's checkpoint expired before every task acknowledged it.
+    #[error("savepoint checkpoint {checkpoint} expired after {timeout:?}")]
+    Expired {
+        /// The id of the expired checkpoint.
+        checkpoint: u64,
+        /// The checkpoint timeout it exceeded.
+        timeout: Duration,
+    },
+}
+
+/// A call the runtime ran on a thread of its own (storage I/O, a preflight
+/// check, a sink call, the job's driver task) that did not return.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The call panicked.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// The call.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+    /// The call was cancelled (its runtime shut down).
+    #[error("{what} was cancelled")]
+    Cancelled {
+        /// The call.
+        what: &'static str,
+    },
+}
+
+impl CallError {
+    /// The call `what` that panicked with `payload`.
+    pub(crate) fn panicked(what: &'static str, payload: &(dyn std::any::Any + Send)) -> Self {
+        CallError::Panicked {
+            what,
+            message: panic_message(payload),
+        }
+    }
+
+    /// The call `what`, run as a tokio task that ended with `error`.
+    pub(crate) fn from_join(what: &'static str, error: tokio::task::JoinError) -> Self {
+        match error.try_into_panic() {
+            Ok(payload) => CallError::panicked(what, payload.as_ref()),
+            Err(_) => CallError::Cancelled { what },
+        }
+    }
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+/// The display of [`Error::Many`]: a count, then one error a line.
+fn list(errors: &[Error]) -> String {
+    let mut text = format!("{} errors:", errors.len());
+    for error in errors {
+        let _ = write!(text, "\n- {error}");
+    }
+    text
 }
 
 impl Error {
@@ -142,6 +249,16 @@ impl Error {
             next = error.source();
         }
         false
+    }
+
+    /// `Ok` for no errors, the error itself for one, and [`Error::Many`]
+    /// for several.
+    pub(crate) fn from_all(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Many(errors)),
+        }
     }
 
     /// Shorthand for a [`Error::Config`] error.

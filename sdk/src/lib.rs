@@ -4,8 +4,10 @@ extern crate self as exactly;
 
 pub mod codec;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod fault;
+pub mod key;
 pub mod metrics;
 pub mod operator;
 pub mod pipeline;
@@ -25,12 +27,13 @@ pub mod __private;
 pub mod __bench;
 
 pub use config::{JobConfig, RestartStrategy};
-pub use error::{BoxError, Error, Result, Unrecoverable};
+pub use context::SubtaskContext;
+pub use error::{BoxError, CallError, Error, Result, SavepointError, Unrecoverable};
 pub use exactly_macros::{operator, state};
 pub use metrics::{JobMetrics, MetricsSnapshot};
 pub use operator::{Emitter, Operator, UnkeyedOperator};
 pub use pipeline::{Job, JobHandle, KeyedStream, Stream};
-pub use runtime::chain::Key;
+pub use key::Key;
 pub use state::{State, StateSet};
 
 /// The names most pipelines need: `use exactly::prelude::*;`.

@@ -1,9 +1,15 @@
 //! The pipeline builder: [`Job`], [`Stream`] and [`KeyedStream`].
 //!
 //! Owns: the user-facing way to wire sources, operators, `key_by`, `union`
-//! and sinks, and its translation into the runtime's job graph (stages of
-//! chained elements joined by exchanges). Does not own execution: that is
-//! [`crate::runtime`].
+//! and sinks, and the description of the job it produces: which elements
+//! are chained into one stage, where exchanges go, the names, state ids and
+//! parallelism of every stage, and the mistakes found on the way. Also the
+//! [`JobHandle`] a started job is watched and stopped through.
+//!
+//! Does not own the runtime objects built from that description (task
+//! loops, operator pipes, exchange queues, sink drivers): that is the
+//! runtime's job graph, `runtime/graph.rs`. Does not own execution: that is
+//! the runtime's executor.
 //!
 //! ```no_run
 //! use exactly::prelude::*;
@@ -40,29 +46,23 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::config::JobConfig;
-use crate::error::{Error, Result};
+use crate::error::{CallError, Error, Result, SavepointError};
+use crate::key::{Key, key_hash};
 use crate::metrics::{JobMetrics, MetricsSnapshot};
 use crate::operator::{Operator, UnkeyedOperator};
-use crate::runtime::chain::{Key, KeyFn, OperatorPipe, PipeFactory};
 use crate::runtime::coordinator::JobCommand;
-use crate::runtime::exchange::{ExchangePipe, GateChannels, Partitioner, key_hash};
-use crate::runtime::executor::Executor;
-use crate::runtime::graph::{GateSpec, JobGraph, StageRunner, StageSpec};
-use crate::runtime::task::{run_gate, run_source};
-use crate::runtime::two_phase_commit::TwoPhaseCommitDriver;
+use crate::runtime::element::KeyFn;
+use crate::runtime::executor;
+use crate::runtime::graph::{JobGraph, OpenChain};
 use crate::sink::TwoPhaseCommitSink;
 use crate::source::Source;
 
 type Graph = Rc<RefCell<JobGraph>>;
-
-/// Completes a stage once its tail is known.
-type Finish<T> = Box<dyn FnOnce(PipeFactory<T>) -> StageRunner>;
 
 /// A streaming job: a name, a configuration, and the pipeline built on it.
 pub struct Job {
@@ -102,7 +102,10 @@ impl Job {
     pub fn source<S: Source>(&self, source: S) -> Stream<S::Item> {
         let name = source.name();
         let id = format!("0:{name}");
-        let stage = add_stage(&self.graph, name.clone(), self.config.parallelism, true);
+        let stage =
+            self.graph
+                .borrow_mut()
+                .add_stage(name.clone(), self.config.parallelism, true);
         self.graph.borrow_mut().stages[stage]
             .operators
             .push(id.clone());
@@ -117,14 +120,7 @@ impl Job {
                     .preflight(settings)
             }),
         ));
-        let finish: Finish<S::Item> = Box::new(move |tail| {
-            Box::new(move |env| {
-                let pipe = tail(&env)?;
-                let source = prototype.lock().expect("source prototype poisoned").clone();
-                Ok(Box::pin(run_source(source, id.clone(), env, pipe)))
-            })
-        });
-        Stream::chain(&self.graph, stage, finish)
+        Stream::chain(&self.graph, stage, OpenChain::source(prototype, id))
     }
 
     /// Runs the job to completion on a new tokio runtime, restarting it
@@ -139,10 +135,7 @@ impl Job {
         if let Some(threads) = self.config.worker_threads {
             builder.worker_threads(threads);
         }
-        let runtime = builder
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Runtime(format!("cannot start the tokio runtime: {e}")))?;
+        let runtime = builder.enable_all().build().map_err(Error::StartRuntime)?;
         runtime.block_on(async move { self.spawn()?.join().await.map(drop) })
     }
 
@@ -161,62 +154,13 @@ impl Job {
         })?;
         let mut graph = graph.into_inner();
         graph.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Runtime(
-                "Job::spawn needs a tokio runtime; from synchronous code call Job::run".into(),
-            )
-        })?;
-        let (commands_tx, commands_rx) = unbounded_channel();
-        let metrics = Arc::new(JobMetrics::default());
-        let progress = self.config.progress_interval;
-        let executor = Executor {
-            name: self.name.clone(),
-            graph,
-            config: self.config,
-            metrics: Arc::clone(&metrics),
-            commands: commands_rx,
-            stop_requested: false,
-        };
-        let name = self.name;
-        let reporter_metrics = Arc::clone(&metrics);
-        let task = runtime.spawn(async move {
-            let reporter = progress
-                .map(|every| tokio::spawn(report_progress(name.clone(), every, reporter_metrics)));
-            let result = executor.run().await;
-            if let Some(reporter) = reporter {
-                reporter.abort();
-            }
-            result
-        });
+        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        let started = executor::start(&runtime, self.name, self.config, graph);
         Ok(JobHandle {
-            commands: commands_tx,
-            task,
-            metrics,
+            commands: started.commands,
+            task: started.task,
+            metrics: started.metrics,
         })
-    }
-}
-
-async fn report_progress(job: String, every: Duration, metrics: Arc<JobMetrics>) {
-    let mut last = (Instant::now(), 0u64);
-    let mut ticker = tokio::time::interval(every);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let m = metrics.snapshot();
-        let now = Instant::now();
-        let rate = (m.records_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-        last = (now, m.records_in);
-        eprintln!(
-            "[{job}] {} records in ({}/s), {} out, {} checkpoints (last #{} in {:.1} ms, {} bytes), {} restarts",
-            m.records_in,
-            rate as u64,
-            m.records_out,
-            m.checkpoints_completed,
-            m.last_checkpoint_id,
-            m.last_checkpoint_micros as f64 / 1000.0,
-            m.last_checkpoint_bytes,
-            m.restarts
-        );
     }
 }
 
@@ -261,10 +205,10 @@ impl JobHandle {
                 target: dir.into(),
                 reply,
             })
-            .map_err(|_| Error::Runtime("the job has already ended".into()))?;
+            .map_err(|_| SavepointError::JobEnded)?;
         answer
             .await
-            .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
+            .map_err(|_| SavepointError::EndedBeforeSavepoint)?
     }
 
     /// Takes a savepoint into `dir` with the job's final checkpoint and
@@ -284,10 +228,10 @@ impl JobHandle {
                 reply,
             })
             .and_then(|()| self.commands.send(JobCommand::Stop))
-            .map_err(|_| Error::Runtime("the job has already ended".into()))?;
+            .map_err(|_| SavepointError::JobEnded)?;
         answer
             .await
-            .map_err(|_| Error::Runtime("the job ended before the savepoint was taken".into()))?
+            .map_err(|_| SavepointError::EndedBeforeSavepoint)?
     }
 
     /// Waits for the job to end and returns its final counters.
@@ -298,21 +242,9 @@ impl JobHandle {
     pub async fn join(self) -> Result<MetricsSnapshot> {
         self.task
             .await
-            .map_err(|e| Error::Runtime(format!("the job's driver task failed: {e}")))??;
+            .map_err(|e| CallError::from_join("the job's driver task", e))??;
         Ok(self.metrics.snapshot())
     }
-}
-
-fn add_stage(graph: &Graph, head: String, parallelism: usize, is_source: bool) -> usize {
-    let mut graph = graph.borrow_mut();
-    graph.stages.push(StageSpec {
-        parts: vec![head],
-        operators: Vec::new(),
-        parallelism,
-        is_source,
-        runner: None,
-    });
-    graph.stages.len() - 1
 }
 
 /// A stream of `T` records.
@@ -328,31 +260,31 @@ pub struct Stream<T> {
 }
 
 enum Inner<T> {
-    Chain { stage: usize, finish: Finish<T> },
+    Chain { stage: usize, chain: OpenChain<T> },
     Union(Vec<Stream<T>>),
 }
 
 impl<T: Send + 'static> Stream<T> {
-    fn chain(graph: &Graph, stage: usize, finish: Finish<T>) -> Self {
+    fn chain(graph: &Graph, stage: usize, chain: OpenChain<T>) -> Self {
         Stream {
             graph: Rc::clone(graph),
-            inner: Inner::Chain { stage, finish },
+            inner: Inner::Chain { stage, chain },
         }
     }
 
     /// The open chains this stream is made of.
-    fn into_chains(self) -> Vec<(usize, Finish<T>)> {
+    fn into_chains(self) -> Vec<(usize, OpenChain<T>)> {
         match self.inner {
-            Inner::Chain { stage, finish } => vec![(stage, finish)],
+            Inner::Chain { stage, chain } => vec![(stage, chain)],
             Inner::Union(members) => members.into_iter().flat_map(Stream::into_chains).collect(),
         }
     }
 
     /// This stream as one chain: a union is first merged through an
     /// exchange.
-    fn into_chain(self) -> (usize, Finish<T>) {
+    fn into_chain(self) -> (usize, OpenChain<T>) {
         match self.inner {
-            Inner::Chain { stage, finish } => (stage, finish),
+            Inner::Chain { stage, chain } => (stage, chain),
             Inner::Union(_) => self.exchange("union", None).into_chain(),
         }
     }
@@ -364,44 +296,18 @@ impl<T: Send + 'static> Stream<T> {
             Inner::Chain { stage, .. } => graph.borrow().stages[*stage].parallelism,
             Inner::Union(_) => self.first_parallelism(),
         };
-        let down = add_stage(&graph, head.to_owned(), parallelism, false);
         let chains = self.into_chains();
-        let gate = {
+        let (down, gate) = {
             let mut g = graph.borrow_mut();
-            g.gates.push(GateSpec {
-                upstream: chains.iter().map(|(stage, _)| *stage).collect(),
-                downstream: down,
-                create: Box::new(|upstream, downstream, capacity| {
-                    Box::new(GateChannels::<T>::new(upstream, downstream, capacity))
-                }),
-            });
-            g.gates.len() - 1
+            let down = g.add_stage(head.to_owned(), parallelism, false);
+            let upstream = chains.iter().map(|(stage, _)| *stage).collect();
+            let gate = g.add_exchange::<T>(upstream, down);
+            for (stage, chain) in chains {
+                g.end_in_exchange(stage, chain, gate, key.clone());
+            }
+            (down, gate)
         };
-        for (stage, finish) in chains {
-            let key = key.clone();
-            let runner = finish(Box::new(move |env| {
-                let senders = env.gates.get::<T>(gate).senders(env.stage, env.ctx.index);
-                let partitioner = match &key {
-                    Some(key) => Partitioner::Hash(Arc::clone(key)),
-                    None => Partitioner::Rebalance {
-                        next: env.ctx.index,
-                    },
-                };
-                Ok(Box::new(ExchangePipe::new(
-                    senders,
-                    partitioner,
-                    env.task_name(),
-                )))
-            }));
-            graph.borrow_mut().stages[stage].runner = Some(runner);
-        }
-        let finish: Finish<T> = Box::new(move |tail| {
-            Box::new(move |env| {
-                let pipe = tail(&env)?;
-                Ok(Box::pin(run_gate::<T>(gate, env, pipe)))
-            })
-        });
-        Stream::chain(&graph, down, finish)
+        Stream::chain(&graph, down, OpenChain::exchange(gate))
     }
 
     fn first_parallelism(&self) -> usize {
@@ -422,16 +328,11 @@ impl<T: Send + 'static> Stream<T> {
         O: UnkeyedOperator<In = T>,
     {
         let graph = Rc::clone(&self.graph);
-        let (stage, finish) = self.into_chain();
+        let (stage, chain) = self.into_chain();
         graph.borrow_mut().stages[stage]
             .parts
             .push(O::NAME.to_owned());
-        let finish: Finish<O::Out> = Box::new(move |tail: PipeFactory<O::Out>| {
-            finish(Box::new(move |env| {
-                Ok(Box::new(OperatorPipe::unkeyed(op, env, tail(env)?)))
-            }))
-        });
-        Stream::chain(&graph, stage, finish)
+        Stream::chain(&graph, stage, chain.operator(op))
     }
 
     /// Repartitions by key: records with equal keys go to the same subtask
@@ -478,9 +379,9 @@ impl<T: Send + 'static> Stream<T> {
     /// source or the last `key_by`, `union` or `rebalance`.
     pub fn parallelism(self, parallelism: usize) -> Stream<T> {
         let graph = Rc::clone(&self.graph);
-        let (stage, finish) = self.into_chain();
+        let (stage, chain) = self.into_chain();
         set_parallelism(&graph, stage, parallelism);
-        Stream::chain(&graph, stage, finish)
+        Stream::chain(&graph, stage, chain)
     }
 
     /// Ends the stream in a sink, chained into the current stage.
@@ -489,7 +390,7 @@ impl<T: Send + 'static> Stream<T> {
         S: TwoPhaseCommitSink<Item = T>,
     {
         let graph = Rc::clone(&self.graph);
-        let (stage, finish) = self.into_chain();
+        let (stage, chain) = self.into_chain();
         let name = sink.name();
         let id = {
             let mut g = graph.borrow_mut();
@@ -510,11 +411,9 @@ impl<T: Send + 'static> Stream<T> {
                     .preflight(settings)
             }),
         ));
-        let runner = finish(Box::new(move |env| {
-            let sink = prototype.lock().expect("sink prototype poisoned").clone();
-            Ok(Box::new(TwoPhaseCommitDriver::new(sink, id.clone(), env)?))
-        }));
-        graph.borrow_mut().stages[stage].runner = Some(runner);
+        graph
+            .borrow_mut()
+            .end_in_sink(stage, chain, prototype, id);
     }
 }
 
@@ -546,7 +445,7 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
         O: Operator<In = T>,
     {
         let graph = Rc::clone(&self.stream.graph);
-        let (stage, finish) = self.stream.into_chain();
+        let (stage, chain) = self.stream.into_chain();
         let id = {
             let mut g = graph.borrow_mut();
             let spec = &mut g.stages[stage];
@@ -557,24 +456,12 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
             }
             id
         };
-        let key = self.key;
-        let finish: Finish<O::Out> = Box::new(move |tail: PipeFactory<O::Out>| {
-            finish(Box::new(move |env| {
-                let down = tail(env)?;
-                if O::STATE_NAMES.is_empty() {
-                    Ok(Box::new(OperatorPipe::unkeyed(op, env, down)))
-                } else {
-                    Ok(Box::new(OperatorPipe::keyed(
-                        op,
-                        Arc::clone(&key),
-                        id.clone(),
-                        env,
-                        down,
-                    )?))
-                }
-            }))
-        });
-        Stream::chain(&graph, stage, finish)
+        let chain = if O::STATE_NAMES.is_empty() {
+            chain.operator(op)
+        } else {
+            chain.keyed_operator(op, self.key, id)
+        };
+        Stream::chain(&graph, stage, chain)
     }
 
     /// Sets the parallelism of the keyed stage.

@@ -1,6 +1,11 @@
 //! Running blocking calls (sink transactions, storage I/O) off the async
 //! executor, and knowing when all of them have finished.
 //!
+//! Owns: [`BlockingCalls`], which counts an attempt's calls, and [`call`]
+//! for the executor's own calls outside any attempt; both report a call
+//! that panicked or was cancelled as a [`CallError`]. Does not own what the
+//! calls do.
+//!
 //! A task that is aborted while it awaits a blocking call does not stop the
 //! call: tokio's blocking pool runs it to the end. Before a restart begins
 //! recovery, the runtime waits until every call of the failed attempt has
@@ -11,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+
+use crate::error::CallError;
 
 /// Counts blocking calls in flight for one job attempt.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +44,7 @@ impl Drop for Guard {
 impl BlockingCalls {
     /// Runs `f` on the blocking pool and returns its result. A panic in `f`
     /// is returned as an error naming `what`.
-    pub(crate) async fn run<R, F>(&self, what: &str, f: F) -> Result<R, String>
+    pub(crate) async fn run<R, F>(&self, what: &'static str, f: F) -> Result<R, CallError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -48,10 +55,7 @@ impl BlockingCalls {
             let _guard = guard;
             f()
         });
-        handle.await.map_err(|e| match e.try_into_panic() {
-            Ok(payload) => panicked(what, payload.as_ref()),
-            Err(_) => format!("{what} was cancelled"),
-        })
+        handle.await.map_err(|e| CallError::from_join(what, e))
     }
 
     /// Runs `f` on the blocking pool without waiting for it (it still
@@ -84,20 +88,17 @@ impl BlockingCalls {
     }
 }
 
-/// The error message of a call `what` that panicked with `payload`.
-pub(crate) fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> String {
-    format!("{what} panicked: {}", panic_message(payload))
-}
-
-/// The message of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
-    }
+/// Runs `f` on the blocking pool, uncounted: for the executor's calls
+/// before and between attempts. A panic in `f` is returned as an error
+/// naming `what`.
+pub(crate) async fn call<R, F>(what: &'static str, f: F) -> Result<R, CallError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CallError::from_join(what, e))
 }
 
 #[cfg(test)]
@@ -133,7 +134,7 @@ mod tests {
             .run("commit", || panic!("disk on fire"))
             .await
             .unwrap_err();
-        assert_eq!(err, "commit panicked: disk on fire");
+        assert_eq!(err.to_string(), "commit panicked: disk on fire");
         calls.wait_idle().await;
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::blocking::BlockingCalls;
 use super::message::Barrier;
 use crate::codec::Codec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SavepointError};
 use crate::fault::{FaultPoint, Faults};
 use crate::metrics::JobMetrics;
 use crate::storage::frame::{self, PayloadKind};
@@ -169,7 +169,7 @@ impl Coordinator {
                 event = self.events.recv() => match event {
                     None => {
                         for (_, reply) in savepoints.drain(..) {
-                            let _ = reply.send(Err(Error::Runtime("the job finished before the savepoint was taken".into())));
+                            let _ = reply.send(Err(SavepointError::EndedBeforeSavepoint.into()));
                         }
                         return Ok(());
                     }
@@ -215,7 +215,7 @@ impl Coordinator {
                                 "savepoints need checkpoint storage: call JobConfig::checkpoint_dir(path)",
                             )));
                         } else if final_done {
-                            let _ = reply.send(Err(Error::Runtime("the job is stopping; no further savepoint can be taken".into())));
+                            let _ = reply.send(Err(SavepointError::Stopping.into()));
                         } else {
                             savepoints.push_back((target, reply));
                         }
@@ -246,8 +246,7 @@ impl Coordinator {
         if let Some(storage) = self.storage.clone() {
             self.blocking
                 .run("begin checkpoint", move || storage.begin_checkpoint(id))
-                .await
-                .map_err(Error::Runtime)??;
+                .await??;
         }
         tracing::debug!(job = %self.job, checkpoint = id, is_final, "triggering checkpoint");
         let barrier = Barrier { checkpoint_id: id };
@@ -280,10 +279,11 @@ impl Coordinator {
         );
         JobMetrics::add(&self.metrics.checkpoints_expired, 1);
         if let Some((_, reply)) = flight.savepoint {
-            let _ = reply.send(Err(Error::Runtime(format!(
-                "savepoint checkpoint {} expired after {:?}",
-                flight.id, self.plan.timeout
-            ))));
+            let _ = reply.send(Err(SavepointError::Expired {
+                checkpoint: flight.id,
+                timeout: self.plan.timeout,
+            }
+            .into()));
         }
         if let Some(storage) = self.storage.clone() {
             let id = flight.id;
@@ -321,8 +321,7 @@ impl Coordinator {
                 .run("write checkpoint metadata", move || {
                     store.complete(&metadata, &framed)
                 })
-                .await
-                .map_err(Error::Runtime)??;
+                .await??;
             completed = Some(done);
         }
         self.fault(FaultPoint::AfterCheckpointComplete { checkpoint: id })?;
@@ -353,8 +352,7 @@ impl Coordinator {
                     });
                     (storage.retain(retained), exported)
                 })
-                .await
-                .map_err(Error::Runtime)?;
+                .await?;
             let (retain, exported) = result;
             if let Err(e) = retain {
                 tracing::warn!(job = %self.job, "could not delete old checkpoints: {e}");

@@ -13,31 +13,14 @@
 //! [`super::alignment`].
 
 use std::any::Any;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 
-use super::chain::{BoxFuture, KeyFn, Pipe, PushFuture, SnapshotWriter};
+use super::element::{BoxFuture, KeyFn, Pipe, PushFuture, SnapshotWriter};
 use super::message::{Barrier, Message};
 use crate::error::{Error, Result};
-
-/// The subtask, of `parallelism`, that owns `key`.
-///
-/// The hasher has fixed keys, so the choice is the same in every subtask and
-/// every attempt of one build. Restores recompute it, so state follows its
-/// key even if the parallelism or the hasher changed.
-pub(crate) fn key_subtask<K: Hash + ?Sized>(key: &K, parallelism: usize) -> usize {
-    (key_hash(key) % parallelism as u64) as usize
-}
-
-/// The hash that places a key; [`key_subtask`] reduces it to a subtask.
-pub(crate) fn key_hash<K: Hash + ?Sized>(key: &K) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish()
-}
 
 /// Emptied batches on their way back from a queue's receiver to its
 /// sender. Holds at most as many batches as the queue does.
@@ -162,10 +145,6 @@ impl<T: Send + 'static> GateChannels<T> {
     }
 }
 
-/// Creates the queues of one exchange for an attempt.
-pub(crate) type GateFactory =
-    Box<dyn Fn(&[(usize, usize)], usize, usize) -> Box<dyn Any + Send + Sync> + Send + Sync>;
-
 /// The exchanges of one attempt, by exchange id.
 #[derive(Default)]
 pub(crate) struct GateRegistry {
@@ -211,7 +190,7 @@ async fn send_all<T>(
 
 /// How an exchange tail spreads records over downstream subtasks.
 pub(crate) enum Partitioner<T> {
-    /// By the hash of the record's key (`key_by`), see [`key_hash`].
+    /// By the hash of the record's key (`key_by`), see [`crate::key`].
     Hash(KeyFn<T, u64>),
     /// Whole batches, round robin (`union` and parallelism changes).
     Rebalance { next: usize },
@@ -312,18 +291,8 @@ impl<T: Send + 'static> Pipe<T> for ExchangePipe<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::{key_hash, key_subtask};
     use std::sync::Arc;
-
-    #[test]
-    fn key_subtask_is_stable_and_in_range() {
-        for p in 1..8 {
-            for k in 0..100u32 {
-                let s = key_subtask(&k, p);
-                assert!(s < p);
-                assert_eq!(s, key_subtask(&k, p));
-            }
-        }
-    }
 
     #[tokio::test]
     async fn an_emptied_batch_goes_back_to_the_sender_to_be_filled_again() {

@@ -11,35 +11,85 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::instrument::WithSubscriber;
 
-use super::blocking::{BlockingCalls, panic_message};
-use super::chain::{BoxFuture, RestoredStage};
+use super::blocking::{self, BlockingCalls};
 use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, TaskLink};
+use super::element::{BoxFuture, RestoredStage};
 use super::env::SubtaskEnv;
-use super::exchange::{DownstreamStopped, GateRegistry};
+use super::exchange::DownstreamStopped;
 use super::graph::JobGraph;
+use super::progress;
 use crate::codec::Bytes;
 use crate::config::JobConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::fault::Faults;
 use crate::metrics::JobMetrics;
 use crate::preflight::{self, JobSettings};
-use crate::source::SubtaskContext;
+use crate::context::SubtaskContext;
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StageMetadata};
 
-/// A job ready to run.
-pub(crate) struct Executor {
-    pub(crate) name: String,
-    pub(crate) graph: JobGraph,
-    pub(crate) config: JobConfig,
+/// A job started by [`start`]: what its handle needs.
+pub(crate) struct Started {
+    /// Requests to the job (stop, savepoint).
+    pub(crate) commands: UnboundedSender<JobCommand>,
+    /// The job's driver task.
+    pub(crate) task: JoinHandle<Result<()>>,
+    /// The job's counters.
     pub(crate) metrics: Arc<JobMetrics>,
-    pub(crate) commands: UnboundedReceiver<JobCommand>,
+}
+
+/// Starts the job `graph` on `runtime`, with its progress reporter if the
+/// configuration asks for one. Every task of the job logs to the caller's
+/// subscriber, or to the fallback of [`progress::dispatch`].
+pub(crate) fn start(
+    runtime: &tokio::runtime::Handle,
+    name: String,
+    config: JobConfig,
+    graph: JobGraph,
+) -> Started {
+    let (commands, commands_rx) = unbounded_channel();
+    let metrics = Arc::new(JobMetrics::default());
+    let progress = config.progress_interval;
+    let executor = Executor {
+        name: name.clone(),
+        graph,
+        config,
+        metrics: Arc::clone(&metrics),
+        commands: commands_rx,
+        stop_requested: false,
+    };
+    let reporter_metrics = Arc::clone(&metrics);
+    let job = async move {
+        let reporter = progress.map(|every| {
+            tokio::spawn(progress::report(name, every, reporter_metrics).with_current_subscriber())
+        });
+        let result = executor.run().await;
+        if let Some(reporter) = reporter {
+            reporter.abort();
+        }
+        result
+    };
+    Started {
+        commands,
+        task: runtime.spawn(job.with_subscriber(progress::dispatch())),
+        metrics,
+    }
+}
+
+/// A job ready to run.
+struct Executor {
+    name: String,
+    graph: JobGraph,
+    config: JobConfig,
+    metrics: Arc<JobMetrics>,
+    commands: UnboundedReceiver<JobCommand>,
     /// Whether `JobHandle::stop` was received, by any attempt.
-    pub(crate) stop_requested: bool,
+    stop_requested: bool,
 }
 
 /// Whether a failure may be retried.
@@ -52,7 +102,7 @@ enum Failure {
 
 impl Executor {
     /// Runs attempts until the job finishes or the restart strategy gives up.
-    pub(crate) async fn run(mut self) -> Result<()> {
+    async fn run(mut self) -> Result<()> {
         let storage = self.config.storage.clone();
         let stages: Vec<StageMetadata> = self.graph.stages.iter().map(|s| s.metadata()).collect();
         let explicit = match &self.config.restore_from {
@@ -64,13 +114,7 @@ impl Executor {
         let _claim = match &storage {
             Some(storage) => {
                 let (storage, job) = (Arc::clone(storage), self.name.clone());
-                Some(
-                    tokio::task::spawn_blocking(move || storage.claim(&job))
-                        .await
-                        .map_err(|e| {
-                            Error::Runtime(format!("claiming checkpoint storage: {e}"))
-                        })??,
-                )
+                Some(blocking::call("claiming checkpoint storage", move || storage.claim(&job)).await??)
             }
             None => None,
         };
@@ -136,9 +180,10 @@ impl Executor {
         let origin = savepoint.origin();
         let continues = {
             let storage = Arc::clone(storage);
-            tokio::task::spawn_blocking(move || storage.read_restore_origin())
-                .await
-                .map_err(|e| Error::Runtime(format!("reading the restore origin: {e}")))??
+            blocking::call("reading the restore origin", move || {
+                storage.read_restore_origin()
+            })
+            .await??
         };
         if continues.as_deref() == Some(origin.as_str())
             && let Some(newest) = latest(storage).await?
@@ -154,14 +199,15 @@ impl Executor {
             return Ok(None);
         }
         let storage = Arc::clone(storage);
-        tokio::task::spawn_blocking(move || storage.write_restore_origin(&origin))
-            .await
-            .map_err(|e| Error::Runtime(format!("recording the restore origin: {e}")))??;
+        blocking::call("recording the restore origin", move || {
+            storage.write_restore_origin(&origin)
+        })
+        .await??;
         Ok(Some(savepoint))
     }
 
-    /// Runs every source's and sink's start-up check and prints their
-    /// notices to stderr.
+    /// Runs every source's and sink's start-up check and logs their
+    /// notices.
     async fn preflight(&mut self) -> Result<()> {
         let settings = JobSettings {
             job: self.name.clone(),
@@ -170,11 +216,11 @@ impl Executor {
             restart: self.config.restart,
         };
         let checks = std::mem::take(&mut self.graph.preflight);
-        let notices = tokio::task::spawn_blocking(move || preflight::run(&checks, &settings))
-            .await
-            .map_err(|e| Error::Runtime(format!("a preflight check panicked: {e}")))??;
+        let notices =
+            blocking::call("a preflight check", move || preflight::run(&checks, &settings))
+                .await??;
         for notice in notices {
-            eprintln!("[{}] notice: {notice}", self.name);
+            tracing::info!(job = %self.name, "notice: {notice}");
         }
         Ok(())
     }
@@ -191,14 +237,12 @@ impl Executor {
             Some(checkpoint) => {
                 let checkpoint = checkpoint.clone();
                 let expected = stages.to_vec();
-                tokio::task::spawn_blocking(move || load_checkpoint(&checkpoint, &expected))
-                    .await
-                    .map_err(|e| {
-                        Failure::Fatal(Error::Runtime(format!(
-                            "loading the checkpoint failed: {e}"
-                        )))
-                    })?
-                    .map_err(Failure::Fatal)?
+                blocking::call("loading the checkpoint", move || {
+                    load_checkpoint(&checkpoint, &expected)
+                })
+                .await
+                .map_err(|e| Failure::Fatal(e.into()))?
+                .map_err(Failure::Fatal)?
             }
             None => vec![None; stages.len()],
         };
@@ -212,21 +256,7 @@ impl Executor {
             .max(restore.as_ref().map_or(0, |c| c.id()))
             + 1;
 
-        let mut gates = GateRegistry::default();
-        for gate in &self.graph.gates {
-            let upstream: Vec<(usize, usize)> = gate
-                .upstream
-                .iter()
-                .map(|&s| (s, self.graph.stages[s].parallelism))
-                .collect();
-            let downstream = self.graph.stages[gate.downstream].parallelism;
-            gates.gates.push((gate.create)(
-                &upstream,
-                downstream,
-                self.config.queue_capacity,
-            ));
-        }
-        let gates = Arc::new(gates);
+        let gates = Arc::new(self.graph.gates(self.config.queue_capacity));
 
         let (events_tx, events_rx) = unbounded_channel();
         let (completed_tx, completed_rx) = watch::channel(restore.as_ref().map_or(0, |c| c.id()));
@@ -245,10 +275,6 @@ impl Executor {
         let mut sources = Vec::new();
         let mut expected_acks = 0;
         for (index, stage) in self.graph.stages.iter().enumerate() {
-            let runner = stage
-                .runner
-                .as_ref()
-                .expect("validated before the first attempt");
             for subtask in 0..stage.parallelism {
                 let commands = if stage.is_source {
                     let (tx, rx) = unbounded_channel();
@@ -277,8 +303,9 @@ impl Executor {
                     commands,
                 };
                 let name = env.task_name();
-                let future: BoxFuture<'static, Result<()>> = runner(env).map_err(Failure::Fatal)?;
-                let handle = tasks.spawn(future);
+                let future: BoxFuture<'static, Result<()>> =
+                    stage.build(env).map_err(Failure::Fatal)?;
+                let handle = tasks.spawn(future.with_current_subscriber());
                 names.insert(handle.id(), name);
                 expected_acks += 1;
             }
@@ -387,18 +414,12 @@ async fn highest_id(storage: &Option<Arc<dyn CheckpointStorage>>) -> Result<u64>
     let Some(storage) = storage.clone() else {
         return Ok(0);
     };
-    tokio::task::spawn_blocking(move || storage.highest_id())
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?
-        .map_err(Error::from)
+    Ok(blocking::call("reading checkpoint storage", move || storage.highest_id()).await??)
 }
 
 async fn latest(storage: &Arc<dyn CheckpointStorage>) -> Result<Option<CompletedCheckpoint>> {
     let storage = Arc::clone(storage);
-    tokio::task::spawn_blocking(move || storage.latest())
-        .await
-        .map_err(|e| Error::Runtime(e.to_string()))?
-        .map_err(Error::from)
+    Ok(blocking::call("reading checkpoint storage", move || storage.latest()).await??)
 }
 
 /// Checks that `checkpoint` was taken by a job with these stages, and reads

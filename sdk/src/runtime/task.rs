@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::alignment::{GateEvent, InputGate};
-use super::chain::{Pipe, SnapshotWriter};
+use super::element::{Pipe, SnapshotWriter};
 use super::coordinator::{SourceCommand, TaskEvent};
 use super::env::SubtaskEnv;
 use super::message::Barrier;

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::blocking::{BlockingCalls, panicked};
-use super::chain::{BoxFuture, Pipe, PushFuture, SnapshotWriter};
+use super::blocking::BlockingCalls;
+use super::element::{BoxFuture, Pipe, PushFuture, SnapshotWriter};
 use super::env::SubtaskEnv;
 use super::message::Barrier;
-use crate::error::{Error, Result};
+use crate::error::{CallError, Error, Result};
 use crate::fault::{FaultPoint, Faults};
 use crate::metrics::JobMetrics;
 use crate::sink::{SinkContext, TwoPhaseCommitSink};
@@ -68,8 +68,7 @@ impl CommitMarkers {
             .run("read commit marker", move || {
                 storage.read_commit_marker(stage, subtask)
             })
-            .await
-            .map_err(Error::Runtime)?
+            .await?
             .map_err(Error::from)
     }
 
@@ -83,8 +82,7 @@ impl CommitMarkers {
             .run("write commit marker", move || {
                 storage.write_commit_marker(stage, subtask, checkpoint)
             })
-            .await
-            .map_err(Error::Runtime)?
+            .await?
             .map_err(Error::from)
     }
 }
@@ -186,10 +184,10 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
                 (sink, result)
             })
             .await
-            .map_err(|message| Error::Task {
+            .map_err(|e| Error::Task {
                 task: self.task.clone(),
                 phase,
-                source: message.into(),
+                source: Box::new(e),
             })?;
         self.sink = Some(sink);
         Ok(result)
@@ -208,7 +206,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             Err(payload) => Err(Error::Task {
                 task: self.task.clone(),
                 phase,
-                source: panicked(phase, payload.as_ref()).into(),
+                source: Box::new(CallError::panicked(phase, payload.as_ref())),
             }),
         }
     }
@@ -522,7 +520,7 @@ mod tests_support {
     use std::collections::HashMap;
 
     use crate::codec::Codec;
-    use crate::runtime::chain::RestoredStage;
+    use crate::runtime::element::RestoredStage;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -51,7 +51,7 @@ pub use file::{FileSink, FileTransaction};
 
 use crate::error::BoxError;
 use crate::preflight::{JobSettings, PreflightReport};
-use crate::source::SubtaskContext;
+use crate::context::SubtaskContext;
 
 /// What a sink subtask learns when it opens.
 #[derive(Debug, Clone)]

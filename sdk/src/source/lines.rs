@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Source, SourcePoll, SubtaskContext};
+use super::{Source, SourcePoll};
+use crate::context::SubtaskContext;
 use crate::error::BoxError;
 
 /// Reads a UTF-8 text file line by line (without the line terminator).

@@ -14,26 +14,12 @@ use std::future::Future;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::context::SubtaskContext;
 pub use lines::{LineFileSource, LinePosition};
 pub use vec::{VecPosition, VecSource};
 
 use crate::error::BoxError;
 use crate::preflight::{JobSettings, PreflightReport};
-
-/// Which parallel instance of a stage a source, operator or sink runs as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubtaskContext {
-    /// The job name.
-    pub job: String,
-    /// The stage name (its chained operators).
-    pub stage: String,
-    /// This subtask's index, `0..parallelism`.
-    pub index: usize,
-    /// How many subtasks the stage has.
-    pub parallelism: usize,
-    /// Zero on the first run, then one more for every restart.
-    pub attempt: u32,
-}
 
 /// What one call to [`Source::poll_batch`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

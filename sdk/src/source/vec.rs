@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Source, SourcePoll, SubtaskContext};
+use super::{Source, SourcePoll};
+use crate::context::SubtaskContext;
 use crate::error::BoxError;
 
 /// An in-memory source over a shared vector. Subtask `i` of `p` reads the

@@ -1,0 +1,64 @@
+//! What a running job tells its user: periodic progress, and where log
+//! events go when the application chose no subscriber.
+//!
+//! Owns: the progress reporter (one `info` event every
+//! [`crate::JobConfig::progress_interval`], with the job's counters) and
+//! the fallback subscriber. Every warning and progress line of the runtime
+//! is a [`tracing`] event; an application that installs a subscriber
+//! decides what it sees. One that installs none still sees them: the job
+//! then runs with a subscriber of its own that writes `info` and above to
+//! stderr, filtered by `RUST_LOG` when that is set, as the SDK printed
+//! before it used `tracing`.
+//!
+//! Does not own the counters ([`crate::metrics`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Dispatch;
+use tracing::subscriber::NoSubscriber;
+use tracing_subscriber::EnvFilter;
+
+use crate::metrics::JobMetrics;
+
+/// The subscriber the job's tasks log to: the caller's, or the fallback
+/// when the caller has none.
+pub(crate) fn dispatch() -> Dispatch {
+    let current = tracing::dispatcher::get_default(Dispatch::clone);
+    if !current.is::<NoSubscriber>() {
+        return current;
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .finish(),
+    )
+}
+
+/// Reports the job's counters every `every`, until aborted.
+pub(crate) async fn report(job: String, every: Duration, metrics: Arc<JobMetrics>) {
+    let mut last = (Instant::now(), 0u64);
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let m = metrics.snapshot();
+        let now = Instant::now();
+        let rate = (m.records_in - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, m.records_in);
+        tracing::info!(
+            job = %job,
+            "{} records in ({}/s), {} out, {} checkpoints (last #{} in {:.1} ms, {} bytes), {} restarts",
+            m.records_in,
+            rate as u64,
+            m.records_out,
+            m.checkpoints_completed,
+            m.last_checkpoint_id,
+            m.last_checkpoint_micros as f64 / 1000.0,
+            m.last_checkpoint_bytes,
+            m.restarts
+        );
+    }
+}
