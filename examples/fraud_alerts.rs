@@ -101,7 +101,8 @@ fn payments(region: &str, countries: &[&str], count: u64) -> Vec<String> {
         .collect()
 }
 
-fn main() -> exactly::Result<()> {
+fn main() -> Result<(), exactly::BoxError> {
+    exactly_examples::init_logging();
     let work = std::env::temp_dir().join("exactly-fraud-alerts");
     let _ = std::fs::remove_dir_all(&work);
     let config = JobConfig::new()
@@ -120,20 +121,14 @@ fn main() -> exactly::Result<()> {
         .operator(check)
         .sink(FileSink::new(work.join("alerts")));
     let metrics = {
-        let runtime =
-            tokio::runtime::Runtime::new().map_err(|e| exactly::Error::Runtime(e.to_string()))?;
+        let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async { job.spawn()?.join().await })?
     };
     let mut alerts = Vec::new();
-    for entry in std::fs::read_dir(work.join("alerts"))
-        .map_err(|e| exactly::Error::Runtime(e.to_string()))?
-    {
-        let path = entry
-            .map_err(|e| exactly::Error::Runtime(e.to_string()))?
-            .path();
+    for entry in std::fs::read_dir(work.join("alerts"))? {
+        let path = entry?.path();
         if path.is_file() {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| exactly::Error::Runtime(e.to_string()))?;
+            let text = std::fs::read_to_string(&path)?;
             alerts.extend(text.lines().map(str::to_owned));
         }
     }

@@ -60,8 +60,8 @@ fn count(word: String, #[state] counts: &mut WordCount) -> (String, u64) {
     (word, counts.count)
 }
 
-fn error(e: impl std::fmt::Display) -> exactly::Error {
-    exactly::Error::Runtime(e.to_string())
+fn error(e: impl std::fmt::Display) -> exactly::BoxError {
+    e.to_string().into()
 }
 
 fn exactly_once_sink<T: Send + 'static>(
@@ -69,7 +69,7 @@ fn exactly_once_sink<T: Send + 'static>(
     topic: &str,
     prefix: String,
     serialize: impl Fn(T) -> OutputRecord + Send + Sync + 'static,
-) -> exactly::Result<KafkaSink<T>> {
+) -> Result<KafkaSink<T>, exactly::BoxError> {
     KafkaSink::builder(settings.clone(), topic, serialize)
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
         .transactional_id_prefix(prefix)
@@ -77,7 +77,7 @@ fn exactly_once_sink<T: Send + 'static>(
         .map_err(error)
 }
 
-fn run(lines: usize) -> exactly::Result<()> {
+fn run(lines: usize) -> Result<(), exactly::BoxError> {
     let settings = ClientSettings::from_env();
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -228,6 +228,7 @@ fn run(lines: usize) -> exactly::Result<()> {
 }
 
 fn main() -> ExitCode {
+    exactly_examples::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let lines = match args.as_slice() {
         [] => 20_000,

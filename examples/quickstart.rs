@@ -190,6 +190,7 @@ fn seed(args: &[String]) -> u64 {
 }
 
 fn main() -> ExitCode {
+    exactly_examples::init_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let paths = paths();
 

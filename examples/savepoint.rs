@@ -34,12 +34,12 @@ fn build(config: JobConfig, parallelism: usize, sink: CollectSink<(u64, u64)>) -
     job
 }
 
-fn main() -> exactly::Result<()> {
+fn main() -> Result<(), exactly::BoxError> {
+    exactly_examples::init_logging();
     let work = std::env::temp_dir().join("exactly-savepoint-example");
     let _ = std::fs::remove_dir_all(&work);
     let savepoint = work.join("savepoint");
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| exactly::Error::Runtime(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new()?;
 
     let first = CollectSink::new();
     let config = JobConfig::new()
@@ -77,6 +77,6 @@ fn main() -> exactly::Result<()> {
         println!("sums match a direct computation");
         Ok(())
     } else {
-        Err(exactly::Error::Runtime(format!("expected {expected:?}")))
+        Err(format!("expected {expected:?}").into())
     }
 }

@@ -231,8 +231,9 @@ impl JobConfig {
         self
     }
 
-    /// Prints a progress line (records per second, checkpoints) to stderr
-    /// this often.
+    /// Logs a progress line (records per second, checkpoints) this often,
+    /// as a `tracing` event at `info` level: on stderr when the application
+    /// installed no subscriber, else wherever its subscriber sends it.
     #[must_use]
     pub fn progress_interval(mut self, every: Duration) -> Self {
         self.progress_interval = Some(every);

@@ -30,10 +30,10 @@ pub use config::{JobConfig, RestartStrategy};
 pub use context::SubtaskContext;
 pub use error::{BoxError, CallError, Error, Result, SavepointError, Unrecoverable};
 pub use exactly_macros::{operator, state};
+pub use key::Key;
 pub use metrics::{JobMetrics, MetricsSnapshot};
 pub use operator::{Emitter, Operator, UnkeyedOperator};
 pub use pipeline::{Job, JobHandle, KeyedStream, Stream};
-pub use key::Key;
 pub use state::{State, StateSet};
 
 /// The names most pipelines need: `use exactly::prelude::*;`.

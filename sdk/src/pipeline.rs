@@ -102,10 +102,10 @@ impl Job {
     pub fn source<S: Source>(&self, source: S) -> Stream<S::Item> {
         let name = source.name();
         let id = format!("0:{name}");
-        let stage =
-            self.graph
-                .borrow_mut()
-                .add_stage(name.clone(), self.config.parallelism, true);
+        let stage = self
+            .graph
+            .borrow_mut()
+            .add_stage(name.clone(), self.config.parallelism, true);
         self.graph.borrow_mut().stages[stage]
             .operators
             .push(id.clone());
@@ -411,9 +411,7 @@ impl<T: Send + 'static> Stream<T> {
                     .preflight(settings)
             }),
         ));
-        graph
-            .borrow_mut()
-            .end_in_sink(stage, chain, prototype, id);
+        graph.borrow_mut().end_in_sink(stage, chain, prototype, id);
     }
 }
 
@@ -470,5 +468,43 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
             stream: self.stream.parallelism(parallelism),
             key: self.key,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::DiscardSink;
+    use crate::source::VecSource;
+
+    #[test]
+    fn every_mistake_in_a_pipeline_is_reported_at_once() {
+        let job = Job::new("mistakes", JobConfig::new());
+        job.source(VecSource::new(vec![1u64]))
+            .parallelism(0)
+            .sink(DiscardSink::new());
+        let unfinished = job
+            .source(VecSource::new(vec![2u64]))
+            .rebalance()
+            .parallelism(0);
+        drop(unfinished);
+        let err = job.run().unwrap_err();
+        let Error::Many(errors) = &err else {
+            panic!("only one error reported: {err}")
+        };
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(errors[0].contains("parallelism of `vec`"), "{}", errors[0]);
+        assert!(
+            errors[1].contains("parallelism of `rebalance`"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].contains("`rebalance` does not end in a sink"),
+            "{}",
+            errors[2]
+        );
+        assert!(err.to_string().starts_with("3 errors:\n- "), "{err}");
     }
 }

@@ -112,6 +112,7 @@ mod tests {
         let mut cx = Ctxt::new();
         let parsed = parse(&mut cx, args);
         assert!(!cx.has_errors());
+        assert!(cx.into_compile_errors().is_empty());
         parsed
     }
 

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::blocking::BlockingCalls;
-use super::element::RestoredStage;
 use super::coordinator::{SourceCommand, TaskLink};
+use super::element::RestoredStage;
 use super::exchange::GateRegistry;
 use crate::codec::Codec;
+use crate::context::SubtaskContext;
 use crate::error::Result;
 use crate::fault::{FaultPoint, Faults};
 use crate::metrics::JobMetrics;
-use crate::context::SubtaskContext;
 
 /// Everything one subtask needs to build its chain and run.
 pub(crate) struct SubtaskEnv {

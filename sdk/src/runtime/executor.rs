@@ -25,11 +25,11 @@ use super::graph::JobGraph;
 use super::progress;
 use crate::codec::Bytes;
 use crate::config::JobConfig;
+use crate::context::SubtaskContext;
 use crate::error::{Error, Result, panic_message};
 use crate::fault::Faults;
 use crate::metrics::JobMetrics;
 use crate::preflight::{self, JobSettings};
-use crate::context::SubtaskContext;
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StageMetadata};
 
@@ -114,7 +114,10 @@ impl Executor {
         let _claim = match &storage {
             Some(storage) => {
                 let (storage, job) = (Arc::clone(storage), self.name.clone());
-                Some(blocking::call("claiming checkpoint storage", move || storage.claim(&job)).await??)
+                Some(
+                    blocking::call("claiming checkpoint storage", move || storage.claim(&job))
+                        .await??,
+                )
             }
             None => None,
         };
@@ -216,9 +219,10 @@ impl Executor {
             restart: self.config.restart,
         };
         let checks = std::mem::take(&mut self.graph.preflight);
-        let notices =
-            blocking::call("a preflight check", move || preflight::run(&checks, &settings))
-                .await??;
+        let notices = blocking::call("a preflight check", move || {
+            preflight::run(&checks, &settings)
+        })
+        .await??;
         for notice in notices {
             tracing::info!(job = %self.name, "notice: {notice}");
         }

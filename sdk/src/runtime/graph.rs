@@ -90,7 +90,12 @@ impl<T: Send + 'static> OpenChain<T> {
 
     /// Chains an operator whose `#[state]` is scoped per key, snapshotted
     /// under element id `id`.
-    pub(crate) fn keyed_operator<O, K>(self, op: O, key: KeyFn<T, K>, id: String) -> OpenChain<O::Out>
+    pub(crate) fn keyed_operator<O, K>(
+        self,
+        op: O,
+        key: KeyFn<T, K>,
+        id: String,
+    ) -> OpenChain<O::Out>
     where
         O: Operator<In = T>,
         K: Key,

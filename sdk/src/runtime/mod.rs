@@ -1,18 +1,33 @@
-//! The runtime: everything that runs a built pipeline.
+//! The runtime: everything that runs a described pipeline.
+//!
+//! Owns execution: building every subtask for an attempt, moving records
+//! and barriers between them, checkpoints, the sinks' two-phase commit,
+//! restore and restarts. Does not own the user-facing API (the pipeline
+//! builder, the source, sink and operator contracts, configuration,
+//! storage and codecs); it only depends on those.
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`graph`] | the stages and exchanges a pipeline compiles to |
-//! | [`executor`] | attempts, restore, and the restart strategy |
-//! | [`coordinator`] | triggering and completing checkpoints |
+//! | [`graph`] | the stages and exchanges a pipeline compiles to, and the task loops, pipes, queues and sink drivers built from them |
+//! | [`executor`] | starting a job, attempts, restore, and the restart strategy |
+//! | [`coordinator`] | triggering, completing and expiring checkpoints; savepoints |
+//! | [`env`] | what one subtask is given for an attempt |
 //! | [`task`] | the source and exchange-fed task loops |
 //! | [`alignment`] | barrier alignment across a task's inputs |
 //! | [`exchange`] | `key_by` and `union` repartitioning, bounded queues |
-//! | [`chain`] | fused operators, keyed state, snapshots and restore |
+//! | [`message`] | what flows on the queues: batches, barriers, the end marker |
+//! | [`element`] | the element contract: [`element::Pipe`], snapshot writer, restore view |
+//! | [`chain`] | user operators as chained elements, unkeyed or keyed |
 //! | [`keyed`] | the keyed state map, its snapshot layout and its restore |
 //! | [`state_hasher`] | the keyed state map's hasher |
-//! | [`two_phase_commit`] | the sink lifecycle |
+//! | [`two_phase_commit`] | the sink lifecycle, where sink calls run, and commit markers |
 //! | [`blocking`] | blocking calls kept off the executor |
+//! | [`progress`] | progress reports, and the fallback log subscriber |
+//!
+//! Dependencies point down the table's layers, never back: [`graph`]
+//! and [`executor`] build on everything else; the elements ([`chain`],
+//! [`exchange`], [`two_phase_commit`]) on [`element`], [`env`] and
+//! [`message`]; [`element`] only on [`keyed`] and [`message`].
 
 pub(crate) mod alignment;
 pub(crate) mod blocking;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::alignment::{GateEvent, InputGate};
-use super::element::{Pipe, SnapshotWriter};
 use super::coordinator::{SourceCommand, TaskEvent};
+use super::element::{Pipe, SnapshotWriter};
 use super::env::SubtaskEnv;
 use super::message::Barrier;
 use crate::error::{Error, Result};

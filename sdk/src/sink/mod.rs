@@ -49,9 +49,9 @@ pub use collect::{CollectSink, CollectTransaction};
 pub use discard::DiscardSink;
 pub use file::{FileSink, FileTransaction};
 
+use crate::context::SubtaskContext;
 use crate::error::BoxError;
 use crate::preflight::{JobSettings, PreflightReport};
-use crate::context::SubtaskContext;
 
 /// What a sink subtask learns when it opens.
 #[derive(Debug, Clone)]

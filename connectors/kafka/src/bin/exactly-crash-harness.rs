@@ -296,12 +296,12 @@ async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64, exactly_ka
 
 /// The child: runs the pipeline until `records` updates are visible in the
 /// output, then stops gracefully.
-fn child(args: &ChildArgs) -> exactly::Result<()> {
+fn child(args: &ChildArgs) -> Result<(), exactly::BoxError> {
     let settings = ClientSettings {
         timeout: Duration::from_millis(args.client_timeout_ms),
         ..ClientSettings::from_env()
     };
-    let runtime_error = |e: &dyn std::fmt::Display| exactly::Error::Runtime(e.to_string());
+    let runtime_error = |e: &dyn std::fmt::Display| exactly::BoxError::from(e.to_string());
     let source = KafkaSource::builder(settings.clone())
         .topic(&args.input)
         .deserializer(Utf8)
@@ -339,8 +339,8 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
         .key_by(|r: &KafkaRecord<String>| key_of(&r.value))
         .operator(track)
         .sink(sink);
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| runtime_error(&e))?;
-    runtime.block_on(async {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ended: exactly::Result<()> = runtime.block_on(async {
         let handle = job.spawn()?;
         let started = tokio::time::Instant::now();
         loop {
@@ -369,7 +369,8 @@ fn child(args: &ChildArgs) -> exactly::Result<()> {
         }
         handle.stop();
         handle.join().await.map(drop)
-    })
+    });
+    Ok(ended?)
 }
 
 fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Result<(), String> {
