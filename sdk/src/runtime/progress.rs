@@ -12,6 +12,7 @@
 //!
 //! Does not own the counters ([`crate::metrics`]).
 
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,10 +32,26 @@ pub(crate) fn dispatch() -> Dispatch {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     Dispatch::new(
         tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
+            .with_writer(|| Stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .finish(),
     )
+}
+
+/// Writes through `eprint!`, as the SDK's lines were written before it
+/// used `tracing`: to stderr, and captured with a test's output.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        eprint!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reports the job's counters every `every`, until aborted.
