@@ -3,7 +3,7 @@
 //!
 //! Owns: the [`JobSettings`] a check may look at, the [`PreflightReport`] it
 //! returns, and the job-wide rules applied to the reports: notices are
-//! printed, and two elements that claim the same exclusive resource (for
+//! logged, and two elements that claim the same exclusive resource (for
 //! example one Kafka transactional-id prefix) are a start-up error. Does not
 //! own the checks themselves; each source or sink implements its own
 //! (`Source::preflight`, `TwoPhaseCommitSink::preflight`).
@@ -31,7 +31,7 @@ pub struct JobSettings {
 /// What a preflight check found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PreflightReport {
-    /// Things the user should know, printed at start (for example a default
+    /// Things the user should know, logged at start (for example a default
     /// the user did not choose).
     pub notices: Vec<String>,
     /// Resources this element must be the only user of within the job, such
@@ -65,7 +65,7 @@ pub(crate) type PreflightCheck =
     Box<dyn Fn(&JobSettings) -> Result<PreflightReport, BoxError> + Send + Sync>;
 
 /// Runs every check (blocking), applies the job-wide rules, and returns the
-/// notices to print, each prefixed with its element.
+/// notices to log, each prefixed with its element.
 pub(crate) fn run(
     checks: &[(String, PreflightCheck)],
     settings: &JobSettings,

@@ -1,5 +1,6 @@
 //! The Kafka sink's start-up checks: the exactly-once prerequisites that
-//! Flink leaves to the user (reference notes §4).
+//! Flink leaves to the user (its legacy `FlinkKafkaProducer` switches to
+//! `NONE` without checkpointing; its `KafkaSink` does not check).
 //!
 //! 1. `ExactlyOnce` without checkpointing is an error (Flink silently
 //!    downgrades to `NONE`).
