@@ -7,6 +7,10 @@
 //! The generated code names everything by absolute path (`::exactly::...`)
 //! and reaches serde through `::exactly::__private`, so users need neither
 //! imports nor a direct serde dependency.
+//!
+//! Does not own any runtime behaviour: what the generated code calls (the
+//! `Operator` and `State` traits, the state codec) is the `exactly`
+//! crate's. This crate depends on `syn`, `quote` and `proc-macro2` only.
 
 mod ctxt;
 mod operator;

@@ -14,6 +14,9 @@
 //! where-clause that names a generic lifetime is not checked where it is
 //! written, only where the impl is used, so the assertions are the only place
 //! that reports the problem.
+//!
+//! Does not own `#[operator]` ([`crate::operator`]) or how state is encoded
+//! in a checkpoint: that is the `exactly` crate's codec.
 
 use proc_macro2::{TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};

@@ -5,6 +5,9 @@
 //! cannot carry (borrows and `impl Trait`). A proc macro sees tokens, not
 //! resolved types, so these checks go by the last path segment; a renamed
 //! import (`use std::result::Result as Res`) is not recognised.
+//!
+//! Does not own what a recognised type means for an operator:
+//! [`crate::operator`] decides that.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;

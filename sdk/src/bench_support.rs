@@ -4,7 +4,7 @@
 //! names here may change in any release.
 //!
 //! Owns nothing of its own: each item wraps the code the runtime runs
-//! ([`crate::runtime::keyed`], [`crate::runtime::chain`] and the
+//! (`runtime::keyed`, `runtime::element` and the
 //! executor's checkpoint loading), so that the bench measures that code and
 //! not a copy of it.
 

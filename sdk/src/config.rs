@@ -3,7 +3,7 @@
 //! Owns: [`JobConfig`], its defaults and its validation, which runs when the
 //! job starts so that a bad value is reported before any record is read.
 //! Does not own the protocol that uses the settings
-//! ([`crate::runtime::coordinator`]).
+//! (`runtime::coordinator`).
 
 use std::fmt;
 use std::path::PathBuf;

@@ -6,6 +6,9 @@
 //! from its last checkpoint) or may end the process outright (for example
 //! `std::process::abort()`) to test recovery from a hard crash. Without a
 //! hook, every check is a no-op.
+//!
+//! Does not own where the points are in the protocol's code: the runtime
+//! calls `Faults::check` at each.
 
 use std::fmt;
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 //! (its hash, reduced modulo the parallelism), which the `key_by` exchange
 //! and the restore of keyed state both follow so that state stays with its
 //! key. Does not own the exchange that routes records
-//! ([`crate::runtime::exchange`]) or the keyed state map
-//! ([`crate::runtime::keyed`]).
+//! (`runtime::exchange`) or the keyed state map
+//! (`runtime::keyed`).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 

@@ -1,4 +1,17 @@
 #![doc = include_str!("../../README.md")]
+//!
+//! # This crate
+//!
+//! Owns: the pipeline API ([`Job`], [`Stream`], [`KeyedStream`]); the
+//! contracts of operators ([`mod@operator`]), sources ([`source`]) and sinks
+//! ([`sink`]) with the built-in ones; keys ([`key`]), checkpointed state
+//! ([`mod@state`]), configuration ([`config`]), checkpoint storage
+//! ([`storage`]) and codecs ([`codec`]); errors ([`error`]); and the
+//! private runtime that executes a job. Does not own any connector to an
+//! external system (Kafka is the `exactly-kafka` crate, which builds on
+//! this one) or the expansion of `#[operator]` and `#[state]`
+//! (`exactly-macros`, re-exported here). Imports go one way: connectors
+//! depend on this crate, this crate on `exactly-macros`.
 
 extern crate self as exactly;
 

@@ -8,7 +8,7 @@
 //! is blanket-implemented with `#[diagnostic::do_not_recommend]`, so a
 //! failure is reported once, in these words, rather than as one error per
 //! unmet serde bound. Does not own the contracts themselves: those are
-//! [`crate::state`] and [`crate::operator`].
+//! [`mod@crate::state`] and [`mod@crate::operator`].
 
 pub use serde;
 

@@ -1,5 +1,10 @@
 //! Job metrics: counters the runtime updates and users read through
 //! [`crate::JobHandle::metrics`] or the progress line.
+//!
+//! Owns: [`JobMetrics`], the atomic counters, and [`MetricsSnapshot`], a
+//! copy of them at one moment. Does not own when the counters change (the
+//! runtime's tasks and coordinator) or how progress is reported (the
+//! runtime's progress reporter).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,7 +2,7 @@
 //!
 //! Owns: [`Operator`], [`UnkeyedOperator`] and the [`Emitter`] an operator
 //! writes its outputs to. Does not own how operators are run, chained or
-//! snapshotted: that is [`crate::runtime::chain`].
+//! snapshotted: that is `runtime::chain`.
 
 use crate::error::BoxError;
 use crate::state::StateSet;

@@ -3,7 +3,7 @@
 //! Owns: [`State`], the contract a user struct meets to be snapshotted, and
 //! [`StateSet`], the tuple of states one operator keeps. Does not own where
 //! state lives at run time (per key, per subtask): that is
-//! [`crate::runtime::chain`], nor how it is encoded: that is [`crate::codec`].
+//! `runtime::chain`, nor how it is encoded: that is [`crate::codec`].
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -3,6 +3,9 @@
 //! Owns: parsing and validating them. The only argument is
 //! `name = "..."`, which overrides the operator's name (by default the
 //! function's name) as it appears in task names, logs and checkpoint ids.
+//!
+//! Does not own the function's signature ([`super::signature`]) or the
+//! generated code ([`super::expand`]).
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;

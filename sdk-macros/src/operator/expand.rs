@@ -4,6 +4,9 @@
 //! function (the original function, renamed and without `#[state]`
 //! markers), the `Operator`/`UnkeyedOperator` impls, and the fallback
 //! emitted when the signature has errors.
+//!
+//! Does not own reading the signature ([`super::signature`]) or reporting
+//! errors ([`crate::ctxt`]): it generates code from a finished analysis.
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote, quote_spanned};

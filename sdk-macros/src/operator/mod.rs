@@ -9,6 +9,9 @@
 //! Split into [`args`] (the `#[operator(...)]` arguments), [`signature`]
 //! (what the function's parameters and return type mean) and [`expand`]
 //! (the generated code, and the fallback emitted when there are errors).
+//!
+//! Does not own `#[state]` ([`crate::state`]) or what the generated impls
+//! do when run: that is the `exactly` crate's runtime.
 
 mod args;
 mod expand;

@@ -1,4 +1,9 @@
 //! What a subtask is given when the runtime builds it for one attempt.
+//!
+//! Owns: [`SubtaskEnv`], the subtask's identity, its restored state, the
+//! attempt's exchanges, blocking-call counter, fault hook, metrics and link
+//! to the coordinator. Does not own building the subtask from it
+//! ([`super::graph`]) or filling it in ([`super::executor`]).
 
 use std::sync::Arc;
 

@@ -1,5 +1,8 @@
 //! What flows on the queues between tasks: record batches, checkpoint
 //! barriers, and the end-of-stream marker.
+//!
+//! Owns: [`Barrier`] and [`Message`]. Does not own the queues
+//! ([`super::exchange`]) or what a task does on a barrier ([`super::task`]).
 
 /// A checkpoint barrier: every record before it belongs to checkpoint
 /// `checkpoint_id`, every record after it to the next one.

@@ -1,4 +1,8 @@
 //! [`CollectSink`]: an exactly-once in-memory sink, for tests and examples.
+//!
+//! Owns: the sink and its transaction type, which keeps a transaction's
+//! records in memory until it commits. Does not own the lifecycle its calls
+//! follow ([`crate::sink`]).
 
 use std::collections::HashSet;
 use std::fmt;

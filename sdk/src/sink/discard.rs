@@ -1,4 +1,7 @@
 //! [`DiscardSink`]: drops every record (for benchmarks and examples).
+//!
+//! Owns: the sink, whose transactions are empty. Does not own the
+//! lifecycle its calls follow ([`crate::sink`]).
 
 use std::marker::PhantomData;
 

@@ -13,6 +13,10 @@
 //! file system) and fsyncs the directory. A commit that finds the visible
 //! file already there has nothing to do, so commits are idempotent; one that
 //! finds neither file reports the loss.
+//!
+//! Owns: the sink, its transaction handle, and the files above. Does not
+//! own the lifecycle its calls follow ([`crate::sink`]) or checkpoint
+//! storage ([`crate::storage`]), whose durable-write helpers it reuses.
 
 use std::fmt::{self, Display, Write as _};
 use std::fs::{self, File};

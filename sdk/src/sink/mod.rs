@@ -4,7 +4,7 @@
 //! `TwoPhaseCommitSinkFunction`, and its implementations: the transactional
 //! [`FileSink`], the in-memory [`CollectSink`] and [`DiscardSink`]. Does not
 //! own when the phases run (at barriers, on checkpoint completion, on
-//! restore): that is [`crate::runtime::two_phase_commit`].
+//! restore): that is `runtime::two_phase_commit`.
 //!
 //! # The lifecycle
 //!

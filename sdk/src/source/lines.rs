@@ -1,5 +1,9 @@
 //! [`LineFileSource`]: a line-oriented file source that checkpoints its byte
 //! offset.
+//!
+//! Owns: the source and its position (a byte offset per file split). Does
+//! not own the source contract ([`crate::source::Source`]) or when
+//! positions are snapshotted (the runtime's source task).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};

@@ -3,7 +3,7 @@
 //!
 //! Owns: the [`Source`] contract and the built-in sources ([`VecSource`],
 //! [`LineFileSource`]). Does not own barrier injection or the source task
-//! loop: that is [`crate::runtime::task`].
+//! loop: that is `runtime::task`.
 
 mod lines;
 mod vec;

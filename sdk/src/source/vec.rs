@@ -1,4 +1,8 @@
 //! [`VecSource`]: an in-memory source with replayable positions.
+//!
+//! Owns: the source and its position (the index of the next element). Does
+//! not own the source contract ([`crate::source::Source`]) or when
+//! positions are snapshotted (the runtime's source task).
 
 use std::sync::Arc;
 

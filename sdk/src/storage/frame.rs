@@ -19,6 +19,10 @@
 //! The version and codec id let a later release read checkpoints written by
 //! this one; the length and checksum turn a truncated or corrupt file into an
 //! error that names the file instead of a decoder panic or a wrong value.
+//!
+//! Owns: encoding and checking the frame. Does not own the payload's
+//! encoding ([`crate::codec`]) or where the files go
+//! ([`super::LocalStorage`]).
 
 use std::path::Path;
 

@@ -8,6 +8,10 @@
 //! is locked by the running job and names it. Every file is written to a
 //! temporary name, fsynced, renamed into place, and its directory fsynced, so
 //! a crash leaves either the old state or the new one, never half a file.
+//!
+//! Owns: the directory layout above and its durable writes. Does not own
+//! what the files hold: the frame is [`super::frame`]'s, the payloads the
+//! runtime's.
 
 use std::fs::{self, File};
 use std::io::Write;

@@ -4,7 +4,7 @@
 //! Owns: the [`CheckpointStorage`] trait, the checkpoint metadata format, the
 //! snapshot [`frame`] and the embedded default, [`LocalStorage`] (a local
 //! directory). Does not own when checkpoints are taken or what goes into
-//! them: that is [`crate::runtime::coordinator`].
+//! them: that is `runtime::coordinator`.
 //!
 //! A checkpoint is complete once, and only once, its metadata file is
 //! durable; every task state it names was made durable before it.
