@@ -507,4 +507,31 @@ mod tests {
         );
         assert!(err.to_string().starts_with("3 errors:\n- "), "{err}");
     }
+
+    fn one_record_job(name: &str) -> Job {
+        let job = Job::new(name, JobConfig::new());
+        job.source(VecSource::new(vec![1u64]))
+            .sink(DiscardSink::new());
+        job
+    }
+
+    #[test]
+    fn spawning_outside_a_tokio_runtime_is_a_typed_error() {
+        let err = one_record_job("no-runtime").spawn().unwrap_err();
+        assert!(matches!(err, Error::NoRuntime(_)), "{err:?}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_of_an_ended_job_is_a_typed_error() {
+        let handle = one_record_job("ended").spawn().unwrap();
+        while !handle.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let err = handle.savepoint("unused").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Savepoint(SavepointError::JobEnded)),
+            "{err:?}"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Owns: [`BlockingCalls`], which counts an attempt's calls, and [`call`]
 //! for the executor's own calls outside any attempt; both report a call
-//! that panicked or was cancelled as a [`CallError`]. Does not own what the
+//! that panicked or was cancelled as a [`CallError`], and both run it with
+//! the caller's log subscriber. Does not own what the
 //! calls do.
 //!
 //! A task that is aborted while it awaits a blocking call does not stop the
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tracing::Dispatch;
 
 use crate::error::CallError;
 
@@ -51,10 +53,10 @@ impl BlockingCalls {
     {
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(Arc::clone(&self.inner));
-        let handle = tokio::task::spawn_blocking(move || {
+        let handle = tokio::task::spawn_blocking(in_current_subscriber(move || {
             let _guard = guard;
             f()
-        });
+        }));
         handle.await.map_err(|e| CallError::from_join(what, e))
     }
 
@@ -70,10 +72,12 @@ impl BlockingCalls {
         }
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(Arc::clone(&self.inner));
-        drop(tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            f();
-        }));
+        drop(tokio::task::spawn_blocking(in_current_subscriber(
+            move || {
+                let _guard = guard;
+                f();
+            },
+        )));
     }
 
     /// Waits until no blocking call is running.
@@ -88,6 +92,13 @@ impl BlockingCalls {
     }
 }
 
+/// `f`, logging to the caller's current subscriber wherever it runs: a
+/// thread of the blocking pool has none of its own.
+fn in_current_subscriber<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let dispatch = tracing::dispatcher::get_default(Dispatch::clone);
+    move || tracing::dispatcher::with_default(&dispatch, f)
+}
+
 /// Runs `f` on the blocking pool, uncounted: for the executor's calls
 /// before and between attempts. A panic in `f` is returned as an error
 /// naming `what`.
@@ -96,7 +107,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(in_current_subscriber(f))
         .await
         .map_err(|e| CallError::from_join(what, e))
 }
@@ -135,6 +146,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "commit panicked: disk on fire");
+        assert!(matches!(err, CallError::Panicked { what: "commit", .. }));
         calls.wait_idle().await;
     }
 }

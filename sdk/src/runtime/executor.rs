@@ -1,11 +1,14 @@
 //! Running a job: attempts, restore, and the restart strategy.
 //!
-//! Owns: choosing the checkpoint an attempt restores (the newest complete
-//! one, or the savepoint the user named), checking it belongs to this job,
-//! loading its state, building every subtask, running them with the
-//! coordinator, and on a failure stopping them all, waiting for their
-//! blocking calls to return, and restarting after the configured delay.
-//! Does not own the checkpoint protocol ([`super::coordinator`]).
+//! Owns: starting a job (its driver task, with the progress reporter and
+//! the log subscriber every task inherits), choosing the checkpoint an
+//! attempt restores (the newest complete one, or the savepoint the user
+//! named), checking it belongs to this job, loading its state, building
+//! every subtask from the job graph, running them with the coordinator, and
+//! on a failure stopping them all, waiting for their blocking calls to
+//! return, and restarting after the configured delay. Does not own the
+//! checkpoint protocol ([`super::coordinator`]) or what a subtask is built
+//! from ([`super::graph`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
