@@ -7,8 +7,8 @@
 //! is a [`tracing`] event; an application that installs a subscriber
 //! decides what it sees. One that installs none still sees them: the job
 //! then runs with a subscriber of its own that writes `info` and above to
-//! stderr, filtered by `RUST_LOG` when that is set, as the SDK printed
-//! before it used `tracing`.
+//! stderr, filtered by `RUST_LOG` when that is set: progress stays visible
+//! by default.
 //!
 //! Does not own the counters ([`crate::metrics`]).
 
@@ -77,5 +77,21 @@ pub(crate) async fn report(job: String, every: Duration, metrics: Arc<JobMetrics
             m.last_checkpoint_bytes,
             m.restarts
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::Registry;
+
+    #[test]
+    fn a_job_keeps_its_callers_subscriber_and_falls_back_without_one() {
+        assert!(dispatch().is::<EnvFilter>(), "no fallback subscriber");
+        let callers = Dispatch::new(tracing_subscriber::registry());
+        tracing::dispatcher::with_default(&callers, || {
+            let used = dispatch();
+            assert!(used.is::<Registry>() && !used.is::<EnvFilter>());
+        });
     }
 }
