@@ -3,7 +3,8 @@
 //!
 //! Owns: the [`Source`] contract and the built-in sources ([`VecSource`],
 //! [`LineFileSource`]). Does not own barrier injection or the source task
-//! loop: that is `runtime::task`.
+//! loop: that is `runtime::task`. Nor [`SubtaskContext`], which sinks are
+//! given too: it is [`crate::context`]'s, re-exported here.
 
 mod lines;
 mod vec;
