@@ -2,8 +2,8 @@
 //! `#[exactly::operator]` and `#[exactly::state]`.
 //!
 //! Owns: the two attribute macros. Each module owns one concern:
-//! [`state`] expands `#[state]`, [`operator`] expands `#[operator]`,
-//! [`ctxt`] collects errors and [`types`] reads types by their spelling.
+//! `state` expands `#[state]`, `operator` expands `#[operator]`,
+//! `ctxt` collects errors and `types` reads types by their spelling.
 //! The generated code names everything by absolute path (`::exactly::...`)
 //! and reaches serde through `::exactly::__private`, so users need neither
 //! imports nor a direct serde dependency.

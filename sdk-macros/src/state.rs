@@ -15,7 +15,7 @@
 //! written, only where the impl is used, so the assertions are the only place
 //! that reports the problem.
 //!
-//! Does not own `#[operator]` ([`crate::operator`]) or how state is encoded
+//! Does not own `#[operator]` ([`mod@crate::operator`]) or how state is encoded
 //! in a checkpoint: that is the `exactly` crate's codec.
 
 use proc_macro2::{TokenStream, TokenTree};

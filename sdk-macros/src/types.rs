@@ -7,7 +7,7 @@
 //! import (`use std::result::Result as Res`) is not recognised.
 //!
 //! Does not own what a recognised type means for an operator:
-//! [`crate::operator`] decides that.
+//! [`mod@crate::operator`] decides that.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;

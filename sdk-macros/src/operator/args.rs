@@ -5,7 +5,7 @@
 //! function's name) as it appears in task names, logs and checkpoint ids.
 //!
 //! Does not own the function's signature ([`super::signature`]) or the
-//! generated code ([`super::expand`]).
+//! generated code ([`mod@super::expand`]).
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;

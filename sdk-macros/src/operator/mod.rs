@@ -7,10 +7,10 @@
 //! `exactly::UnkeyedOperator` when the function keeps no `#[state]`).
 //!
 //! Split into [`args`] (the `#[operator(...)]` arguments), [`signature`]
-//! (what the function's parameters and return type mean) and [`expand`]
+//! (what the function's parameters and return type mean) and [`mod@expand`]
 //! (the generated code, and the fallback emitted when there are errors).
 //!
-//! Does not own `#[state]` ([`crate::state`]) or what the generated impls
+//! Does not own `#[state]` ([`mod@crate::state`]) or what the generated impls
 //! do when run: that is the `exactly` crate's runtime.
 
 mod args;

@@ -17,7 +17,7 @@
 //! A return type spelled `Result<R, E>` is always fallible: the error is
 //! returned from `process` (failing the task), and `R` is read as above.
 //!
-//! Does not own the code generated from the analysis ([`super::expand`])
+//! Does not own the code generated from the analysis ([`mod@super::expand`])
 //! or how a type is recognised by its spelling ([`crate::types`]).
 
 use quote::{ToTokens, quote_spanned};

@@ -11,7 +11,7 @@
 //! | [`graph`] | the stages and exchanges a pipeline compiles to, and the task loops, pipes, queues and sink drivers built from them |
 //! | [`executor`] | starting a job, attempts, restore, and the restart strategy |
 //! | [`coordinator`] | triggering, completing and expiring checkpoints; savepoints |
-//! | [`env`] | what one subtask is given for an attempt |
+//! | [`mod@env`] | what one subtask is given for an attempt |
 //! | [`task`] | the source and exchange-fed task loops |
 //! | [`alignment`] | barrier alignment across a task's inputs |
 //! | [`exchange`] | `key_by` and `union` repartitioning, bounded queues |
@@ -26,7 +26,7 @@
 //!
 //! Dependencies point down the table's layers, never back: [`graph`]
 //! and [`executor`] build on everything else; the elements ([`chain`],
-//! [`exchange`], [`two_phase_commit`]) on [`element`], [`env`] and
+//! [`exchange`], [`two_phase_commit`]) on [`element`], [`mod@env`] and
 //! [`message`]; [`element`] only on [`keyed`] and [`message`].
 
 pub(crate) mod alignment;
