@@ -3,6 +3,8 @@
 //! Owns what the examples share: [`init_logging`]. Does not own any
 //! pipeline; each example is a file of its own.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber every example logs through: the job's progress,
@@ -14,5 +16,6 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
