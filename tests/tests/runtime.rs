@@ -673,6 +673,57 @@ fn sources_hear_the_position_each_completed_checkpoint_recorded() {
     );
 }
 
+/// Appends all its records in one call and says `Finished` in the same
+/// call.
+#[derive(Clone)]
+struct AllAtOnce {
+    records: Vec<u64>,
+    taken: u64,
+}
+
+impl Source for AllAtOnce {
+    type Item = u64;
+    type Position = u64;
+
+    fn name(&self) -> String {
+        "all-at-once".into()
+    }
+    async fn open(
+        &mut self,
+        _ctx: &exactly::source::SubtaskContext,
+        restored: Vec<u64>,
+    ) -> Result<(), BoxError> {
+        self.taken = restored.into_iter().max().unwrap_or(0);
+        Ok(())
+    }
+    async fn poll_batch(
+        &mut self,
+        out: &mut Vec<u64>,
+        _max: usize,
+    ) -> Result<exactly::source::SourcePoll, BoxError> {
+        out.extend(self.records.iter().skip(self.taken as usize));
+        self.taken = self.records.len() as u64;
+        Ok(exactly::source::SourcePoll::Finished)
+    }
+    fn position(&self) -> u64 {
+        self.taken
+    }
+}
+
+#[test]
+fn records_appended_with_finished_are_emitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::<u64>::new();
+    let job = Job::new("all-at-once", config(dir.path()));
+    job.source(AllAtOnce {
+        records: (0..10).collect(),
+        taken: 0,
+    })
+    .sink(sink.clone());
+    job.run().unwrap();
+    assert_eq!(sink.committed(), (0..10).collect::<Vec<_>>());
+}
+
 /// Subtask 1 emits `fast` records and finishes; subtask 0 emits one record
 /// every 2 ms until stopped.
 #[derive(Clone)]

@@ -201,6 +201,12 @@ pub(crate) async fn run_source<S: Source>(
                     }
                     SourcePoll::Idle => Some(IDLE_WAIT),
                     SourcePoll::Finished => {
+                        // Records appended in the call that finished are
+                        // the input's last: they go down the chain first.
+                        if !batch.is_empty() {
+                            JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
+                            pipe.push(&mut batch).await?;
+                        }
                         mode = SourceMode::Finished;
                         env.link
                             .events

@@ -31,6 +31,7 @@ pub enum SourcePoll {
     /// Nothing is available now; the runtime will poll again shortly.
     Idle,
     /// The input is exhausted: this subtask will never produce again.
+    /// Records appended in the same call are its last, and are emitted.
     Finished,
 }
 
