@@ -11,8 +11,8 @@
 //!    keys them, keeps a count per word in keyed `#[state]`, and writes
 //!    every update `word count` to an output topic with an exactly-once
 //!    `KafkaSink` (a transaction per checkpoint, committed when the
-//!    checkpoint completes). It stops gracefully once it has read every
-//!    line.
+//!    checkpoint completes). The source is bounded: the job stops by
+//!    itself once it has read the input as it was when the job started.
 //! 3. The output is read by two independent oracles that must agree
 //!    record for record (`exactly_kafka::oracle`): the raw committed reader,
 //!    which applies Kafka's read_committed rule itself, and an rdkafka
@@ -69,12 +69,11 @@ fn exactly_once_sink<T: Send + 'static>(
     topic: &str,
     prefix: String,
     serialize: impl Fn(T) -> OutputRecord + Send + Sync + 'static,
-) -> Result<KafkaSink<T>, exactly::BoxError> {
-    KafkaSink::builder(settings.clone(), topic, serialize)
+) -> exactly::Result<KafkaSink<T>> {
+    Ok(KafkaSink::builder(settings.clone(), topic, serialize)
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
         .transactional_id_prefix(prefix)
-        .build()
-        .map_err(error)
+        .build()?)
 }
 
 fn run(lines: usize) -> Result<(), exactly::BoxError> {
@@ -86,17 +85,27 @@ fn run(lines: usize) -> Result<(), exactly::BoxError> {
         format!("wordcount-input-{run}"),
         format!("wordcount-output-{run}"),
     );
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/words.txt"))?;
+    let text: Vec<String> = text.lines().take(lines).map(str::to_owned).collect();
+    count_words(&settings, &text, run, &input, &output)?;
+    check(&settings, &text, &input, &output)
+}
+
+/// Writes `text` to `input` and counts its words into `output`, with two
+/// exactly-once jobs.
+fn count_words(
+    settings: &ClientSettings,
+    text: &[String],
+    run: u64,
+    input: &str,
+    output: &str,
+) -> exactly::Result<()> {
     let work = std::env::temp_dir().join(format!("exactly-kafka-wordcount-{run}"));
     ensure_topics(
-        &settings,
-        &[input.clone(), output.clone()],
+        settings,
+        &[input.to_owned(), output.to_owned()],
         MissingTopics::Create { partitions: 3 },
-    )
-    .map_err(error)?;
-
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/words.txt"))
-        .map_err(error)?;
-    let text: Vec<String> = text.lines().take(lines).map(str::to_owned).collect();
+    )?;
     println!(
         "kafka_wordcount: writing {} lines to `{input}` at {}",
         text.len(),
@@ -109,25 +118,25 @@ fn run(lines: usize) -> Result<(), exactly::BoxError> {
             .checkpoint_dir(work.join("generator")),
     );
     let line_sink = exactly_once_sink(
-        &settings,
-        &input,
+        settings,
+        input,
         format!("wordcount-generator-{run}"),
         |line: String| OutputRecord::value(line),
     )?;
     generator
-        .source(VecSource::new(text.clone()))
+        .source(VecSource::new(text.to_vec()))
         .sink(line_sink);
     generator.run()?;
 
     println!("kafka_wordcount: counting words from `{input}` into `{output}`");
     let source = KafkaSource::builder(settings.clone())
-        .topic(&input)
+        .topic(input)
         .deserializer(Utf8)
-        .build()
-        .map_err(error)?;
+        .bounded()
+        .build()?;
     let count_sink = exactly_once_sink(
-        &settings,
-        &output,
+        settings,
+        output,
         format!("wordcount-{run}"),
         |(word, n): (String, u64)| {
             let line = format!("{word} {n}");
@@ -147,37 +156,28 @@ fn run(lines: usize) -> Result<(), exactly::BoxError> {
         .key_by(|word: &String| word.clone())
         .operator(count)
         .sink(count_sink);
-    let runtime = tokio::runtime::Runtime::new().map_err(error)?;
-    runtime.block_on(async {
-        let handle = job.spawn()?;
-        while handle.metrics().records_in < text.len() as u64 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        handle.stop();
-        handle.join().await.map(drop)
-    })?;
+    job.run()?;
+    Ok(())
+}
 
+/// Reads `output` with both oracles and checks it against a direct count
+/// of `text`'s words.
+fn check(
+    settings: &ClientSettings,
+    text: &[String],
+    input: &str,
+    output: &str,
+) -> Result<(), exactly::BoxError> {
     let mut expected: HashMap<String, u64> = HashMap::new();
-    for line in &text {
+    for line in text {
         let mut out = Emitter::new();
-        split_words::call(
-            KafkaRecord {
-                topic: input.clone(),
-                partition: 0,
-                offset: 0,
-                timestamp: exactly_kafka::source::Timestamp::NotAvailable,
-                key: None,
-                headers: Vec::new(),
-                value: line.clone(),
-            },
-            &mut out,
-        );
+        split_words::call(KafkaRecord::new(input, 0, 0, line.clone()), &mut out);
         for word in out.take() {
             *expected.entry(word).or_default() += 1;
         }
     }
-    let logs = oracle::read_committed(&settings.bootstrap, &output).map_err(error)?;
-    oracle::settled(&settings.bootstrap, &output).map_err(error)?;
+    let logs = oracle::read_committed(&settings.bootstrap, output)?;
+    oracle::settled(&settings.bootstrap, output)?;
     let mut updates: HashMap<String, Vec<u64>> = HashMap::new();
     for record in logs.into_iter().flat_map(|p| p.records) {
         let value =

@@ -74,6 +74,18 @@ pub enum Error {
     #[error(transparent)]
     Codec(#[from] CodecError),
 
+    /// A connector failed outside a running job: building a source or
+    /// sink, or preparing what it needs (for example creating topics).
+    /// Connectors convert their errors into this variant, so that `?` works
+    /// in a job's `main`.
+    #[error("{connector}: {source}")]
+    Connector {
+        /// The connector, e.g. `kafka`.
+        connector: &'static str,
+        /// The connector's own error.
+        #[source]
+        source: BoxError,
+    },
     /// A checkpoint could not be restored into this job.
     #[error("cannot restore checkpoint {checkpoint} from {}: {message}", path.display())]
     Restore {

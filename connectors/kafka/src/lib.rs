@@ -42,3 +42,64 @@ pub use committed_reader::{
 pub use error::ReadError;
 pub use source::{KafkaRecord, KafkaSource, KafkaSourceError};
 pub use visibility::{OpenTransaction, PartitionLog, ProducerSummary, RecordHeader, VisibleRecord};
+
+/// `exactly-kafka`'s errors become [`exactly::Error::Connector`], so that `?`
+/// works in a job's `main`; the original error stays its source.
+macro_rules! into_job_error {
+    ($($error:ty),+ $(,)?) => {$(
+        impl From<$error> for exactly::Error {
+            fn from(error: $error) -> Self {
+                exactly::Error::Connector {
+                    connector: "kafka",
+                    source: Box::new(error),
+                }
+            }
+        }
+    )+};
+}
+
+into_job_error!(
+    KafkaSourceError,
+    sink::SinkConfigError,
+    sink::RecoveryError,
+    client::ClientError,
+);
+
+#[cfg(test)]
+mod tests {
+    use crate::client::ClientSettings;
+    use crate::sink::{KafkaSink, OutputRecord, SinkConfigError};
+    use crate::source::{KafkaSource, KafkaSourceError};
+
+    fn sink() -> exactly::Result<KafkaSink<String>> {
+        let builder = KafkaSink::builder(ClientSettings::new("127.0.0.1:1"), "out", |v: String| {
+            OutputRecord::value(v)
+        });
+        Ok(builder.producer_pool_size(0).build()?)
+    }
+
+    fn source() -> exactly::Result<KafkaSource> {
+        Ok(KafkaSource::builder(ClientSettings::new("127.0.0.1:1")).build()?)
+    }
+
+    #[test]
+    fn kafka_errors_become_the_jobs_error_with_their_source_kept() {
+        for (error, is_ours) in [
+            (
+                sink().unwrap_err(),
+                (|e| e.is::<SinkConfigError>()) as fn(&exactly::BoxError) -> bool,
+            ),
+            (source().unwrap_err(), |e| e.is::<KafkaSourceError>()),
+        ] {
+            let message = error.to_string();
+            match error {
+                exactly::Error::Connector { connector, source } => {
+                    assert_eq!(connector, "kafka");
+                    assert!(is_ours(&source), "{source:?}");
+                    assert!(message.starts_with("kafka: "), "{message}");
+                }
+                other => panic!("not a connector error: {other:?}"),
+            }
+        }
+    }
+}

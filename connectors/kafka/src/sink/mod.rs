@@ -55,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use self::producer::SinkProducer;
 use crate::client::{ClientSettings, MissingTopics};
 use crate::connection::block_on;
+use crate::source::KafkaHeader;
 use crate::transactions::list_open_in_cluster;
 
 pub use self::recovery::{
@@ -75,13 +76,18 @@ pub enum DeliveryGuarantee {
     None,
 }
 
-/// One record for Kafka: an optional key and a value.
+/// One record for Kafka: an optional key, a value and headers.
+///
+/// To pass an input record's headers through, hand them on:
+/// `OutputRecord::keyed(key, value).with_headers(record.headers)`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutputRecord {
     /// The record key (decides the partition).
     pub key: Option<Vec<u8>>,
     /// The record value.
     pub value: Vec<u8>,
+    /// The record headers, in order (a key may repeat).
+    pub headers: Vec<KafkaHeader>,
 }
 
 impl OutputRecord {
@@ -90,6 +96,7 @@ impl OutputRecord {
         OutputRecord {
             key: Some(key.into()),
             value: value.into(),
+            headers: Vec::new(),
         }
     }
 
@@ -98,7 +105,25 @@ impl OutputRecord {
         OutputRecord {
             key: None,
             value: value.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The record with one more header; `value: None` writes a null header
+    /// value.
+    pub fn with_header(mut self, key: impl Into<String>, value: Option<Vec<u8>>) -> Self {
+        self.headers.push(KafkaHeader {
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    /// The record with `headers` appended, for example an input record's
+    /// [`KafkaRecord::headers`](crate::source::KafkaRecord::headers).
+    pub fn with_headers(mut self, headers: impl IntoIterator<Item = KafkaHeader>) -> Self {
+        self.headers.extend(headers);
+        self
     }
 }
 
@@ -609,7 +634,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         for element in batch {
             let record = serialize(element);
             producer
-                .send(&topic, record.key.as_deref(), &record.value)
+                .send(&topic, &record)
                 .map_err(|e| kafka_failed("writing a record", transaction, producer, e))?;
         }
         transaction.records += records;

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 
+use super::OutputRecord;
 use crate::client::ClientSettings;
 
 /// What the callbacks saw since the last [`SinkProducer::take_deliveries`].
@@ -191,26 +193,30 @@ impl SinkProducer {
         self.producer.abort_transaction(self.timeout)
     }
 
-    /// Enqueues one record, waiting (bounded by the timeout) while the
-    /// local queue is full.
-    pub(crate) fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-    ) -> Result<(), KafkaError> {
+    /// Enqueues `record`, waiting (bounded by the timeout) while the local
+    /// queue is full.
+    pub(crate) fn send(&self, topic: &str, record: &OutputRecord) -> Result<(), KafkaError> {
         let deadline = Instant::now() + self.timeout;
-        let mut record = BaseRecord::to(topic).payload(value);
-        if let Some(key) = key {
-            record = record.key(key);
+        let mut base = BaseRecord::to(topic).payload(&record.value);
+        if let Some(key) = &record.key {
+            base = base.key(key);
+        }
+        if !record.headers.is_empty() {
+            let headers = record.headers.iter().fold(OwnedHeaders::new(), |all, h| {
+                all.insert(Header {
+                    key: &h.key,
+                    value: h.value.as_deref(),
+                })
+            });
+            base = base.headers(headers);
         }
         loop {
-            match self.producer.send(record) {
+            match self.producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if Instant::now() < deadline =>
                 {
-                    record = back;
+                    base = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 Err((error, _)) => return Err(error),

@@ -24,6 +24,8 @@
 //!   one start at the earliest offset (FLIP-288), never at the latest.
 //! * `isolation.level=read_committed` by default: records of open
 //!   transactions are held back, those of aborted ones never delivered.
+//! * `.bounded()` stops each partition at its end offset when the source
+//!   first opened ([`KafkaSourceBuilder::bounded`]), and the job then ends.
 //! * Offsets are committed to a consumer group only when a group id is
 //!   given, only after a checkpoint completes, and only for monitoring: the
 //!   source never reads them back.
@@ -57,6 +59,8 @@
 //! ```
 
 mod assign;
+mod bound;
+mod dead_letter;
 mod error;
 mod metrics;
 mod reader;
@@ -129,6 +133,8 @@ pub(crate) struct SourceConfig {
     pub(crate) on_error: DeserializeErrorPolicy,
     pub(crate) missing: MissingTopics,
     pub(crate) reset_out_of_range: bool,
+    /// With [`KafkaSourceBuilder::bounded`], the end offsets taken so far.
+    pub(crate) bounded: Option<bound::SharedEnds>,
 }
 
 /// A Kafka source whose read positions are part of the job's checkpoints.
@@ -180,6 +186,7 @@ impl KafkaSource {
             on_error: DeserializeErrorPolicy::Fail,
             missing: MissingTopics::Fail,
             reset_out_of_range: false,
+            bounded: false,
         }
     }
 }
@@ -212,6 +219,7 @@ pub struct KafkaSourceBuilder<D> {
     on_error: DeserializeErrorPolicy,
     missing: MissingTopics,
     reset_out_of_range: bool,
+    bounded: bool,
 }
 
 impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
@@ -240,6 +248,7 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
             on_error: self.on_error,
             missing: self.missing,
             reset_out_of_range: self.reset_out_of_range,
+            bounded: self.bounded,
         }
     }
 
@@ -308,6 +317,22 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
     /// that falls out of the log while the job runs.
     pub fn reset_out_of_range_offsets_to_earliest(mut self) -> Self {
         self.reset_out_of_range = true;
+        self
+    }
+
+    /// Makes the source bounded, like Flink's
+    /// `setBounded(OffsetsInitializer.latest())`: each partition is read up
+    /// to the end offset it had when the source first opened (the last
+    /// stable offset with read_committed), and a subtask finishes once all
+    /// its partitions reached theirs. When every source has finished, the
+    /// job takes its final checkpoint, commits, and [`Job::run`] returns.
+    /// Partition discovery is off. Restarted attempts of the job keep the
+    /// end offsets; a new process that restores a checkpoint takes them
+    /// again.
+    ///
+    /// [`Job::run`]: exactly::Job::run
+    pub fn bounded(mut self) -> Self {
+        self.bounded = true;
         self
     }
 
@@ -395,10 +420,11 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
                 topics,
                 group_id: self.group_id,
                 read_committed: self.read_committed,
-                discovery: self.discovery,
+                discovery: if self.bounded { None } else { self.discovery },
                 on_error: self.on_error,
                 missing: self.missing,
                 reset_out_of_range: self.reset_out_of_range,
+                bounded: self.bounded.then(bound::SharedEnds::default),
             }),
             deserializer: self.deserializer,
             metrics: Arc::new(KafkaSourceMetrics::default()),

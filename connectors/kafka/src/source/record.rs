@@ -65,6 +65,40 @@ impl From<rdkafka::Timestamp> for Timestamp {
 }
 
 impl<V> KafkaRecord<V> {
+    /// A record read from `partition` of `topic` at `offset`, without a key,
+    /// timestamp or headers: for unit tests of operators that take
+    /// `KafkaRecord`s. Set the other fields with [`Self::with_key`] or
+    /// struct update syntax.
+    ///
+    /// ```
+    /// use exactly_kafka::source::{KafkaRecord, Timestamp};
+    ///
+    /// let record = KafkaRecord::new("orders", 3, 42, "one order".to_owned()).with_key("k1");
+    /// let stamped = KafkaRecord {
+    ///     timestamp: Timestamp::CreateTime(1_700_000_000_000),
+    ///     ..record.clone()
+    /// };
+    /// assert_eq!(record.key.as_deref(), Some(&b"k1"[..]));
+    /// assert_eq!(stamped.timestamp.millis(), Some(1_700_000_000_000));
+    /// ```
+    pub fn new(topic: impl Into<String>, partition: i32, offset: i64, value: V) -> Self {
+        KafkaRecord {
+            topic: topic.into(),
+            partition,
+            offset,
+            timestamp: Timestamp::NotAvailable,
+            key: None,
+            headers: Vec::new(),
+            value,
+        }
+    }
+
+    /// The record with `key`.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
     /// The record `message`, carrying `value`.
     pub(crate) fn from_message(message: &BorrowedMessage<'_>, value: V) -> Self {
         KafkaRecord {

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use exactly::Unrecoverable;
 use exactly::prelude::*;
 use exactly_kafka::client::ClientSettings;
+use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::sink::{
     DeliveryGuarantee, KafkaSink, KafkaTransaction, OutputRecord, SinkConfigError,
     recover_transaction,
 };
+use exactly_kafka::source::{KafkaHeader, KafkaRecord, KafkaSource};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::common::{
@@ -511,4 +515,82 @@ fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
         expected.sort();
         assert_eq!(visible(&broker, &topic), expected, "{guarantee:?}");
     }
+}
+
+/// Headers written by the sink arrive with the record: an input record's
+/// headers passed through (a repeated key and a null value included), and
+/// one the pipeline adds.
+#[test]
+fn output_records_carry_headers_and_pass_input_headers_through() {
+    let broker = broker();
+    let (input, output) = (unique_topic("headers-in"), unique_topic("headers-out"));
+    create_topic(&broker, &input, 1);
+    create_topic(&broker, &output, 1);
+    let producer = crate::common::producer(&broker, None);
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "trace",
+            value: Some("t-1"),
+        })
+        .insert(Header {
+            key: "trace",
+            value: Some("t-2"),
+        })
+        .insert(Header::<&str> {
+            key: "empty",
+            value: None,
+        });
+    producer
+        .send(
+            BaseRecord::to(&input)
+                .key("k")
+                .payload("v")
+                .headers(headers),
+        )
+        .unwrap();
+    producer.flush(RDKAFKA_TIMEOUT).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ClientSettings::new(&broker);
+    let source = |topic: &str| {
+        KafkaSource::builder(settings.clone())
+            .topic(topic)
+            .deserializer(Utf8)
+            .bounded()
+            .build()
+            .unwrap()
+    };
+    let sink = KafkaSink::builder(settings.clone(), &output, |r: KafkaRecord<String>| {
+        OutputRecord::value(r.value)
+            .with_headers(r.headers)
+            .with_header("added", Some(b"by-the-job".to_vec()))
+    })
+    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    .transactional_id_prefix(unique_topic("headers"))
+    .build()
+    .unwrap();
+    let pass = Job::new("headers-pass", job_config(&dir.path().join("pass")));
+    pass.source(source(&input)).sink(sink);
+    pass.run().unwrap();
+
+    let read = CollectSink::<KafkaRecord<String>>::new();
+    let check = Job::new("headers-read", job_config(&dir.path().join("read")));
+    check.source(source(&output)).sink(read.clone());
+    check.run().unwrap();
+    let header = |key: &str, value: Option<&[u8]>| KafkaHeader {
+        key: key.to_owned(),
+        value: value.map(<[u8]>::to_vec),
+    };
+    let records = read.committed();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].value, "v");
+    assert_eq!(
+        records[0].headers,
+        vec![
+            header("trace", Some(b"t-1")),
+            header("trace", Some(b"t-2")),
+            header("empty", None),
+            header("added", Some(b"by-the-job")),
+        ]
+    );
 }

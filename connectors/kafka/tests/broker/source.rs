@@ -605,6 +605,54 @@ fn read_committed_holds_back_an_open_transaction_until_it_commits() {
     assert_eq!(committed_values(&sink), expected);
 }
 
+/// A bounded source reads each partition up to the end offset it had when
+/// the source opened, past the control records of a committed and an
+/// aborted transaction at the end of the log, and its job then ends by
+/// itself; a subtask with no partition ends too. Records written after the
+/// source opened are not read.
+#[test]
+fn a_bounded_source_stops_at_the_end_offsets_taken_when_it_opened() {
+    let broker = broker();
+    let topic = unique_topic("source-bounded");
+    create_topic(&broker, &topic, 2);
+    produce(&broker, &topic, 2, &sequence(0..40));
+    let transactional = producer(&broker, Some(&unique_topic("bounded-txn")));
+    transactional.begin_transaction().unwrap();
+    send_to(&transactional, &topic, 0, &["committed-1", "committed-2"]);
+    transactional.commit_transaction(RDKAFKA_TIMEOUT).unwrap();
+    transactional.begin_transaction().unwrap();
+    send_to(&transactional, &topic, 1, &["aborted-1"]);
+    transactional.abort_transaction(RDKAFKA_TIMEOUT).unwrap();
+
+    let checkpoints = tempfile::tempdir().unwrap();
+    let sink = CollectSink::<KafkaRecord<String>>::new();
+    let source = KafkaSource::builder(ClientSettings::new(&broker))
+        .topics([&topic])
+        .deserializer(Utf8)
+        .bounded()
+        .build()
+        .unwrap();
+    let job = Job::new("source-bounded", config(3, checkpoints.path()));
+    job.source(source).operator(slowly).sink(sink.clone());
+    let ended = runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        wait_for("the first record", || handle.metrics().records_in >= 1).await;
+        let late = broker.clone();
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || produce(&late, &topic, 2, &sequence(40..60)))
+            .await
+            .unwrap();
+        tokio::time::timeout(PATIENCE, handle.join())
+            .await
+            .expect("a bounded job ends by itself")
+    });
+    ended.unwrap();
+    let mut expected = sequence(0..40);
+    expected.extend(["committed-1".to_owned(), "committed-2".to_owned()]);
+    expected.sort();
+    assert_eq!(committed_values(&sink), expected);
+}
+
 #[test]
 fn a_missing_topic_stops_the_job_at_start_unless_asked_to_create_it() {
     let broker = broker();

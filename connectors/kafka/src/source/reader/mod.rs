@@ -1,6 +1,7 @@
 //! One opened subtask of the source: its consumer, its partitions and next
 //! offsets, partition discovery, the health of the cluster connection, and
-//! the dead-letter producer.
+//! the deserialization policy. The dead-letter producer is
+//! [`super::dead_letter`]'s, the end of a bounded source [`super::bound`]'s.
 //!
 //! Nothing here blocks the executor: polling uses a zero timeout,
 //! dead-letter deliveries are awaited as futures, and metadata requests
@@ -14,17 +15,18 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
 use super::assign::{TopicPartition, merge_restored, partition_owner, start_offsets};
+use super::bound::Bound;
+use super::dead_letter::{DeadLetter, Pending};
 use super::error::KafkaSourceError;
 use super::metrics::KafkaSourceMetrics;
 use super::record::{KafkaPosition, KafkaRecord, PartitionOffset};
-use super::{SKIP_LOG_EVERY, SourceConfig, dead_letter_headers};
+use super::{SKIP_LOG_EVERY, SourceConfig};
 use crate::client::ClientError;
 use crate::deserialize::{DeserializeErrorPolicy, ValueDeserializer};
 use exactly::source::{SourcePoll, SubtaskContext};
@@ -55,20 +57,6 @@ struct Trouble {
     last: String,
 }
 
-/// The dead-letter producer and its topic.
-struct DeadLetter {
-    producer: FutureProducer,
-    topic: String,
-}
-
-/// Where a dead-lettered record came from, while its delivery is awaited.
-struct Pending {
-    delivery: DeliveryFuture,
-    topic: String,
-    partition: i32,
-    offset: i64,
-}
-
 /// An opened subtask.
 pub(crate) struct Reader {
     /// `None` only while dropping.
@@ -91,6 +79,8 @@ pub(crate) struct Reader {
     dead_letter: Option<DeadLetter>,
     /// The consumer-group commit in flight, if any.
     committing: Option<JoinHandle<()>>,
+    /// The partitions still below their end, when the source is bounded.
+    bound: Option<Bound>,
 }
 
 impl Drop for Reader {
@@ -154,6 +144,7 @@ impl Reader {
             trouble: None,
             dead_letter,
             committing: None,
+            bound: None,
         };
         let unknown: Vec<&TopicPartition> = reader
             .restored
@@ -174,6 +165,7 @@ impl Reader {
         }
         reader.check_restored_offsets(&counts).await?;
         reader.assign_new(&counts, true)?;
+        reader.take_bound().await?;
         reader.next_discovery = reader.config.discovery.map(|every| Instant::now() + every);
         Ok(reader)
     }
@@ -295,6 +287,26 @@ impl Reader {
             }
             self.assigned.insert(key);
         }
+        Ok(())
+    }
+
+    /// With a bounded source, takes the end offsets of the assigned
+    /// partitions (those another subtask or an earlier attempt took are
+    /// kept), on the blocking pool.
+    async fn take_bound(&mut self) -> Result<(), KafkaSourceError> {
+        if self.config.bounded.is_none() {
+            return Ok(());
+        }
+        let consumer = Arc::clone(self.consumer());
+        let config = Arc::clone(&self.config);
+        let assigned = self.assigned.clone();
+        let bound = run_blocking("read the partitions' end offsets", move || {
+            let shared = config.bounded.as_ref().expect("checked above");
+            Bound::take(shared, &consumer, &assigned, config.settings.timeout)
+        })
+        .await?
+        .map_err(|source| self.consumer_error("read the partitions' end offsets", source))?;
+        self.bound = Some(bound);
         Ok(())
     }
 
@@ -423,6 +435,11 @@ impl Reader {
             };
             self.trouble = None;
             taken += 1;
+            if let Some(bound) = &self.bound
+                && !bound.admits(message.topic(), message.partition(), message.offset())
+            {
+                continue;
+            }
             match deserializer.deserialize(message.payload()) {
                 Ok(value) => out.push(KafkaRecord::from_message(&message, value)),
                 Err(reason) => {
@@ -436,6 +453,16 @@ impl Reader {
         self.next.extend(advanced);
         self.await_dead_letters(pending, metrics).await?;
         self.check_trouble()?;
+        if let Some(bound) = &mut self.bound {
+            // A batch that is not full may have reached the end; the
+            // consumer's position says so even when the last offsets are
+            // control records.
+            match bound.settle(&self.next, &consumer, taken < max) {
+                Ok(true) => return Ok(SourcePoll::Finished),
+                Ok(false) => {}
+                Err(source) => return Err(self.consumer_error("read its positions", source)),
+            }
+        }
         Ok(if taken > 0 {
             SourcePoll::Data
         } else {
@@ -478,91 +505,21 @@ impl Reader {
                     .dead_letter
                     .as_ref()
                     .expect("the dead-letter producer exists with the DeadLetter policy");
-                let mut headers = OwnedHeaders::new();
-                if let Some(own) = message.headers() {
-                    for header in own.iter() {
-                        headers = headers.insert(header);
-                    }
-                }
-                let (partition_text, offset_text) = (partition.to_string(), offset.to_string());
-                for (key, value) in [
-                    (dead_letter_headers::TOPIC, topic),
-                    (dead_letter_headers::PARTITION, &partition_text),
-                    (dead_letter_headers::OFFSET, &offset_text),
-                    (dead_letter_headers::ERROR, reason),
-                ] {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
-                let mut record =
-                    FutureRecord::<[u8], [u8]>::to(&dead_letter.topic).headers(headers);
-                if let Some(key) = message.key() {
-                    record = record.key(key);
-                }
-                if let Some(value) = message.payload() {
-                    record = record.payload(value);
-                }
-                let delivery = dead_letter.producer.send_result(record).map_err(|(e, _)| {
-                    self.dead_letter_error(topic, partition, offset, e.to_string())
-                })?;
-                Ok(Some(Pending {
-                    delivery,
-                    topic: topic.to_owned(),
-                    partition,
-                    offset,
-                }))
+                Ok(Some(dead_letter.send(message, reason)?))
             }
         }
     }
 
-    fn dead_letter_error(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        reason: String,
-    ) -> KafkaSourceError {
-        KafkaSourceError::DeadLetter {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            dead_letter_topic: self
-                .dead_letter
-                .as_ref()
-                .map_or_else(String::new, |d| d.topic.clone()),
-            bootstrap: self.bootstrap(),
-            reason,
-        }
-    }
-
-    /// Waits until the broker has every dead-lettered record of this batch,
-    /// so the position never moves past a record that is not safe
-    /// somewhere. Bounded by the producer's `message.timeout.ms`.
+    /// Waits until the broker has every dead-lettered record of this batch.
     async fn await_dead_letters(
         &self,
         pending: Vec<Pending>,
         metrics: &KafkaSourceMetrics,
     ) -> Result<(), KafkaSourceError> {
-        for Pending {
-            delivery,
-            topic,
-            partition,
-            offset,
-        } in pending
-        {
-            let failure = match delivery.await {
-                Ok(Ok(_)) => None,
-                Ok(Err((error, _))) => Some(error.to_string()),
-                Err(_) => Some("the producer was closed before the broker answered".to_owned()),
-            };
-            if let Some(reason) = failure {
-                return Err(self.dead_letter_error(&topic, partition, offset, reason));
-            }
-            metrics.add_dead_lettered(1);
+        match &self.dead_letter {
+            Some(dead_letter) => dead_letter.await_deliveries(pending, metrics).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The next offsets of this subtask's partitions.
@@ -705,25 +662,7 @@ fn create_clients(
     let counts = partition_counts(&consumer, config)?;
     let dead_letter = match &config.on_error {
         DeserializeErrorPolicy::DeadLetter { topic } => {
-            let timeout = config.settings.timeout.as_millis().max(1).to_string();
-            let producer: FutureProducer = config
-                .settings
-                .config(&[
-                    ("client.id", format!("{client_id}-dead-letter")),
-                    ("enable.idempotence", "true".into()),
-                    ("acks", "all".into()),
-                    ("message.timeout.ms", timeout),
-                ])
-                .create()
-                .map_err(|source| KafkaSourceError::Consumer {
-                    action: "create the dead-letter producer",
-                    bootstrap: bootstrap(),
-                    source,
-                })?;
-            Some(DeadLetter {
-                producer,
-                topic: topic.clone(),
-            })
+            Some(DeadLetter::create(&config.settings, &client_id, topic)?)
         }
         _ => None,
     };
@@ -775,144 +714,4 @@ fn note_next(advanced: &mut Vec<(TopicPartition, i64)>, message: &BorrowedMessag
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::client::{ClientSettings, MissingTopics};
-
-    /// A reader of topic `t` for subtask `index` of `parallelism`, with a
-    /// real consumer that has no cluster to talk to: assignments are local
-    /// bookkeeping, so the discovery step can be checked without a broker.
-    fn reader(index: usize, parallelism: usize, timeout: Duration) -> Reader {
-        let mut settings = ClientSettings::new("127.0.0.1:1");
-        settings.timeout = timeout;
-        let consumer: SourceConsumer = settings
-            .config(&[("group.id", "unit-test".into())])
-            .create()
-            .unwrap();
-        Reader {
-            consumer: Some(Arc::new(consumer)),
-            config: Arc::new(SourceConfig {
-                name: "kafka".into(),
-                settings,
-                topics: vec!["t".into()],
-                group_id: None,
-                read_committed: true,
-                discovery: Some(Duration::from_secs(1)),
-                on_error: DeserializeErrorPolicy::Fail,
-                missing: MissingTopics::Fail,
-                reset_out_of_range: false,
-            }),
-            index,
-            parallelism,
-            next: BTreeMap::new(),
-            assigned: BTreeSet::new(),
-            restored: BTreeMap::new(),
-            discovery: None,
-            next_discovery: None,
-            last_probe: Instant::now(),
-            trouble: None,
-            dead_letter: None,
-            committing: None,
-        }
-    }
-
-    fn partitions(n: usize) -> HashMap<String, usize> {
-        HashMap::from([("t".to_owned(), n)])
-    }
-
-    fn assignment(reader: &Reader) -> Vec<i32> {
-        let mut assigned: Vec<i32> = reader
-            .consumer()
-            .assignment()
-            .unwrap()
-            .elements()
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        assigned.sort_unstable();
-        assigned
-    }
-
-    #[test]
-    fn discovered_partitions_join_the_assignment_without_a_position() {
-        let mut reader = reader(0, 1, Duration::from_secs(30));
-        reader.restored = BTreeMap::from([(("t".to_owned(), 0), 5)]);
-        reader.assign_new(&partitions(1), true).unwrap();
-        assert_eq!(assignment(&reader), [0]);
-
-        reader.on_metadata(Ok(partitions(3))).unwrap();
-        assert_eq!(assignment(&reader), [0, 1, 2]);
-        reader.on_metadata(Ok(partitions(3))).unwrap();
-        assert_eq!(assignment(&reader), [0, 1, 2]);
-        // Only the restored partition has a position; the new ones start
-        // at the earliest offset, which a restore would choose again.
-        assert_eq!(
-            reader.position().partitions,
-            [PartitionOffset {
-                topic: "t".into(),
-                partition: 0,
-                next_offset: 5
-            }]
-        );
-    }
-
-    #[test]
-    fn a_restored_partition_missing_at_open_resumes_at_its_restored_offset() {
-        let mut reader = reader(0, 1, Duration::from_secs(30));
-        reader.restored = BTreeMap::from([(("t".to_owned(), 0), 5), (("t".to_owned(), 1), 7)]);
-        reader.assign_new(&partitions(1), true).unwrap();
-        assert_eq!(assignment(&reader), [0]);
-        let offset = |partition, next_offset| PartitionOffset {
-            topic: "t".into(),
-            partition,
-            next_offset,
-        };
-        assert_eq!(
-            reader.position().partitions,
-            [offset(0, 5), offset(1, 7)],
-            "a checkpoint taken before the partition appears keeps its position"
-        );
-        reader.on_metadata(Ok(partitions(2))).unwrap();
-        assert_eq!(assignment(&reader), [0, 1]);
-        assert_eq!(reader.position().partitions, [offset(0, 5), offset(1, 7)]);
-        assert!(reader.restored.is_empty());
-    }
-
-    #[test]
-    fn a_subtask_takes_only_the_new_partitions_it_owns() {
-        let mut reader = reader(1, 2, Duration::from_secs(30));
-        reader.assign_new(&partitions(1), true).unwrap();
-        let before = assignment(&reader);
-        reader.on_metadata(Ok(partitions(6))).unwrap();
-        let expected: Vec<i32> = (0..6)
-            .filter(|&p| super::super::partition_owner("t", p, 2) == 1)
-            .collect();
-        assert_eq!(assignment(&reader), expected);
-        assert!(before.iter().all(|p| expected.contains(p)));
-    }
-
-    #[test]
-    fn trouble_ends_with_a_good_answer_and_fails_the_source_after_the_timeout() {
-        let missing = || {
-            Err(KafkaSourceError::MissingTopic {
-                topic: "t".into(),
-                bootstrap: "127.0.0.1:1".into(),
-            })
-        };
-        let mut patient = reader(0, 1, Duration::from_secs(30));
-        patient.on_metadata(missing()).unwrap();
-        assert!(patient.trouble.is_some());
-        patient.check_trouble().unwrap();
-        patient.on_metadata(Ok(partitions(1))).unwrap();
-        assert!(patient.trouble.is_none());
-
-        let mut impatient = reader(0, 1, Duration::from_millis(1));
-        impatient.on_metadata(missing()).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        let error = impatient.check_trouble().unwrap_err().to_string();
-        assert!(
-            error.contains("127.0.0.1:1") && error.contains("`t` does not exist"),
-            "{error}"
-        );
-    }
-}
+mod tests;
