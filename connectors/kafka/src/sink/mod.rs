@@ -687,7 +687,10 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         let result = if transaction.records == 0 {
             producer.abort_transaction()
         } else {
-            producer.commit_transaction()
+            producer.commit_transaction(
+                (transaction.producer_id >= 0)
+                    .then_some((transaction.producer_id, transaction.epoch)),
+            )
         };
         if let Err(error) = result {
             return Err(kafka_failed("commit", &transaction, producer, error));

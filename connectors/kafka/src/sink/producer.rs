@@ -135,6 +135,17 @@ pub(crate) struct SinkProducer {
     producer: ThreadedProducer<Tracker>,
     tracker: Tracker,
     timeout: Duration,
+    /// The identity of this producer's last committed transaction, and
+    /// when that commit returned; cleared by anything that may give the
+    /// producer a new epoch (initialising, aborting).
+    committed: Mutex<Option<Committed>>,
+}
+
+/// A transaction commit that returned, with the identity it was made with.
+#[derive(Debug, Clone, Copy)]
+struct Committed {
+    identity: (i64, i16),
+    at: Instant,
 }
 
 impl std::fmt::Debug for SinkProducer {
@@ -159,6 +170,7 @@ impl SinkProducer {
             producer,
             tracker,
             timeout: settings.timeout,
+            committed: Mutex::new(None),
         })
     }
 
@@ -177,7 +189,12 @@ impl SinkProducer {
         }
     }
 
+    fn set_committed(&self, committed: Option<Committed>) {
+        *self.committed.lock().expect("commit record poisoned") = committed;
+    }
+
     pub(crate) fn init_transactions(&self) -> Result<(), KafkaError> {
+        self.set_committed(None);
         self.producer.init_transactions(self.timeout)
     }
 
@@ -185,11 +202,22 @@ impl SinkProducer {
         self.producer.begin_transaction()
     }
 
-    pub(crate) fn commit_transaction(&self) -> Result<(), KafkaError> {
-        self.producer.commit_transaction(self.timeout)
+    /// Commits the open transaction, which ran as `identity` when known.
+    pub(crate) fn commit_transaction(
+        &self,
+        identity: Option<(i64, i16)>,
+    ) -> Result<(), KafkaError> {
+        self.set_committed(None);
+        self.producer.commit_transaction(self.timeout)?;
+        self.set_committed(identity.map(|identity| Committed {
+            identity,
+            at: Instant::now(),
+        }));
+        Ok(())
     }
 
     pub(crate) fn abort_transaction(&self) -> Result<(), KafkaError> {
+        self.set_committed(None);
         self.producer.abort_transaction(self.timeout)
     }
 
@@ -241,19 +269,16 @@ impl SinkProducer {
         )
     }
 
-    /// The producer id and epoch of the open transaction, from statistics
-    /// reported after `since` while the producer was in a transaction;
-    /// waits up to the timeout for one.
-    pub(crate) fn identity(&self, since: Instant) -> Option<(i64, i16)> {
+    /// The producer id and epoch of the transaction begun at `began`, from
+    /// statistics (every 100 ms); waits up to the timeout for them.
+    pub(crate) fn identity(&self, began: Instant) -> Option<(i64, i16)> {
+        let committed = *self.committed.lock().expect("commit record poisoned");
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some((id, epoch, state, at)) =
-                &self.tracker.seen.lock().expect("tracker poisoned").identity
-                && *at >= since
-                && *id >= 0
-                && state == "InTransaction"
+            if let Some(seen) = &self.tracker.seen.lock().expect("tracker poisoned").identity
+                && let Some(identity) = current_identity(seen, began, committed)
             {
-                return Some((*id, *epoch));
+                return Some(identity);
             }
             if Instant::now() >= deadline {
                 return None;
@@ -263,11 +288,36 @@ impl SinkProducer {
     }
 }
 
+/// The identity of the transaction begun at `began`, if the statistics
+/// snapshot `seen` proves it:
+/// - a snapshot taken in that transaction shows it;
+/// - so does one taken after the producer's previous commit that shows the
+///   identity that commit was made with. Nothing that gives a producer a
+///   new epoch (initialising, aborting, or a commit under the transaction
+///   protocol of KIP-890, which bumps the epoch) happened since, so the
+///   open transaction has that identity too. This spares a wait for the
+///   next snapshot at every checkpoint.
+fn current_identity(
+    (id, epoch, state, at): &(i64, i16, String, Instant),
+    began: Instant,
+    committed: Option<Committed>,
+) -> Option<(i64, i16)> {
+    if *id < 0 {
+        return None;
+    }
+    let in_transaction = *at >= began && state == "InTransaction";
+    // The state rules out a snapshot that librdkafka made during the
+    // commit and reported after it returned.
+    let unchanged = committed.is_some_and(|c| *at >= c.at && c.identity == (*id, *epoch))
+        && (state == "Ready" || state == "InTransaction");
+    (in_transaction || unchanged).then_some((*id, *epoch))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use super::defaults;
+    use super::{Committed, current_identity, defaults};
     use crate::client::ClientSettings;
 
     fn linger(settings: &ClientSettings, transactional: bool) -> Option<String> {
@@ -276,6 +326,50 @@ mod tests {
             .config(&defaults(settings, id, transactional))
             .get("linger.ms")
             .map(str::to_owned)
+    }
+
+    #[test]
+    fn a_transactions_identity_comes_from_it_or_from_after_an_unchanged_commit() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let seen = |epoch: i16, state: &str, ms: u64| (7, epoch, state.to_owned(), at(ms));
+        let committed = Some(Committed {
+            identity: (7, 3),
+            at: at(100),
+        });
+        let began = at(200);
+        // Taken in the transaction: proof without a commit record.
+        assert_eq!(
+            current_identity(&seen(3, "InTransaction", 250), began, None),
+            Some((7, 3))
+        );
+        // Taken after the previous commit, same identity: proof.
+        assert_eq!(
+            current_identity(&seen(3, "Ready", 150), began, committed),
+            Some((7, 3))
+        );
+        // Before the transaction, and no commit to vouch for it.
+        assert_eq!(current_identity(&seen(3, "Ready", 150), began, None), None);
+        // After the commit, but the epoch moved (KIP-890 bumps it per commit).
+        assert_eq!(
+            current_identity(&seen(4, "Ready", 150), began, committed),
+            None
+        );
+        // Made during the commit, reported after it.
+        assert_eq!(
+            current_identity(&seen(3, "CommitNotAcked", 150), began, committed),
+            None
+        );
+        // Before the commit returned.
+        assert_eq!(
+            current_identity(&seen(3, "CommittingTransaction", 90), began, committed),
+            None
+        );
+        // No producer id yet.
+        assert_eq!(
+            current_identity(&(-1, -1, "InTransaction".to_owned(), at(250)), began, None),
+            None
+        );
     }
 
     #[test]
