@@ -257,7 +257,9 @@ pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), S
         JobConfig::new()
             .parallelism(args.parallelism)
             .checkpoint_interval(Duration::from_millis(args.interval_ms))
-            .checkpoint_dir(checkpoints.path()),
+            .checkpoint_dir(checkpoints.path())
+            // The contender's log then shows each checkpoint's duration.
+            .progress_interval(Duration::from_secs(5)),
     );
     job.source(source)
         .key_by(|record: &KafkaRecord<String>| record.key.clone().unwrap_or_default())
