@@ -12,9 +12,6 @@
 //!   next checkpoint's records flow while the previous transaction waits
 //!   for its commit (Flink keeps a pool of 5 for the same reason);
 //! - pre-commit (at the barrier) flushes and fails on any delivery error;
-//!   since nothing is readable before the commit anyway, the producers
-//!   default `linger.ms` to 100 ms instead of librdkafka's 5 ms, for larger
-//!   batches (a `linger.ms` in the [`ClientSettings`] wins);
 //! - commit happens when the checkpoint is complete; a failed commit fails
 //!   the job, naming the transactional id, checkpoint and partitions; the
 //!   restarted attempt clones the sink from its prototype, so a producer

@@ -91,14 +91,9 @@ fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// How long a transactional producer lets records gather into a batch
-/// (librdkafka's `linger.ms`, 5 ms by default), unless the settings say
-/// otherwise. Records of a transaction become readable only at its commit,
-/// and the flush at pre-commit sends whatever lingers at once, so waiting
-/// longer delays no result; it makes larger batches, which cost the
-/// producer less CPU per record (`docs/kafka-bench.md`). Kafka Streams
-/// uses the same 100 ms.
-const TRANSACTIONAL_LINGER: Duration = Duration::from_millis(100);
+/// How often [`SinkProducer::flush`] checks whether everything was
+/// delivered.
+const FLUSH_CHECK: Duration = Duration::from_millis(1);
 
 /// The producer's librdkafka properties before the settings' own, which
 /// are applied last and so win.
@@ -125,7 +120,6 @@ fn defaults(
             transaction_timeout.as_millis().to_string(),
         ));
         defaults.push(("statistics.interval.ms", "100".to_owned()));
-        defaults.push(("linger.ms", TRANSACTIONAL_LINGER.as_millis().to_string()));
     }
     defaults
 }
@@ -252,9 +246,27 @@ impl SinkProducer {
         }
     }
 
-    /// Waits until every enqueued record is delivered or failed.
+    /// Waits until every enqueued record is delivered or failed, bounded by
+    /// the timeout.
+    ///
+    /// rdkafka's `flush(timeout)` waits for delivery reports by polling the
+    /// producer's queue in slices of up to 100 ms, but this producer's own
+    /// polling thread takes those reports, so each slice ran out in full:
+    /// every pre-commit with records in flight took 100 ms or more. Here a
+    /// zero-timeout flush (which also tells librdkafka to send lingering
+    /// batches now) is repeated every millisecond instead.
     pub(crate) fn flush(&self) -> Result<(), KafkaError> {
-        self.producer.flush(self.timeout)
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(FLUSH_CHECK);
+                }
+                done => return done,
+            }
+        }
     }
 
     /// What was delivered since the last call.
@@ -317,16 +329,7 @@ fn current_identity(
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Committed, current_identity, defaults};
-    use crate::client::ClientSettings;
-
-    fn linger(settings: &ClientSettings, transactional: bool) -> Option<String> {
-        let id = transactional.then_some(("job-0-0", Duration::from_secs(60)));
-        settings
-            .config(&defaults(settings, id, transactional))
-            .get("linger.ms")
-            .map(str::to_owned)
-    }
+    use super::{Committed, current_identity};
 
     #[test]
     fn a_transactions_identity_comes_from_it_or_from_after_an_unchanged_commit() {
@@ -370,14 +373,5 @@ mod tests {
             current_identity(&(-1, -1, "InTransaction".to_owned(), at(250)), began, None),
             None
         );
-    }
-
-    #[test]
-    fn transactional_producers_linger_longer_unless_the_settings_say_otherwise() {
-        let settings = ClientSettings::new("127.0.0.1:9092");
-        assert_eq!(linger(&settings, true).as_deref(), Some("100"));
-        assert_eq!(linger(&settings, false), None, "librdkafka's default");
-        let chosen = settings.property("linger.ms", "7");
-        assert_eq!(linger(&chosen, true).as_deref(), Some("7"));
     }
 }
