@@ -2,16 +2,16 @@
 //! `setBounded(OffsetsInitializer.latest())`: each partition stops at the
 //! end offset it had when the source first opened.
 //!
-//! Owns: taking the end offsets (ListOffsets under the source's isolation
-//! level, so that read_committed stops at the last stable offset), keeping
-//! them for every subtask and for the restarted attempts of the job in this
-//! process, and deciding when a partition and a subtask are done. Does not
+//! Owns: taking the end offsets of all the source's partitions at once
+//! (ListOffsets under the source's isolation level, so that read_committed
+//! stops at the last stable offset), keeping them for every subtask and for
+//! the restarted attempts of the job in this process, and deciding when a partition and a subtask are done. Does not
 //! own reading records or positions ([`super::reader`]).
 //!
 //! A new process that restores a checkpoint takes the end offsets again:
 //! the checkpoint keeps read positions, not the bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,20 +35,32 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    /// The bound of `partitions`: the end offsets already in `shared`, and
-    /// for the others the log end now, which `shared` then keeps. Blocks
-    /// for up to `timeout` per partition.
+    /// The bound of `assigned`. The first subtask to open takes the end
+    /// offsets of every partition in `counts` (all partitions of the
+    /// source's topics) and leaves them in `shared`; later subtasks and
+    /// restarted attempts use those, so that the bound is one moment for
+    /// the whole source, not each subtask's opening. Blocks for up to
+    /// `timeout` per partition.
     pub(crate) fn take<'a>(
         shared: &SharedEnds,
         consumer: &BaseConsumer,
-        partitions: impl IntoIterator<Item = &'a TopicPartition>,
+        counts: &HashMap<String, usize>,
+        assigned: impl IntoIterator<Item = &'a TopicPartition>,
         timeout: Duration,
     ) -> Result<Bound, KafkaError> {
         let mut ends = shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ends.is_empty() {
+            for (topic, &partitions) in counts {
+                for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+                    let (_, end) = consumer.fetch_watermarks(topic, partition, timeout)?;
+                    ends.insert((topic.clone(), partition), end);
+                }
+            }
+        }
         let mut open = Vec::new();
-        for key in partitions {
+        for key in assigned {
             let end = match ends.get(key) {
                 Some(&end) => end,
                 None => {

@@ -165,7 +165,7 @@ impl Reader {
         }
         reader.check_restored_offsets(&counts).await?;
         reader.assign_new(&counts, true)?;
-        reader.take_bound().await?;
+        reader.take_bound(counts).await?;
         reader.next_discovery = reader.config.discovery.map(|every| Instant::now() + every);
         Ok(reader)
     }
@@ -291,9 +291,10 @@ impl Reader {
     }
 
     /// With a bounded source, takes the end offsets of the assigned
-    /// partitions (those another subtask or an earlier attempt took are
-    /// kept), on the blocking pool.
-    async fn take_bound(&mut self) -> Result<(), KafkaSourceError> {
+    /// partitions (all of `counts` when this subtask opens first; those
+    /// another subtask or an earlier attempt took are kept), on the
+    /// blocking pool.
+    async fn take_bound(&mut self, counts: HashMap<String, usize>) -> Result<(), KafkaSourceError> {
         if self.config.bounded.is_none() {
             return Ok(());
         }
@@ -302,7 +303,13 @@ impl Reader {
         let assigned = self.assigned.clone();
         let bound = run_blocking("read the partitions' end offsets", move || {
             let shared = config.bounded.as_ref().expect("checked above");
-            Bound::take(shared, &consumer, &assigned, config.settings.timeout)
+            Bound::take(
+                shared,
+                &consumer,
+                &counts,
+                &assigned,
+                config.settings.timeout,
+            )
         })
         .await?
         .map_err(|source| self.consumer_error("read the partitions' end offsets", source))?;
