@@ -35,11 +35,11 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::KafkaTransaction;
 use crate::client::ClientSettings;
-use crate::committed_reader::{CommittedReader, ReaderConfig};
-use crate::connection::{self, Connection, ConnectionSettings, error_name};
-use crate::error::ReadError;
-use crate::transactions::open_transaction_starts;
-use crate::visibility::TransactionOutcome;
+use exactly_kafka_wire::connection::{self, Connection, ConnectionSettings, error_name};
+use exactly_kafka_wire::transactions::{
+    ListError, Listed, list_open_in_cluster, open_transaction_starts,
+};
+use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig, TransactionOutcome};
 
 /// Attempts after a transient answer.
 const RETRIES: u32 = 5;
@@ -264,6 +264,31 @@ async fn read_outcomes(
     Ok(outcomes)
 }
 
+/// Settings for a raw protocol connection with the same bound on each call
+/// as `settings` (and at most 10 s to connect).
+fn wire_settings(settings: &ClientSettings, client_id: &str) -> ConnectionSettings {
+    ConnectionSettings {
+        connect_timeout: settings.timeout.min(Duration::from_secs(10)),
+        request_timeout: settings.timeout,
+        client_id: client_id.to_owned(),
+    }
+}
+
+/// The open transactions under `prefix` in the cluster (ListTransactions
+/// on every broker): what the sink's start-up cleanup aborts when its pool
+/// no longer covers them. The outer error is a failure to run the request
+/// at all (no async runtime); the inner one, a cluster that cannot list.
+pub(super) fn open_transactions_under(
+    settings: &ClientSettings,
+    prefix: &str,
+) -> std::io::Result<Result<Vec<Listed>, ListError>> {
+    connection::block_on(list_open_in_cluster(
+        &settings.bootstrap,
+        &wire_settings(settings, "exactly-kafka-sink"),
+        prefix,
+    ))
+}
+
 /// Runs `work` to completion from blocking code.
 fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, ReadError>>,
@@ -304,7 +329,7 @@ pub fn recover_transaction(
         source,
     };
     let bootstrap = settings.bootstrap.as_str();
-    let conn_settings = settings.wire("exactly-kafka-recovery");
+    let conn_settings = wire_settings(settings, "exactly-kafka-recovery");
     let settle = |answer: String| -> Result<bool, RecoveryError> {
         let outcomes = block_on(read_outcomes(bootstrap, transaction)).map_err(connection_error)?;
         match fate(transaction, &outcomes) {

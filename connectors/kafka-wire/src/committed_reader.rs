@@ -29,11 +29,6 @@ use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
 use crate::visibility::{OutcomeScan, PartitionLog, PartitionScan, TransactionOutcome};
 
-/// The environment variable naming the bootstrap broker, `host:port`.
-pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
-/// The bootstrap broker when [`BOOTSTRAP_ENV`] is unset.
-pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
-
 /// Kafka's `READ_UNCOMMITTED` isolation level.
 const READ_UNCOMMITTED: i8 = 0;
 /// ListOffsets timestamp asking for the log start offset.
@@ -45,11 +40,6 @@ const FETCH_MAX_WAIT_MS: i32 = 200;
 /// Fetches in a row that may return nothing below the high watermark
 /// before the read gives up.
 const MAX_EMPTY_FETCHES: u32 = 5;
-
-/// The broker address from [`BOOTSTRAP_ENV`], or [`DEFAULT_BOOTSTRAP`].
-pub fn bootstrap_from_env() -> String {
-    std::env::var(BOOTSTRAP_ENV).unwrap_or_else(|_| DEFAULT_BOOTSTRAP.to_owned())
-}
 
 /// How to reach the cluster and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -80,11 +70,6 @@ impl ReaderConfig {
         }
     }
 
-    /// A configuration for the broker named by [`BOOTSTRAP_ENV`].
-    pub fn from_env() -> Self {
-        Self::new(bootstrap_from_env())
-    }
-
     fn connection_settings(&self) -> ConnectionSettings {
         ConnectionSettings {
             connect_timeout: self.connect_timeout,
@@ -104,10 +89,10 @@ struct PartitionLeader {
 /// Reads partitions and applies Kafka's read_committed rule to them.
 ///
 /// ```no_run
-/// # async fn audit() -> Result<(), exactly_kafka::ReadError> {
-/// use exactly_kafka::{CommittedReader, ReaderConfig};
+/// # async fn audit() -> Result<(), exactly_kafka_wire::ReadError> {
+/// use exactly_kafka_wire::{CommittedReader, ReaderConfig};
 ///
-/// let mut reader = CommittedReader::connect(ReaderConfig::from_env()).await?;
+/// let mut reader = CommittedReader::connect(ReaderConfig::new("127.0.0.1:9092")).await?;
 /// for log in reader.read_topic("payments").await? {
 ///     println!(
 ///         "partition {}: {} visible records, {} aborted, last stable offset {}",
@@ -558,7 +543,7 @@ struct Fetched {
 /// A READ_UNCOMMITTED Fetch of one partition from `offset`: it returns
 /// every batch, control batches included, so that the caller can apply the
 /// read_committed rule itself. Versions 4 to 12 (13 names topics by id).
-pub(crate) fn raw_fetch_request(
+pub fn raw_fetch_request(
     topic: &str,
     partition: i32,
     offset: i64,
