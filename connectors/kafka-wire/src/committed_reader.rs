@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -34,7 +35,7 @@ const READ_UNCOMMITTED: i8 = 0;
 /// ListOffsets timestamp asking for the log start offset.
 const EARLIEST: i64 = -2;
 /// Kafka's `UNKNOWN_TOPIC_OR_PARTITION` error code.
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = ResponseError::UnknownTopicOrPartition.code();
 /// How long a Fetch may wait on the broker for data.
 const FETCH_MAX_WAIT_MS: i32 = 200;
 /// Fetches in a row that may return nothing below the high watermark

@@ -5,6 +5,14 @@
 //! applying the read_committed rule without trusting the broker, and the
 //! transaction APIs the sink's recovery and the tools need.
 //!
+//! `kafka-protocol` serves for everything it gets right for us: the
+//! message types and their encoding, version-aware request headers, error
+//! names ([`connection::error_name`], `ResponseError` in the callers) and
+//! the decompressors. Own code remains in one place only, record batch
+//! decoding, where `kafka-protocol` 0.18 is measurably wrong for this
+//! reader (repeated header keys lost, allocations sized from unchecked
+//! counts, a truncated last batch an error): see [`batch`].
+//!
 //! | module | owns |
 //! |---|---|
 //! | [`connection`] | one connection to one broker: framing, version negotiation, timeouts; Kafka's error names |

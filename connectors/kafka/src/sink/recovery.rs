@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::{EndTxnRequest, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 
@@ -150,17 +151,31 @@ pub(crate) enum Decision {
 
 /// Classifies an `EndTxn(commit)` answer (Kafka error codes).
 pub(crate) fn decide(answer: Answer) -> Decision {
-    match answer.0 {
-        0 => Decision::Committed,
-        // REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS,
-        // COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, CONCURRENT_TRANSACTIONS.
-        7 | 14 | 15 | 16 | 51 => Decision::Retry,
-        // INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE,
-        // INVALID_PRODUCER_ID_MAPPING, UNKNOWN_PRODUCER_ID, PRODUCER_FENCED,
-        // TRANSACTIONAL_ID_NOT_FOUND: the epoch was bumped, or the
-        // transaction ended (committed or aborted) and was forgotten.
-        47 | 48 | 49 | 59 | 90 | 105 => Decision::CheckLog,
-        _ => Decision::Refused,
+    use ResponseError::{
+        ConcurrentTransactions, CoordinatorLoadInProgress, CoordinatorNotAvailable,
+        InvalidProducerEpoch, InvalidProducerIdMapping, InvalidTxnState, NotCoordinator,
+        ProducerFenced, RequestTimedOut, TransactionalIdNotFound, UnknownProducerId,
+    };
+    match answer.0.err() {
+        None => Decision::Committed,
+        Some(
+            RequestTimedOut
+            | CoordinatorLoadInProgress
+            | CoordinatorNotAvailable
+            | NotCoordinator
+            | ConcurrentTransactions,
+        ) => Decision::Retry,
+        // The epoch was bumped, or the transaction ended (committed or
+        // aborted) and was forgotten.
+        Some(
+            InvalidProducerEpoch
+            | InvalidTxnState
+            | InvalidProducerIdMapping
+            | UnknownProducerId
+            | ProducerFenced
+            | TransactionalIdNotFound,
+        ) => Decision::CheckLog,
+        Some(_) => Decision::Refused,
     }
 }
 
