@@ -3,7 +3,7 @@
 //! Owns [`Analyzer`]: fed one [`PartitionLog`] at a time, it summarises
 //! transactions per partition and producer id, the records visible under
 //! read_committed and the last stable offset, and runs the record checks —
-//! duplicate and missing sequence numbers per key ([`SequenceCheck`]) and
+//! duplicate and missing sequence numbers per key ([`super::SequenceCheck`]) and
 //! plain duplicate detection ([`DedupSource`]) — on fields of JSON record
 //! values or on record keys. [`Analyzer::finish`] adds what the cluster
 //! probe found ([`Lookups`]) and decides the exit code.
