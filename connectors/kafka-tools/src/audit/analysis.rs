@@ -685,18 +685,12 @@ mod tests {
     }
 
     fn listed(id: &str, producer_id: i64) -> ListedTransaction {
-        ListedTransaction {
-            transactional_id: id.to_owned(),
+        ListedTransaction::new(
+            id.to_owned(),
             producer_id,
-            state: "Ongoing".to_owned(),
-            coordinator: "b:1".to_owned(),
-            producer_epoch: None,
-            start_time_ms: None,
-            open_for_ms: None,
-            timeout_ms: None,
-            partitions_in_topic: Vec::new(),
-            open_in_log: Vec::new(),
-        }
+            "Ongoing".to_owned(),
+            "b:1".to_owned(),
+        )
     }
 
     #[test]

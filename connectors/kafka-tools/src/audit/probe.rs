@@ -249,17 +249,13 @@ impl ClusterProbe {
             let mut found: Vec<ListedTransaction> = match list_open(connection, prefix).await {
                 Ok(listed) => listed
                     .into_iter()
-                    .map(|t| ListedTransaction {
-                        transactional_id: t.transactional_id,
-                        producer_id: t.producer_id,
-                        state: t.state,
-                        coordinator: address.clone(),
-                        producer_epoch: None,
-                        start_time_ms: None,
-                        open_for_ms: None,
-                        timeout_ms: None,
-                        partitions_in_topic: Vec::new(),
-                        open_in_log: Vec::new(),
+                    .map(|t| {
+                        ListedTransaction::new(
+                            t.transactional_id,
+                            t.producer_id,
+                            t.state,
+                            address.clone(),
+                        )
                     })
                     .collect(),
                 Err(ListError::Unsupported(reason)) => {

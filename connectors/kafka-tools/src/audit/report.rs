@@ -230,6 +230,30 @@ pub struct ListedTransaction {
     pub open_in_log: Vec<Location>,
 }
 
+impl ListedTransaction {
+    /// A transaction as ListTransactions names it, before
+    /// DescribeTransactions and the log add their details.
+    pub fn new(
+        transactional_id: String,
+        producer_id: i64,
+        state: String,
+        coordinator: String,
+    ) -> Self {
+        Self {
+            transactional_id,
+            producer_id,
+            state,
+            coordinator,
+            producer_epoch: None,
+            start_time_ms: None,
+            open_for_ms: None,
+            timeout_ms: None,
+            partitions_in_topic: Vec::new(),
+            open_in_log: Vec::new(),
+        }
+    }
+}
+
 /// What became of the transactional-id look-up (`--prefix`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
