@@ -19,14 +19,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use exactly_kafka_wire::connection::block_on;
+use exactly_kafka_wire::{CommittedReader, PartitionLog, ReadError, ReaderConfig, VisibleRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
-use exactly_kafka_wire::ReadError;
-use exactly_kafka_wire::connection::block_on;
-use exactly_kafka_wire::{CommittedReader, ReaderConfig};
-use exactly_kafka_wire::{PartitionLog, VisibleRecord};
 
 /// How long [`read_committed`] waits for the consumer to reach the raw
 /// reader's last stable offset, and [`settled`] for markers to land.

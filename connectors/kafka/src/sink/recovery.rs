@@ -30,17 +30,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use exactly_kafka_wire::connection::{self, Connection, ConnectionSettings, error_name};
+use exactly_kafka_wire::transactions::{
+    ListError, Listed, list_open_in_cluster, open_transaction_starts,
+};
+use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig, TransactionOutcome};
 use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::{EndTxnRequest, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 
 use super::KafkaTransaction;
 use crate::client::ClientSettings;
-use exactly_kafka_wire::connection::{self, Connection, ConnectionSettings, error_name};
-use exactly_kafka_wire::transactions::{
-    ListError, Listed, list_open_in_cluster, open_transaction_starts,
-};
-use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig, TransactionOutcome};
 
 /// Attempts after a transient answer.
 const RETRIES: u32 = 5;

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use exactly_kafka_wire::fake_broker::{self, Behaviour, Served, batch};
 use exactly_kafka_wire::{ReadError, ReaderConfig};
 
 use crate::common::{broker, create_topic, unique_topic, with_reader};
-use exactly_kafka_wire::fake_broker::{self, Behaviour, Served, batch};
 
 fn quick(address: &str) -> ReaderConfig {
     ReaderConfig {
