@@ -14,7 +14,7 @@
 //!    checkpoint completes). The source is bounded: the job stops by
 //!    itself once it has read the input as it was when the job started.
 //! 3. The output is read by two independent oracles that must agree
-//!    record for record (`exactly_kafka::oracle`): the raw committed reader,
+//!    record for record (`exactly_kafka_tools::oracle`): the raw committed reader,
 //!    which applies Kafka's read_committed rule itself, and an rdkafka
 //!    consumer with `isolation.level=read_committed`. No transaction may be
 //!    left open. The output is checked against a direct count: every word's
@@ -31,9 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use exactly::prelude::*;
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use exactly_kafka::deserialize::Utf8;
-use exactly_kafka::oracle;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
 use exactly_kafka::source::{KafkaRecord, KafkaSource};
+use exactly_kafka_tools::oracle;
 
 /// The running count of one word.
 #[state]

@@ -3,8 +3,9 @@
 //!
 //! Owns: [`ClientSettings`] (bootstrap address, extra librdkafka
 //! properties, the bound on blocking calls), the check that topics exist
-//! (creating them when asked), and [`ClientError`]. Does not own what a
-//! source or sink does with a client.
+//! (creating them when asked), [`ClientError`], and the broker address
+//! from the environment ([`BOOTSTRAP_ENV`]). Does not own what a source or
+//! sink does with a client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -14,8 +15,15 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::committed_reader::bootstrap_from_env;
-use crate::connection::ConnectionSettings;
+/// The environment variable naming the bootstrap broker, `host:port`.
+pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
+/// The bootstrap broker when [`BOOTSTRAP_ENV`] is unset.
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+
+/// The broker address from [`BOOTSTRAP_ENV`], or [`DEFAULT_BOOTSTRAP`].
+pub fn bootstrap_from_env() -> String {
+    std::env::var(BOOTSTRAP_ENV).unwrap_or_else(|_| DEFAULT_BOOTSTRAP.to_owned())
+}
 
 /// How to reach a Kafka cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,16 +72,6 @@ impl ClientSettings {
             config.set(key, value);
         }
         config
-    }
-
-    /// Settings for a raw protocol connection with the same bound on each
-    /// call (and at most 10 s to connect).
-    pub(crate) fn wire(&self, client_id: &str) -> ConnectionSettings {
-        ConnectionSettings {
-            connect_timeout: self.timeout.min(Duration::from_secs(10)),
-            request_timeout: self.timeout,
-            client_id: client_id.to_owned(),
-        }
     }
 }
 

@@ -51,9 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use self::producer::SinkProducer;
 use crate::client::{ClientSettings, MissingTopics};
-use crate::connection::block_on;
 use crate::source::KafkaHeader;
-use crate::transactions::list_open_in_cluster;
 
 pub use self::recovery::{
     RECOVERY_END_TXN_MAX_VERSION, Recovered, RecoveryError, recover_transaction,
@@ -470,12 +468,7 @@ impl<T> KafkaSink<T> {
     /// warning.
     fn abort_lingering(&mut self) -> Result<(), BoxError> {
         let prefix = format!("{}-", self.prefix.as_deref().unwrap_or_default());
-        let wire = self.settings.wire("exactly-kafka-sink");
-        let listed = match block_on(list_open_in_cluster(
-            &self.settings.bootstrap,
-            &wire,
-            &prefix,
-        )) {
+        let listed = match recovery::open_transactions_under(&self.settings, &prefix) {
             Ok(Ok(listed)) => listed,
             Ok(Err(error)) => {
                 tracing::warn!(

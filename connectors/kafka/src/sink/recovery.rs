@@ -30,16 +30,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use exactly_kafka_wire::connection::{self, Connection, ConnectionSettings, error_name};
+use exactly_kafka_wire::transactions::{
+    ListError, Listed, list_open_in_cluster, open_transaction_starts,
+};
+use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig, TransactionOutcome};
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::{EndTxnRequest, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
 
 use super::KafkaTransaction;
 use crate::client::ClientSettings;
-use crate::committed_reader::{CommittedReader, ReaderConfig};
-use crate::connection::{self, Connection, ConnectionSettings, error_name};
-use crate::error::ReadError;
-use crate::transactions::open_transaction_starts;
-use crate::visibility::TransactionOutcome;
 
 /// Attempts after a transient answer.
 const RETRIES: u32 = 5;
@@ -150,17 +151,31 @@ pub(crate) enum Decision {
 
 /// Classifies an `EndTxn(commit)` answer (Kafka error codes).
 pub(crate) fn decide(answer: Answer) -> Decision {
-    match answer.0 {
-        0 => Decision::Committed,
-        // REQUEST_TIMED_OUT, COORDINATOR_LOAD_IN_PROGRESS,
-        // COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, CONCURRENT_TRANSACTIONS.
-        7 | 14 | 15 | 16 | 51 => Decision::Retry,
-        // INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE,
-        // INVALID_PRODUCER_ID_MAPPING, UNKNOWN_PRODUCER_ID, PRODUCER_FENCED,
-        // TRANSACTIONAL_ID_NOT_FOUND: the epoch was bumped, or the
-        // transaction ended (committed or aborted) and was forgotten.
-        47 | 48 | 49 | 59 | 90 | 105 => Decision::CheckLog,
-        _ => Decision::Refused,
+    use ResponseError::{
+        ConcurrentTransactions, CoordinatorLoadInProgress, CoordinatorNotAvailable,
+        InvalidProducerEpoch, InvalidProducerIdMapping, InvalidTxnState, NotCoordinator,
+        ProducerFenced, RequestTimedOut, TransactionalIdNotFound, UnknownProducerId,
+    };
+    match answer.0.err() {
+        None => Decision::Committed,
+        Some(
+            RequestTimedOut
+            | CoordinatorLoadInProgress
+            | CoordinatorNotAvailable
+            | NotCoordinator
+            | ConcurrentTransactions,
+        ) => Decision::Retry,
+        // The epoch was bumped, or the transaction ended (committed or
+        // aborted) and was forgotten.
+        Some(
+            InvalidProducerEpoch
+            | InvalidTxnState
+            | InvalidProducerIdMapping
+            | UnknownProducerId
+            | ProducerFenced
+            | TransactionalIdNotFound,
+        ) => Decision::CheckLog,
+        Some(_) => Decision::Refused,
     }
 }
 
@@ -264,6 +279,31 @@ async fn read_outcomes(
     Ok(outcomes)
 }
 
+/// Settings for a raw protocol connection with the same bound on each call
+/// as `settings` (and at most 10 s to connect).
+fn wire_settings(settings: &ClientSettings, client_id: &str) -> ConnectionSettings {
+    ConnectionSettings {
+        connect_timeout: settings.timeout.min(Duration::from_secs(10)),
+        request_timeout: settings.timeout,
+        client_id: client_id.to_owned(),
+    }
+}
+
+/// The open transactions under `prefix` in the cluster (ListTransactions
+/// on every broker): what the sink's start-up cleanup aborts when its pool
+/// no longer covers them. The outer error is a failure to run the request
+/// at all (no async runtime); the inner one, a cluster that cannot list.
+pub(super) fn open_transactions_under(
+    settings: &ClientSettings,
+    prefix: &str,
+) -> std::io::Result<Result<Vec<Listed>, ListError>> {
+    connection::block_on(list_open_in_cluster(
+        &settings.bootstrap,
+        &wire_settings(settings, "exactly-kafka-sink"),
+        prefix,
+    ))
+}
+
 /// Runs `work` to completion from blocking code.
 fn block_on<T>(
     work: impl std::future::Future<Output = Result<T, ReadError>>,
@@ -304,7 +344,7 @@ pub fn recover_transaction(
         source,
     };
     let bootstrap = settings.bootstrap.as_str();
-    let conn_settings = settings.wire("exactly-kafka-recovery");
+    let conn_settings = wire_settings(settings, "exactly-kafka-recovery");
     let settle = |answer: String| -> Result<bool, RecoveryError> {
         let outcomes = block_on(read_outcomes(bootstrap, transaction)).map_err(connection_error)?;
         match fate(transaction, &outcomes) {

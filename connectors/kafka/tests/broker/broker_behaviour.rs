@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use exactly_kafka::connection::{Connection, ConnectionSettings, error_name};
-use exactly_kafka::oracle;
 use exactly_kafka::sink::RECOVERY_END_TXN_MAX_VERSION;
-use exactly_kafka::{OpenTransaction, PartitionLog, ReadError, ReaderConfig};
+use exactly_kafka_tools::oracle;
+use exactly_kafka_wire::connection::{Connection, ConnectionSettings, error_name};
+use exactly_kafka_wire::{OpenTransaction, PartitionLog, ReadError, ReaderConfig};
 use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;

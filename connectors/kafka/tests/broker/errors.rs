@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use exactly_kafka::{ReadError, ReaderConfig};
+use exactly_kafka_wire::fake_broker::{self, Behaviour, Served, batch};
+use exactly_kafka_wire::{ReadError, ReaderConfig};
 
 use crate::common::{broker, create_topic, unique_topic, with_reader};
-use crate::fake_broker::{self, Behaviour, batch};
 
 fn quick(address: &str) -> ReaderConfig {
     ReaderConfig {
@@ -116,11 +116,11 @@ fn a_broker_hanging_up_is_an_io_error_naming_the_address() {
 
 fn serve(records: Bytes, high_watermark: i64) -> (String, String) {
     let topic = "fake-topic".to_owned();
-    let address = fake_broker::start(Behaviour::Serve {
-        topic: topic.clone(),
+    let address = fake_broker::start(Behaviour::Serve(Served::new(
+        topic.clone(),
         records,
         high_watermark,
-    });
+    )));
     (address, topic)
 }
 

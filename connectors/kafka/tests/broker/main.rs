@@ -3,12 +3,9 @@
 //! when it does not answer: start it with `scripts/kafka-up`. The others
 //! talk to small fake brokers on the loopback interface.
 
-mod audit;
 mod broker_behaviour;
 mod common;
 mod errors;
-mod fake_broker;
-mod faults;
 mod read_committed;
 mod sink;
 mod source;

@@ -4,14 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    RDKAFKA_TIMEOUT, broker, create_topic, producer, read_topic, send, send_to, unique_topic,
-};
-use exactly_kafka::PartitionLog;
-use exactly_kafka::oracle;
+use exactly_kafka_tools::oracle;
+use exactly_kafka_wire::PartitionLog;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::common::{
+    RDKAFKA_TIMEOUT, broker, create_topic, producer, read_topic, send, send_to, unique_topic,
+};
 
 /// Writes, to partition 0 of a new topic, with Kafka's offsets:
 ///

@@ -194,7 +194,7 @@ fn recovery_never_commits_a_later_transaction_on_the_same_id() {
     let mut restarted = single();
     restarted.open(&sink_context(Some(1))).unwrap();
     restarted.begin_transaction(4).unwrap();
-    exactly_kafka::oracle::settled(&broker, &topic).unwrap();
+    exactly_kafka_tools::oracle::settled(&broker, &topic).unwrap();
     assert_eq!(visible(&broker, &topic), ["early-0", "early-1"]);
 }
 

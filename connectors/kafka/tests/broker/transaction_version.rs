@@ -15,14 +15,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use exactly::sink::TwoPhaseCommitSink;
-use exactly_kafka::ReadError;
 use exactly_kafka::client::ClientSettings;
-use exactly_kafka::connection::{Connection, ConnectionSettings, error_name};
-use exactly_kafka::oracle;
 use exactly_kafka::sink::{
     DeliveryGuarantee, KafkaSink, KafkaTransaction, OutputRecord, RECOVERY_END_TXN_MAX_VERSION,
     Recovered, RecoveryError, recover_transaction,
 };
+use exactly_kafka_tools::oracle;
+use exactly_kafka_wire::ReadError;
+use exactly_kafka_wire::connection::{Connection, ConnectionSettings, error_name};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, EndTxnRequest, ProducerId, TransactionalId,
 };

@@ -9,11 +9,30 @@
 //! Does not own what the records mean: transaction visibility is
 //! [`crate::visibility`]'s job, and talking to a broker is
 //! [`crate::connection`]'s.
+//!
+//! Why not `kafka_protocol::records::RecordBatchDecoder` (0.18), whose
+//! decompressors this module does use: for this reader it is wrong in
+//! three measurable ways.
+//!
+//! * It keeps headers in an `IndexMap`, so a record with the header key
+//!   `h` twice comes back with one `h` (the last value): a repeated key,
+//!   which Kafka allows, is lost.
+//! * It sizes `Vec`s and maps from the counts in the batch (records,
+//!   headers) before checking that the bytes hold them, so a batch with a
+//!   valid CRC but a wrong count (a buggy producer or broker) asks for up
+//!   to 2^31 records' worth of memory; this decoder checks every count and
+//!   length against the bytes present first.
+//! * `decode_all` fails on a Fetch response whose last batch is cut at the
+//!   size limit, which brokers do by design (KIP-74); [`split_batches`]
+//!   returns the complete batches and the [`TruncatedTail`], so the reader
+//!   fetches again from its offset.
+//!
+//! Error names do come from `kafka_protocol` ([`crate::connection::error_name`]).
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
-use crate::visibility::RecordHeader;
+use crate::header::RecordHeader;
 
 /// Bytes before the batch length field ends: base offset (8) + length (4).
 const LOG_OVERHEAD: usize = 12;
@@ -27,75 +46,87 @@ const MIN_RECORD_LEN: usize = 7;
 
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
 const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
-const ATTR_TRANSACTIONAL: i16 = 1 << 4;
-const ATTR_CONTROL: i16 = 1 << 5;
+pub(crate) const ATTR_TRANSACTIONAL: i16 = 1 << 4;
+pub(crate) const ATTR_CONTROL: i16 = 1 << 5;
 
 /// One complete batch cut out of a fetch response, not yet decoded.
 #[derive(Debug, Clone)]
-pub(crate) struct RawBatch {
+pub struct RawBatch {
     /// The batch's base offset.
-    pub(crate) base_offset: i64,
+    pub base_offset: i64,
     /// The whole batch, from the base offset field to its last byte.
-    pub(crate) bytes: Bytes,
+    pub bytes: Bytes,
 }
 
 /// The start of a batch whose remaining bytes were not in the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TruncatedTail {
+pub struct TruncatedTail {
     /// The batch's base offset, when at least those 8 bytes arrived.
-    pub(crate) base_offset: Option<i64>,
+    pub base_offset: Option<i64>,
     /// The bytes the batch needs (or the log overhead, when unknown).
-    pub(crate) needed: usize,
+    pub needed: usize,
     /// The bytes that arrived.
-    pub(crate) available: usize,
+    pub available: usize,
 }
 
 /// The batches of one fetch response, and what was left over.
 #[derive(Debug, Clone)]
-pub(crate) struct Framed {
+pub struct Framed {
     /// The complete batches, in log order.
-    pub(crate) batches: Vec<RawBatch>,
+    pub batches: Vec<RawBatch>,
     /// A partial last batch. Kafka may cut the last batch of a response at
     /// the size limit; the reader fetches again from its offset.
-    pub(crate) truncated_tail: Option<TruncatedTail>,
+    pub truncated_tail: Option<TruncatedTail>,
 }
 
 /// A batch that could not be framed or decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BatchError {
+pub struct BatchError {
     /// The base offset of the bad batch.
-    pub(crate) offset: i64,
+    pub offset: i64,
     /// What was wrong with it.
-    pub(crate) reason: String,
+    pub reason: String,
 }
 
 /// One decoded record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DecodedRecord {
-    pub(crate) offset: i64,
-    pub(crate) timestamp: i64,
-    pub(crate) key: Option<Bytes>,
-    pub(crate) value: Option<Bytes>,
-    pub(crate) headers: Vec<RecordHeader>,
+pub struct DecodedRecord {
+    /// The record's offset.
+    pub offset: i64,
+    /// Its timestamp, in milliseconds since the epoch.
+    pub timestamp: i64,
+    /// Its key; `None` for a null key.
+    pub key: Option<Bytes>,
+    /// Its value; `None` for a null value.
+    pub value: Option<Bytes>,
+    /// Its headers, in order, repetitions kept.
+    pub headers: Vec<RecordHeader>,
 }
 
 /// A decoded batch: its header fields and its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DecodedBatch {
-    pub(crate) base_offset: i64,
-    pub(crate) last_offset: i64,
-    pub(crate) producer_id: i64,
-    pub(crate) producer_epoch: i16,
-    pub(crate) transactional: bool,
-    pub(crate) control: bool,
-    pub(crate) records: Vec<DecodedRecord>,
+pub struct DecodedBatch {
+    /// The offset of the batch's first record.
+    pub base_offset: i64,
+    /// The offset of its last record.
+    pub last_offset: i64,
+    /// The producer id (-1 for none).
+    pub producer_id: i64,
+    /// The producer epoch.
+    pub producer_epoch: i16,
+    /// Whether the batch belongs to a transaction.
+    pub transactional: bool,
+    /// Whether it is a control batch (a COMMIT or ABORT marker).
+    pub control: bool,
+    /// Its records.
+    pub records: Vec<DecodedRecord>,
 }
 
 /// Splits the `records` bytes of one partition of a fetch response into
 /// complete batches. A batch whose declared length is impossible is an
 /// error; a batch cut short by the end of the bytes is reported as the
 /// truncated tail.
-pub(crate) fn split_batches(mut bytes: Bytes) -> Result<Framed, BatchError> {
+pub fn split_batches(mut bytes: Bytes) -> Result<Framed, BatchError> {
     let mut batches = Vec::new();
     while bytes.has_remaining() {
         let available = bytes.remaining();
@@ -147,7 +178,7 @@ pub(crate) fn split_batches(mut bytes: Bytes) -> Result<Framed, BatchError> {
 
 /// Decodes one complete batch: checks magic and CRC32C, decompresses, and
 /// decodes every record.
-pub(crate) fn decode_batch(raw: &RawBatch) -> Result<DecodedBatch, BatchError> {
+pub fn decode_batch(raw: &RawBatch) -> Result<DecodedBatch, BatchError> {
     let fail = |reason: String| BatchError {
         offset: raw.base_offset,
         reason,
@@ -346,100 +377,11 @@ fn read_varlong(buf: &mut Bytes, what: &str) -> Result<i64, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use bytes::{BufMut, BytesMut};
+
     use super::*;
-    use bytes::BufMut;
-    use bytes::BytesMut;
-
-    fn put_varlong(buf: &mut BytesMut, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        while raw >= 0x80 {
-            buf.put_u8((raw as u8 & 0x7f) | 0x80);
-            raw >>= 7;
-        }
-        buf.put_u8(raw as u8);
-    }
-
-    fn put_optional(buf: &mut BytesMut, bytes: Option<&[u8]>) {
-        match bytes {
-            Some(bytes) => {
-                put_varlong(buf, bytes.len() as i64);
-                buf.put_slice(bytes);
-            }
-            None => put_varlong(buf, -1),
-        }
-    }
-
-    /// A test record: key, value and headers.
-    pub(crate) type TestRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Vec<(&'a str, &'a [u8])>);
-
-    /// What a test batch looks like before encoding.
-    pub(crate) struct TestBatch<'a> {
-        pub(crate) base_offset: i64,
-        pub(crate) producer_id: i64,
-        pub(crate) transactional: bool,
-        pub(crate) control: bool,
-        pub(crate) records: Vec<TestRecord<'a>>,
-    }
-
-    /// Encodes a v2 batch the way a broker stores it, CRC included.
-    pub(crate) fn encode(batch: &TestBatch<'_>) -> Bytes {
-        let mut records = BytesMut::new();
-        for (delta, (key, value, headers)) in batch.records.iter().enumerate() {
-            let mut record = BytesMut::new();
-            record.put_i8(0);
-            put_varlong(&mut record, delta as i64);
-            put_varlong(&mut record, delta as i64);
-            put_optional(&mut record, *key);
-            put_optional(&mut record, *value);
-            put_varlong(&mut record, headers.len() as i64);
-            for (header_key, header_value) in headers {
-                put_optional(&mut record, Some(header_key.as_bytes()));
-                put_optional(&mut record, Some(header_value));
-            }
-            put_varlong(&mut records, record.len() as i64);
-            records.put_slice(&record);
-        }
-        let mut attributes = 0;
-        if batch.transactional {
-            attributes |= ATTR_TRANSACTIONAL;
-        }
-        if batch.control {
-            attributes |= ATTR_CONTROL;
-        }
-        let count = batch.records.len() as i32;
-        let mut crc_part = BytesMut::new();
-        crc_part.put_i16(attributes);
-        crc_part.put_i32(count - 1);
-        crc_part.put_i64(1_000);
-        crc_part.put_i64(1_000 + i64::from(count - 1));
-        crc_part.put_i64(batch.producer_id);
-        crc_part.put_i16(0);
-        crc_part.put_i32(0);
-        crc_part.put_i32(count);
-        crc_part.put_slice(&records);
-        let mut out = BytesMut::new();
-        out.put_i64(batch.base_offset);
-        out.put_i32((4 + 1 + 4 + crc_part.len()) as i32);
-        out.put_i32(0);
-        out.put_i8(2);
-        out.put_u32(crc32c::crc32c(&crc_part));
-        out.put_slice(&crc_part);
-        out.freeze()
-    }
-
-    /// A control batch carrying one COMMIT (`commit`) or ABORT marker.
-    pub(crate) fn marker(base_offset: i64, producer_id: i64, commit: bool) -> Bytes {
-        let key: &[u8] = if commit { &[0, 0, 0, 1] } else { &[0, 0, 0, 0] };
-        let value: &[u8] = &[0, 0, 0, 0, 0, 0];
-        encode(&TestBatch {
-            base_offset,
-            producer_id,
-            transactional: true,
-            control: true,
-            records: vec![(Some(key), Some(value), vec![])],
-        })
-    }
+    use crate::fake_broker::{TestBatch, encode, marker, put_varlong};
 
     fn plain(base_offset: i64) -> Bytes {
         encode(&TestBatch {

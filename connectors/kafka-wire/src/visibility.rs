@@ -21,21 +21,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use crate::batch::{BatchError, DecodedBatch};
+use crate::header::RecordHeader;
 
 /// Control record type of an ABORT marker.
 const CONTROL_ABORT: i16 = 0;
 /// Control record type of a COMMIT marker.
 const CONTROL_COMMIT: i16 = 1;
-
-/// One record header. Kafka allows the same key more than once; headers
-/// keep their order and repetitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordHeader {
-    /// The header key.
-    pub key: String,
-    /// The header value; `None` for a null value.
-    pub value: Option<Bytes>,
-}
 
 /// A record a read_committed consumer may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +49,12 @@ pub struct VisibleRecord {
     pub transactional: bool,
 }
 
-/// What one producer id left in a partition.
+/// What one producer id left in a partition, or, added up
+/// ([`TransactionCounts::add`]), what several did: the one transaction-count
+/// type of the workspace (the audit reports it per producer and in total).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ProducerSummary {
-    /// Records written outside transactions (all visible).
-    pub non_transactional_records: u64,
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct TransactionCounts {
     /// COMMIT markers seen.
     pub committed_transactions: u64,
     /// Records made visible by those COMMIT markers.
@@ -71,10 +63,26 @@ pub struct ProducerSummary {
     pub aborted_transactions: u64,
     /// Records dropped by those ABORT markers.
     pub aborted_records: u64,
-    /// Transactions with records but no marker yet (0 or 1).
+    /// Transactions with records but no marker yet (0 or 1 per producer id
+    /// and partition).
     pub open_transactions: u64,
-    /// Records of the open transaction.
+    /// Records of the open transactions.
     pub open_records: u64,
+    /// Records written outside transactions (all visible).
+    pub non_transactional_records: u64,
+}
+
+impl TransactionCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.committed_transactions += other.committed_transactions;
+        self.committed_records += other.committed_records;
+        self.aborted_transactions += other.aborted_transactions;
+        self.aborted_records += other.aborted_records;
+        self.open_transactions += other.open_transactions;
+        self.open_records += other.open_records;
+        self.non_transactional_records += other.non_transactional_records;
+    }
 }
 
 /// A transaction with records in the partition but no COMMIT or ABORT
@@ -115,7 +123,7 @@ pub struct PartitionLog {
     /// transactions, in offset order.
     pub records: Vec<VisibleRecord>,
     /// Per producer id, what it left in the partition.
-    pub producers: BTreeMap<i64, ProducerSummary>,
+    pub producers: BTreeMap<i64, TransactionCounts>,
     /// The open transactions, oldest first.
     pub open_transactions: Vec<OpenTransaction>,
 }
@@ -154,7 +162,7 @@ pub(crate) struct PartitionScan {
     end_offset: i64,
     records: Vec<VisibleRecord>,
     pending: BTreeMap<i64, Pending>,
-    producers: BTreeMap<i64, ProducerSummary>,
+    producers: BTreeMap<i64, TransactionCounts>,
 }
 
 impl PartitionScan {
@@ -300,7 +308,6 @@ fn control_type(key: Option<&[u8]>) -> Option<i16> {
 /// How a transaction ended in one partition, from the log
 /// ([`crate::CommittedReader::transaction_outcome`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum TransactionOutcome {
     /// Its producer's next control record is a COMMIT.
     Committed,
@@ -384,8 +391,8 @@ impl OutcomeScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::tests::{TestBatch, encode, marker};
     use crate::batch::{decode_batch, split_batches};
+    use crate::fake_broker::{TestBatch, encode, marker};
 
     fn data(base_offset: i64, producer_id: i64, transactional: bool, values: &[&str]) -> Bytes {
         encode(&TestBatch {

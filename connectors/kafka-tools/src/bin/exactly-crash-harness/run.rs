@@ -1,202 +1,20 @@
-//! The crash harness: runs an exactly-once Kafka→Kafka pipeline as a child
-//! process, kills it again and again — by aborting itself at named phases
-//! of the checkpoint protocol, with SIGKILL at random times, and by
-//! SIGKILLing the broker under it — restarts it, and finally checks the
-//! whole output: every input record's effect exactly once, per-key order
-//! kept, final state equal to a direct count, nothing left open.
-//!
-//! ```text
-//! scripts/kafka-up
-//! cargo run -p exactly-kafka --bin exactly-crash-harness                       # 32 kills, ~1 minute
-//! cargo run -p exactly-kafka --bin exactly-crash-harness -- --broker-restarts 3 # and SIGKILL the broker 3 times
-//! cargo run -p exactly-kafka --bin exactly-crash-harness -- --soak             # 300 kills, 200000 records
-//! ```
-//!
-//! The input is `N` records `k<key> <seq>` (16 keys, sequence numbers per
-//! key from 0). The pipeline keys them and emits `k<key> <seq> <count>`
-//! for each, so a lost or doubled record is named by key and sequence. The
-//! output is read by both oracles ([`exactly_kafka::oracle`]): the raw
-//! committed reader and an rdkafka read_committed consumer, which must
-//! agree record for record.
-//!
-//! A kill counts only when the child really died of it (SIGABRT at a
-//! phase, SIGKILL otherwise). A child that exits with an error is a
-//! failure of the run, never a kill.
-//!
-//! The subcommands `input`, `child` and `check` run one step on its own;
-//! the fault tests of `connectors/kafka/tests/broker/faults.rs` drive the
-//! pipeline through them.
-//!
-//! The last line of a run is the result, for example
-//! `crash-harness: 32 kills, 20000 records, 0 lost, 0 duplicated`; the exit
-//! code is 1 on any loss, duplicate, order violation, disagreement of the
-//! oracles, transaction left open, child error, or missed phase.
+//! The whole run: the plan of kill cycles (every phase twice, then random
+//! SIGKILLs, broker restarts), the child processes, and the final clean
+//! run and verdict.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::IsTerminal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand};
-use exactly::fault::{FaultEvent, FaultHook, FaultPoint};
-use exactly::prelude::*;
+use exactly::fault::FaultPoint;
 use exactly::storage::{CheckpointStorage, LocalStorage};
-use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
-use exactly_kafka::deserialize::Utf8;
-use exactly_kafka::oracle;
-use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
-use exactly_kafka::source::{KafkaRecord, KafkaSource};
-use exactly_kafka::{CommittedReader, ReaderConfig, bootstrap_from_env};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use exactly_kafka::bootstrap_from_env;
 
-const KEYS: u64 = 16;
-/// The environment variable that makes the child abort at a phase:
-/// `<fault point name>:<occurrence>`, or `during-sink-commit:<occurrence>`.
-const CRASH_AT: &str = "EXACTLY_CRASH_AT";
-
-/// Kill an exactly-once Kafka pipeline at every phase of the checkpoint
-/// protocol and check that its output holds every record exactly once.
-#[derive(Debug, Parser)]
-#[command(
-    name = "exactly-crash-harness",
-    version,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    step: Option<Step>,
-    #[command(flatten)]
-    run: RunArgs,
-}
-
-/// The whole run (the default).
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// Kill cycles before the final clean run: every targeted phase twice,
-    /// then random SIGKILLs up to this number.
-    #[arg(long)]
-    cycles: Option<u64>,
-    /// Input records.
-    #[arg(long)]
-    records: Option<u64>,
-    /// Seed of the random kill times and occurrences (default: the clock).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Soak: 300 cycles and 200000 records unless given.
-    #[arg(long)]
-    soak: bool,
-    /// Times to SIGKILL and restart the broker while the pipeline runs,
-    /// with --restart-broker. The pipeline must ride them out through its
-    /// restart strategy.
-    #[arg(long, default_value_t = 0)]
-    broker_restarts: u64,
-    /// The shell command that SIGKILLs the broker and starts it again on
-    /// the same data, returning once it is ready.
-    #[arg(long, default_value = "scripts/kafka-up --restart")]
-    restart_broker: String,
-    /// Fail the run with fewer kills than this.
-    #[arg(long, default_value_t = 30)]
-    min_kills: u64,
-    /// Skip the targeted phases: only broker restarts and random SIGKILLs
-    /// (to soak one kind of fault).
-    #[arg(long)]
-    no_phases: bool,
-    /// The client timeout of the pipeline while the broker restarts under
-    /// it. The default outlasts a restart, so the job rides it out; a
-    /// shorter one (say 4000) fails the attempt during the outage, so the
-    /// job goes through its restart strategy and recovery instead.
-    #[arg(long, default_value_t = 30_000)]
-    outage_client_timeout_ms: u64,
-}
-
-#[derive(Debug, Subcommand)]
-enum Step {
-    /// Create the input and output topics and write the input records.
-    Input(InputArgs),
-    /// Run the pipeline until every record's update is visible, then stop
-    /// gracefully. `EXACTLY_CRASH_AT=<phase>:<n>` makes it abort at the
-    /// n-th occurrence of a phase.
-    Child(ChildArgs),
-    /// Check the output topic (both oracles, nothing left open, every
-    /// record exactly once in per-key order).
-    Check(CheckArgs),
-}
-
-#[derive(Debug, Args)]
-struct InputArgs {
-    /// The input topic, created.
-    #[arg(long)]
-    input: String,
-    /// The output topic, created.
-    #[arg(long)]
-    output: String,
-    /// Input records.
-    #[arg(long)]
-    records: u64,
-}
-
-#[derive(Debug, Args, Clone)]
-struct ChildArgs {
-    /// The input topic.
-    #[arg(long)]
-    input: String,
-    /// The output topic.
-    #[arg(long)]
-    output: String,
-    /// The sink's transactional-id prefix.
-    #[arg(long)]
-    prefix: String,
-    /// The checkpoint directory.
-    #[arg(long)]
-    checkpoints: PathBuf,
-    /// Stop once this many output records are visible.
-    #[arg(long)]
-    records: u64,
-    /// The job's parallelism (source, keyed counter and sink).
-    #[arg(long, default_value_t = 2)]
-    parallelism: usize,
-    /// The checkpoint interval.
-    #[arg(long, default_value_t = 150)]
-    checkpoint_interval_ms: u64,
-    /// The sink's transaction.timeout.ms.
-    #[arg(long, default_value_t = 600_000)]
-    transaction_timeout_ms: u64,
-    /// The checkpoint timeout.
-    #[arg(long, default_value_t = 60_000)]
-    checkpoint_timeout_ms: u64,
-    /// The sink's restart budget (part of the preflight's timeout check).
-    #[arg(long, default_value_t = 60_000)]
-    restart_budget_ms: u64,
-    /// In-process restarts allowed after a failure (1 s apart).
-    #[arg(long, default_value_t = 30)]
-    restarts: u32,
-    /// The bound on each Kafka client call (ClientSettings::timeout).
-    #[arg(long, default_value_t = 30_000)]
-    client_timeout_ms: u64,
-    /// Restore this savepoint (JobConfig::restore_from).
-    #[arg(long)]
-    restore_from: Option<PathBuf>,
-    /// With --stop-with-savepoint-after-ms: where the savepoint goes.
-    #[arg(long, requires = "stop_with_savepoint_after_ms")]
-    savepoint: Option<PathBuf>,
-    /// Stop with a savepoint (into --savepoint) after this long, then exit.
-    #[arg(long, requires = "savepoint")]
-    stop_with_savepoint_after_ms: Option<u64>,
-}
-
-#[derive(Debug, Args)]
-struct CheckArgs {
-    /// The output topic.
-    #[arg(long)]
-    output: String,
-    /// Input records.
-    #[arg(long)]
-    records: u64,
-}
+use crate::args::{ChildArgs, InputArgs, RunArgs};
+use crate::pipeline::{CRASH_AT, visible_records};
+use crate::workload::{check, input};
 
 /// Targeted phases, each hit at least twice: the SDK's fault points, plus
 /// `during-sink-commit` (the commit is sent, the process dies before the
@@ -205,7 +23,7 @@ struct CheckArgs {
 /// `during-recovery` leaves it uncommitted still, for the kill
 /// `after-recovery-commit` (the commit acknowledged, the commit marker not
 /// yet written).
-fn phases() -> Vec<&'static str> {
+pub(crate) fn phases() -> Vec<&'static str> {
     const RECOVERY: [&str; 2] = ["during-recovery", "after-recovery-commit"];
     let mut phases: Vec<&'static str> = FaultPoint::NAMES
         .iter()
@@ -225,27 +43,12 @@ fn phases() -> Vec<&'static str> {
     phases
 }
 
-fn needs_something_to_recover(phase: &str) -> bool {
+pub(crate) fn needs_something_to_recover(phase: &str) -> bool {
     matches!(phase, "during-recovery" | "after-recovery-commit")
 }
 
-/// The per-key state: how many records of the key were seen.
-#[state]
-#[derive(Default)]
-struct Seen {
-    count: u64,
-}
-
-/// Parses `k<key> <seq>`, emits `k<key> <seq> <count>`.
-#[operator]
-fn track(record: KafkaRecord<String>, #[state] seen: &mut Seen) -> String {
-    std::thread::sleep(Duration::from_micros(150));
-    seen.count += 1;
-    format!("{} {}", record.value, seen.count)
-}
-
 /// SplitMix64.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
@@ -257,231 +60,7 @@ impl Rng {
     }
 }
 
-fn key_of(line: &str) -> String {
-    line.split(' ').next().unwrap_or_default().to_owned()
-}
-
-/// A fault hook that aborts the process at the configured phase.
-fn crash_hook(spec: &str) -> Option<FaultHook> {
-    let (phase, occurrence) = spec.split_once(':')?;
-    let occurrence: u64 = occurrence.parse().ok()?;
-    let (phase, delayed) = match phase {
-        "during-sink-commit" => ("before-sink-commit".to_owned(), true),
-        other => (other.to_owned(), false),
-    };
-    let seen = Arc::new(AtomicU64::new(0));
-    Some(Arc::new(move |event: &FaultEvent<'_>| {
-        if event.point.name() == phase && seen.fetch_add(1, Ordering::SeqCst) + 1 == occurrence {
-            eprintln!("crash-harness child: aborting at {}", event.point);
-            if delayed {
-                // The commit is sent; die while it is in flight.
-                std::thread::spawn(|| {
-                    std::thread::sleep(Duration::from_millis(2));
-                    std::process::abort();
-                });
-            } else {
-                std::process::abort();
-            }
-        }
-        Ok(())
-    }))
-}
-
-/// Counts the output records visible (raw reader) on `topic`.
-async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64, exactly_kafka::ReadError> {
-    let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
-    let logs = reader.read_topic(topic).await?;
-    Ok(logs.iter().map(|p| p.records.len() as u64).sum())
-}
-
-/// The child: runs the pipeline until `records` updates are visible in the
-/// output, then stops gracefully.
-fn child(args: &ChildArgs) -> Result<(), exactly::BoxError> {
-    let settings = ClientSettings {
-        timeout: Duration::from_millis(args.client_timeout_ms),
-        ..ClientSettings::from_env()
-    };
-    let runtime_error = |e: &dyn std::fmt::Display| exactly::BoxError::from(e.to_string());
-    let source = KafkaSource::builder(settings.clone())
-        .topic(&args.input)
-        .deserializer(Utf8)
-        .build()
-        .map_err(|e| runtime_error(&e))?;
-    let sink = KafkaSink::builder(settings.clone(), &args.output, |line: String| {
-        OutputRecord::keyed(key_of(&line), line)
-    })
-    .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
-    .transactional_id_prefix(&args.prefix)
-    .transaction_timeout(Duration::from_millis(args.transaction_timeout_ms))
-    .restart_budget(Duration::from_millis(args.restart_budget_ms))
-    .build()
-    .map_err(|e| runtime_error(&e))?;
-    let mut config = JobConfig::new()
-        .parallelism(args.parallelism)
-        .checkpoint_interval(Duration::from_millis(args.checkpoint_interval_ms))
-        .checkpoint_timeout(Duration::from_millis(args.checkpoint_timeout_ms))
-        .checkpoint_dir(&args.checkpoints)
-        .restart_strategy(RestartStrategy::fixed_delay(
-            args.restarts,
-            Duration::from_secs(1),
-        ))
-        .batch_size(25)
-        .queue_capacity(4)
-        .progress_interval(Duration::from_secs(2));
-    if let Some(hook) = std::env::var(CRASH_AT).ok().as_deref().and_then(crash_hook) {
-        config = config.fault_hook(hook);
-    }
-    if let Some(savepoint) = &args.restore_from {
-        config = config.restore_from(savepoint);
-    }
-    let job = Job::new("crash-harness", config);
-    job.source(source)
-        .key_by(|r: &KafkaRecord<String>| key_of(&r.value))
-        .operator(track)
-        .sink(sink);
-    let runtime = tokio::runtime::Runtime::new()?;
-    let ended: exactly::Result<()> = runtime.block_on(async {
-        let handle = job.spawn()?;
-        let started = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if handle.is_finished() {
-                break;
-            }
-            if let (Some(after), Some(savepoint)) =
-                (args.stop_with_savepoint_after_ms, &args.savepoint)
-                && started.elapsed() >= Duration::from_millis(after)
-            {
-                let taken = handle.stop_with_savepoint(savepoint).await?;
-                eprintln!(
-                    "crash-harness child: stopped with a savepoint in {}",
-                    taken.display()
-                );
-                return handle.join().await.map(drop);
-            }
-            // The broker may be restarting: count again on the next tick.
-            if visible_records(&settings.bootstrap, &args.output)
-                .await
-                .is_ok_and(|n| n >= args.records)
-            {
-                break;
-            }
-        }
-        handle.stop();
-        handle.join().await.map(drop)
-    });
-    Ok(ended?)
-}
-
-fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Result<(), String> {
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut next_seq = [0u64; KEYS as usize];
-    for i in 0..records {
-        let key = (i * 7) % KEYS;
-        let line = format!("k{key} {}", next_seq[key as usize]);
-        next_seq[key as usize] += 1;
-        let key_text = format!("k{key}");
-        let mut record = BaseRecord::to(topic).key(&key_text).payload(&line);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    producer
-        .flush(Duration::from_secs(60))
-        .map_err(|e| e.to_string())
-}
-
-/// Creates the topics (input: 3 partitions, output: 2) and writes the
-/// input.
-fn input(args: &InputArgs) -> Result<(), String> {
-    let bootstrap = bootstrap_from_env();
-    let settings = ClientSettings::new(&bootstrap);
-    for (topic, partitions) in [(&args.input, 3), (&args.output, 2)] {
-        let missing = MissingTopics::Create { partitions };
-        ensure_topics(&settings, std::slice::from_ref(topic), missing)
-            .map_err(|e| e.to_string())?;
-    }
-    produce_input(&bootstrap, &args.input, args.records)
-        .map_err(|e| format!("cannot write the input to {bootstrap}: {e}"))
-}
-
-/// What the output check found.
-struct Verdict {
-    lost: u64,
-    duplicated: u64,
-    problems: Vec<String>,
-}
-
-/// Checks the output: both oracles agree, nothing is left open, and per
-/// key the counts 1..n appear once each, with sequence numbers in order.
-fn check(bootstrap: &str, output: &str, records: u64) -> Result<Verdict, String> {
-    let logs = oracle::read_committed(bootstrap, output).map_err(|e| e.to_string())?;
-    let mut problems = Vec::new();
-    if let Err(e) = oracle::settled(bootstrap, output) {
-        problems.push(e.to_string());
-    }
-    let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for record in logs.iter().flat_map(|p| &p.records) {
-        let text =
-            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
-        let fields: Vec<&str> = text.split(' ').collect();
-        let [key, seq, count] = fields[..] else {
-            return Err(format!("malformed output record {text:?}"));
-        };
-        let (seq, count) = (
-            seq.parse().map_err(|_| text.clone())?,
-            count.parse().map_err(|_| text.clone())?,
-        );
-        by_key.entry(key.to_owned()).or_default().push((seq, count));
-    }
-    let (mut lost, mut duplicated) = (0, 0);
-    for key in 0..KEYS {
-        let name = format!("k{key}");
-        let expected = (0..records).filter(|i| (i * 7) % KEYS == key).count() as u64;
-        let mut updates = by_key.remove(&name).unwrap_or_default();
-        updates.sort_unstable();
-        updates.dedup_by(|a, b| {
-            let same = a.0 == b.0;
-            if same {
-                duplicated += 1;
-                problems.push(format!("{name} seq {} appears twice", a.0));
-            }
-            same
-        });
-        for seq in 0..expected {
-            if updates.binary_search_by_key(&seq, |u| u.0).is_err() {
-                lost += 1;
-                if problems.len() < 20 {
-                    problems.push(format!("{name} seq {seq} is lost"));
-                }
-            }
-        }
-        for (seq, count) in &updates {
-            if *count != seq + 1 && problems.len() < 20 {
-                problems.push(format!(
-                    "{name} seq {seq} was counted as number {count}: per-key order or state is wrong"
-                ));
-            }
-        }
-    }
-    Ok(Verdict {
-        lost,
-        duplicated,
-        problems,
-    })
-}
-
-fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -495,14 +74,14 @@ fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// SIGKILLs `child` and reaps it.
-fn sigkill(child: &mut Child) -> ExitStatus {
+pub(crate) fn sigkill(child: &mut Child) -> ExitStatus {
     let _ = child.kill();
     // A raw wait status of 9: killed by SIGKILL.
     child.wait().unwrap_or(ExitStatus::from_raw(9))
 }
 
 /// How a cycle ended the child.
-enum Death {
+pub(crate) enum Death {
     /// By SIGABRT at a phase, or SIGKILL: counts as a kill.
     Killed(&'static str),
     /// It finished its work first (exit 0): no kill.
@@ -515,7 +94,7 @@ enum Death {
 
 /// How `status` ended a child: a SIGABRT is the phase `on_abort`, a
 /// SIGKILL counts as `on_kill`.
-fn death(status: ExitStatus, on_abort: &'static str, on_kill: &'static str) -> Death {
+pub(crate) fn death(status: ExitStatus, on_abort: &'static str, on_kill: &'static str) -> Death {
     match status.signal() {
         Some(6) => Death::Killed(on_abort),
         Some(9) => Death::Killed(on_kill),
@@ -526,7 +105,7 @@ fn death(status: ExitStatus, on_abort: &'static str, on_kill: &'static str) -> D
 
 /// One cycle of the plan.
 #[derive(Debug, Clone, Copy)]
-enum Cycle {
+pub(crate) enum Cycle {
     /// Abort at a phase.
     Phase(&'static str),
     /// SIGKILL at a random time.
@@ -542,7 +121,7 @@ enum Cycle {
     Rescale(usize),
 }
 
-struct Harness {
+pub(crate) struct Harness {
     exe: PathBuf,
     child: ChildArgs,
     bootstrap: String,
@@ -682,7 +261,7 @@ impl Harness {
 }
 
 /// Runs the whole harness; returns the exit code.
-fn run(args: &RunArgs) -> Result<ExitCode, String> {
+pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let cycles = args.cycles.unwrap_or(if args.soak { 300 } else { 32 });
     let records = args
         .records
@@ -935,51 +514,4 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
             ExitCode::SUCCESS
         },
     )
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match &cli.step {
-        None => run(&cli.run),
-        Some(Step::Input(args)) => input(args).map(|()| ExitCode::SUCCESS),
-        Some(Step::Child(args)) => {
-            // Restarts and recoveries are logged with tracing: warnings and
-            // errors by default, more with RUST_LOG.
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            return match child(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("crash-harness child: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Some(Step::Check(args)) => {
-            check(&bootstrap_from_env(), &args.output, args.records).map(|v| {
-                for problem in &v.problems {
-                    println!("crash-harness: {problem}");
-                }
-                println!(
-                    "crash-harness check: {} records, {} lost, {} duplicated",
-                    args.records, v.lost, v.duplicated
-                );
-                if v.lost == 0 && v.duplicated == 0 && v.problems.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            })
-        }
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("crash-harness: {e}");
-        ExitCode::from(2)
-    })
 }

@@ -1,4 +1,4 @@
-//! The audit (`exactly_kafka::audit` and the `exactly-audit` binary)
+//! The audit (`exactly_kafka_tools::audit` and the `exactly-audit` binary)
 //! against the real broker: committed, aborted and open transactions, a
 //! duplicate and a gap in JSON `{"key":..,"seq":..}` values; and its exit
 //! code 2 with a one-line error, in bounded time, for an unknown topic, an
@@ -8,14 +8,16 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use exactly_kafka::audit::{
+use exactly_kafka_tools::audit::{
     self, AuditOptions, AuditReport, EXIT_ERROR, EXIT_FINDINGS, Gap, KeySource, Location,
     SequenceAt, SequenceCheck, SequenceDuplicate, TransactionLookup,
 };
 use rdkafka::producer::{BaseProducer, Producer};
 
-use crate::common::{RDKAFKA_TIMEOUT, broker, create_topic, producer, send_to, unique_topic};
-use crate::fake_broker::{self, Behaviour, batch};
+use exactly_kafka_tools::testing::{
+    RDKAFKA_TIMEOUT, broker, create_topic, producer, send_to, unique_topic,
+};
+use exactly_kafka_wire::fake_broker::{self, Behaviour, Served, batch};
 
 /// The bound on every failing run of the binary.
 const ERROR_BOUND: Duration = Duration::from_secs(10);
@@ -146,23 +148,23 @@ fn the_audit_reports_transactions_duplicates_gaps_and_the_stuck_lso() {
     let totals = &report.totals;
     assert_eq!(
         (
-            totals.committed_transactions,
-            totals.committed_records,
-            totals.aborted_transactions,
-            totals.aborted_records,
-            totals.open_transactions,
-            totals.open_records,
-            totals.non_transactional_records,
+            totals.counts.committed_transactions,
+            totals.counts.committed_records,
+            totals.counts.aborted_transactions,
+            totals.counts.aborted_records,
+            totals.counts.open_transactions,
+            totals.counts.open_records,
+            totals.counts.non_transactional_records,
         ),
         (1, 2, 1, 1, 1, 1, 5)
     );
     let committer = p0
         .producers
         .iter()
-        .find(|p| p.committed_transactions == 1)
+        .find(|p| p.counts.committed_transactions == 1)
         .expect("the committing producer");
-    assert_eq!(committer.committed_records, 2);
-    assert!(p0.producers.iter().any(|p| p.aborted_records == 1));
+    assert_eq!(committer.counts.committed_records, 2);
+    assert!(p0.producers.iter().any(|p| p.counts.aborted_records == 1));
 
     let oldest = &p0.open_transactions[0];
     assert_eq!((oldest.first_offset, oldest.records), (8, 1));
@@ -328,7 +330,7 @@ fn usage_errors_and_unknown_topics_and_partitions_exit_2() {
 
     assert_error(
         &exactly_audit(&["--topic", "t", "--seq-start", "1"]),
-        "exactly-audit: error: usage error: --key-field, --key-from-record-key and --seq-start need --seq-field",
+        "exactly-audit: error: usage error: the following required arguments were not provided: --seq-field <PATH> (see --help)",
     );
     let help = exactly_audit(&["--help"]);
     assert_eq!(help.status.code(), Some(0));
@@ -366,11 +368,11 @@ fn a_corrupt_batch_exits_2_naming_topic_partition_and_offset() {
     let mut records = BytesMut::from(&batch(0, &["a"])[..]);
     let last = records.len() - 1;
     records[last] ^= 0xff;
-    let address = fake_broker::start(Behaviour::Serve {
-        topic: "fake-topic".to_owned(),
-        records: Bytes::from(records),
-        high_watermark: 2,
-    });
+    let address = fake_broker::start(Behaviour::Serve(Served::new(
+        "fake-topic",
+        Bytes::from(records),
+        2,
+    )));
     assert_error(
         &exactly_audit(&["--bootstrap", &address, "--topic", "fake-topic"]),
         "exactly-audit: error: corrupt record batch in fake-topic/0 at offset 0: CRC32C mismatch",

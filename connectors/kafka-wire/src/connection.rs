@@ -71,7 +71,7 @@ fn api_name<R: Request>() -> &'static str {
 }
 
 /// A topic name as the protocol types want it.
-pub(crate) fn topic_name(topic: &str) -> TopicName {
+pub fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_owned()))
 }
 
@@ -351,7 +351,7 @@ pub fn error_name(code: i16) -> String {
 /// Runs `work` to completion from blocking code: on the current tokio
 /// runtime when called from its blocking pool, else on a runtime of its
 /// own. Fails only when that runtime cannot be built.
-pub(crate) fn block_on<F: std::future::Future>(work: F) -> std::io::Result<F::Output> {
+pub fn block_on<F: std::future::Future>(work: F) -> std::io::Result<F::Output> {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => Ok(handle.block_on(work)),
         Err(_) => Ok(tokio::runtime::Builder::new_current_thread()

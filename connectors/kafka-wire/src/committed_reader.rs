@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -29,27 +30,17 @@ use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
 use crate::visibility::{OutcomeScan, PartitionLog, PartitionScan, TransactionOutcome};
 
-/// The environment variable naming the bootstrap broker, `host:port`.
-pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
-/// The bootstrap broker when [`BOOTSTRAP_ENV`] is unset.
-pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
-
 /// Kafka's `READ_UNCOMMITTED` isolation level.
 const READ_UNCOMMITTED: i8 = 0;
 /// ListOffsets timestamp asking for the log start offset.
 const EARLIEST: i64 = -2;
 /// Kafka's `UNKNOWN_TOPIC_OR_PARTITION` error code.
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = ResponseError::UnknownTopicOrPartition.code();
 /// How long a Fetch may wait on the broker for data.
 const FETCH_MAX_WAIT_MS: i32 = 200;
 /// Fetches in a row that may return nothing below the high watermark
 /// before the read gives up.
 const MAX_EMPTY_FETCHES: u32 = 5;
-
-/// The broker address from [`BOOTSTRAP_ENV`], or [`DEFAULT_BOOTSTRAP`].
-pub fn bootstrap_from_env() -> String {
-    std::env::var(BOOTSTRAP_ENV).unwrap_or_else(|_| DEFAULT_BOOTSTRAP.to_owned())
-}
 
 /// How to reach the cluster and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -80,11 +71,6 @@ impl ReaderConfig {
         }
     }
 
-    /// A configuration for the broker named by [`BOOTSTRAP_ENV`].
-    pub fn from_env() -> Self {
-        Self::new(bootstrap_from_env())
-    }
-
     fn connection_settings(&self) -> ConnectionSettings {
         ConnectionSettings {
             connect_timeout: self.connect_timeout,
@@ -104,10 +90,10 @@ struct PartitionLeader {
 /// Reads partitions and applies Kafka's read_committed rule to them.
 ///
 /// ```no_run
-/// # async fn audit() -> Result<(), exactly_kafka::ReadError> {
-/// use exactly_kafka::{CommittedReader, ReaderConfig};
+/// # async fn audit() -> Result<(), exactly_kafka_wire::ReadError> {
+/// use exactly_kafka_wire::{CommittedReader, ReaderConfig};
 ///
-/// let mut reader = CommittedReader::connect(ReaderConfig::from_env()).await?;
+/// let mut reader = CommittedReader::connect(ReaderConfig::new("127.0.0.1:9092")).await?;
 /// for log in reader.read_topic("payments").await? {
 ///     println!(
 ///         "partition {}: {} visible records, {} aborted, last stable offset {}",
@@ -558,7 +544,7 @@ struct Fetched {
 /// A READ_UNCOMMITTED Fetch of one partition from `offset`: it returns
 /// every batch, control batches included, so that the caller can apply the
 /// read_committed rule itself. Versions 4 to 12 (13 names topics by id).
-pub(crate) fn raw_fetch_request(
+pub fn raw_fetch_request(
     topic: &str,
     partition: i32,
     offset: i64,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{broker, read_topic, unique_topic};
+use exactly_kafka_tools::testing::{broker, read_topic, unique_topic};
 
 /// The bound on any one run of the pipeline.
 const RUN_LIMIT: Duration = Duration::from_secs(180);

@@ -27,7 +27,7 @@ use crate::error::ReadError;
 
 /// Transaction states (as ListTransactions names them) of a transaction
 /// that has begun and not completed.
-pub(crate) const OPEN_STATES: [&str; 4] = [
+pub const OPEN_STATES: [&str; 4] = [
     "Ongoing",
     "PrepareCommit",
     "PrepareAbort",
@@ -36,18 +36,18 @@ pub(crate) const OPEN_STATES: [&str; 4] = [
 
 /// One transaction ListTransactions reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Listed {
+pub struct Listed {
     /// The transactional id.
-    pub(crate) transactional_id: String,
+    pub transactional_id: String,
     /// Its current producer id.
-    pub(crate) producer_id: i64,
+    pub producer_id: i64,
     /// Its state, one of [`OPEN_STATES`].
-    pub(crate) state: String,
+    pub state: String,
 }
 
 /// Why the transactions could not be listed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ListError {
+pub enum ListError {
     /// The broker does not offer ListTransactions.
     #[error("{0}")]
     Unsupported(String),
@@ -58,7 +58,7 @@ pub(crate) enum ListError {
 
 /// The open transactions under `prefix` that the broker behind
 /// `connection` coordinates.
-pub(crate) async fn list_open(
+pub async fn list_open(
     connection: &mut Connection,
     prefix: &str,
 ) -> Result<Vec<Listed>, ListError> {
@@ -111,7 +111,7 @@ pub(crate) async fn list_open(
 
 /// The open transactions under `prefix` in the whole cluster reached at
 /// `bootstrap`: the brokers from Metadata, then [`list_open`] on each.
-pub(crate) async fn list_open_in_cluster(
+pub async fn list_open_in_cluster(
     bootstrap: &str,
     settings: &ConnectionSettings,
     prefix: &str,
@@ -142,7 +142,7 @@ pub(crate) async fn list_open_in_cluster(
 /// `topic`: DescribeProducers (KIP-664, Kafka 3.0+) at each partition's
 /// leader. `None` for a partition where the producer has no open
 /// transaction.
-pub(crate) async fn open_transaction_starts(
+pub async fn open_transaction_starts(
     bootstrap: &str,
     settings: &ConnectionSettings,
     topic: &str,

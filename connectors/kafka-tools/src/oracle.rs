@@ -13,20 +13,17 @@
 //! is left open on a topic (no open transaction, last stable offset equal
 //! to the high watermark).
 //!
-//! Does not own how the raw log is decoded ([`crate::visibility`]). Every
+//! Does not own how the raw log is decoded (`exactly-kafka-wire`). Every
 //! function here blocks (the consumer does); call them from a plain thread.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use exactly_kafka_wire::connection::block_on;
+use exactly_kafka_wire::{CommittedReader, PartitionLog, ReadError, ReaderConfig, VisibleRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-
-use crate::committed_reader::{CommittedReader, ReaderConfig};
-use crate::connection::block_on;
-use crate::error::ReadError;
-use crate::visibility::{PartitionLog, VisibleRecord};
 
 /// How long [`read_committed`] waits for the consumer to reach the raw
 /// reader's last stable offset, and [`settled`] for markers to land.

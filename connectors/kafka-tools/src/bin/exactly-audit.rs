@@ -8,21 +8,22 @@
 //! exactly-audit --help
 //! ```
 //!
-//! A thin shell around [`exactly_kafka::audit`]: parse the arguments, run
-//! the audit, print the report, exit with its code (0 clean, 1 findings,
-//! 2 usage or read error). See `docs/audit.md`.
+//! A thin shell around [`exactly_kafka_tools::audit`]: parse the arguments,
+//! run the audit, print the report, exit with its code (0 clean, 1
+//! findings, 2 usage or read error). See `docs/audit.md`.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use exactly_kafka::audit::{self, Command, EXIT_ERROR};
+use clap::Parser;
 use exactly_kafka::bootstrap_from_env;
+use exactly_kafka_tools::audit::{self, AuditArgs, EXIT_ERROR};
 
 fn main() -> ExitCode {
-    let cli = match audit::parse_args(std::env::args().skip(1), bootstrap_from_env()) {
-        Ok(Command::Help) => return print(audit::USAGE, 0),
-        Ok(Command::Audit(cli)) => cli,
-        Err(error) => return fail(&format!("usage error: {error}")),
+    let cli = match AuditArgs::try_parse() {
+        Ok(args) => args.options(bootstrap_from_env()),
+        Err(help) if help.exit_code() == 0 => return print(&help.render().to_string(), 0),
+        Err(error) => return fail(&audit::usage_line(&error)),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

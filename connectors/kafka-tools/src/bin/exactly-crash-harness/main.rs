@@ -1,0 +1,105 @@
+//! The crash harness: runs an exactly-once Kafka→Kafka pipeline as a child
+//! process, kills it again and again — by aborting itself at named phases
+//! of the checkpoint protocol, with SIGKILL at random times, and by
+//! SIGKILLing the broker under it — restarts it, and finally checks the
+//! whole output: every input record's effect exactly once, per-key order
+//! kept, final state equal to a direct count, nothing left open.
+//!
+//! ```text
+//! scripts/kafka-up
+//! cargo run -p exactly-kafka-tools --bin exactly-crash-harness                       # 32 kills, ~1 minute
+//! cargo run -p exactly-kafka-tools --bin exactly-crash-harness -- --broker-restarts 3 # and SIGKILL the broker 3 times
+//! cargo run -p exactly-kafka-tools --bin exactly-crash-harness -- --soak             # 300 kills, 200000 records
+//! ```
+//!
+//! The input is `N` records `k<key> <seq>` (16 keys, sequence numbers per
+//! key from 0). The pipeline keys them and emits `k<key> <seq> <count>`
+//! for each, so a lost or doubled record is named by key and sequence. The
+//! output is read by both oracles ([`exactly_kafka_tools::oracle`]): the raw
+//! committed reader and an rdkafka read_committed consumer, which must
+//! agree record for record.
+//!
+//! A kill counts only when the child really died of it (SIGABRT at a
+//! phase, SIGKILL otherwise). A child that exits with an error is a
+//! failure of the run, never a kill.
+//!
+//! The subcommands `input`, `child` and `check` run one step on its own;
+//! the fault tests of `connectors/kafka-tools/tests/faults.rs` drive the
+//! pipeline through them.
+//!
+//! The last line of a run is the result, for example
+//! `crash-harness: 32 kills, 20000 records, 0 lost, 0 duplicated`; the exit
+//! code is 1 on any loss, duplicate, order violation, disagreement of the
+//! oracles, transaction left open, child error, or missed phase.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `args` | the command line |
+//! | `pipeline` | the child: the pipeline under test and the fault hook that aborts it at a phase |
+//! | `workload` | the input records and the check of the output |
+//! | `run` | the plan of kill cycles, the child processes, broker restarts, and the final verdict |
+//!
+//! Imports run one way: `main` → `run` → `pipeline`, `workload` → `args`.
+
+mod args;
+mod pipeline;
+mod run;
+mod workload;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use exactly_kafka::bootstrap_from_env;
+
+use crate::args::{Cli, Step};
+use crate::pipeline::child;
+use crate::run::run;
+use crate::workload::{check, input};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.step {
+        None => run(&cli.run),
+        Some(Step::Input(args)) => input(args).map(|()| ExitCode::SUCCESS),
+        Some(Step::Child(args)) => {
+            // Restarts and recoveries are logged with tracing: warnings and
+            // errors by default, more with RUST_LOG.
+            tracing_subscriber::fmt()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            return match child(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crash-harness child: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Step::Check(args)) => {
+            check(&bootstrap_from_env(), &args.output, args.records).map(|v| {
+                for problem in &v.problems {
+                    println!("crash-harness: {problem}");
+                }
+                println!(
+                    "crash-harness check: {} records, {} lost, {} duplicated",
+                    args.records, v.lost, v.duplicated
+                );
+                if v.lost == 0 && v.duplicated == 0 && v.problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            })
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("crash-harness: {e}");
+        ExitCode::from(2)
+    })
+}

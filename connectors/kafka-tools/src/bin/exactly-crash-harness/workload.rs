@@ -1,0 +1,124 @@
+//! The harness's input and its verdict on the output: `N` records over 16
+//! keys, and the check that every one had its effect exactly once, in
+//! order, with both oracles agreeing and nothing left open.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use exactly_kafka::bootstrap_from_env;
+use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
+use exactly_kafka_tools::oracle;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::args::InputArgs;
+
+/// Keys of the input.
+pub(crate) const KEYS: u64 = 16;
+
+pub(crate) fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Result<(), String> {
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut next_seq = [0u64; KEYS as usize];
+    for i in 0..records {
+        let key = (i * 7) % KEYS;
+        let line = format!("k{key} {}", next_seq[key as usize]);
+        next_seq[key as usize] += 1;
+        let key_text = format!("k{key}");
+        let mut record = BaseRecord::to(topic).key(&key_text).payload(&line);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the topics (input: 3 partitions, output: 2) and writes the
+/// input.
+pub(crate) fn input(args: &InputArgs) -> Result<(), String> {
+    let bootstrap = bootstrap_from_env();
+    let settings = ClientSettings::new(&bootstrap);
+    for (topic, partitions) in [(&args.input, 3), (&args.output, 2)] {
+        let missing = MissingTopics::Create { partitions };
+        ensure_topics(&settings, std::slice::from_ref(topic), missing)
+            .map_err(|e| e.to_string())?;
+    }
+    produce_input(&bootstrap, &args.input, args.records)
+        .map_err(|e| format!("cannot write the input to {bootstrap}: {e}"))
+}
+
+/// What the output check found.
+pub(crate) struct Verdict {
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) problems: Vec<String>,
+}
+
+/// Checks the output: both oracles agree, nothing is left open, and per
+/// key the counts 1..n appear once each, with sequence numbers in order.
+pub(crate) fn check(bootstrap: &str, output: &str, records: u64) -> Result<Verdict, String> {
+    let logs = oracle::read_committed(bootstrap, output).map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    if let Err(e) = oracle::settled(bootstrap, output) {
+        problems.push(e.to_string());
+    }
+    let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for record in logs.iter().flat_map(|p| &p.records) {
+        let text =
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+        let fields: Vec<&str> = text.split(' ').collect();
+        let [key, seq, count] = fields[..] else {
+            return Err(format!("malformed output record {text:?}"));
+        };
+        let (seq, count) = (
+            seq.parse().map_err(|_| text.clone())?,
+            count.parse().map_err(|_| text.clone())?,
+        );
+        by_key.entry(key.to_owned()).or_default().push((seq, count));
+    }
+    let (mut lost, mut duplicated) = (0, 0);
+    for key in 0..KEYS {
+        let name = format!("k{key}");
+        let expected = (0..records).filter(|i| (i * 7) % KEYS == key).count() as u64;
+        let mut updates = by_key.remove(&name).unwrap_or_default();
+        updates.sort_unstable();
+        updates.dedup_by(|a, b| {
+            let same = a.0 == b.0;
+            if same {
+                duplicated += 1;
+                problems.push(format!("{name} seq {} appears twice", a.0));
+            }
+            same
+        });
+        for seq in 0..expected {
+            if updates.binary_search_by_key(&seq, |u| u.0).is_err() {
+                lost += 1;
+                if problems.len() < 20 {
+                    problems.push(format!("{name} seq {seq} is lost"));
+                }
+            }
+        }
+        for (seq, count) in &updates {
+            if *count != seq + 1 && problems.len() < 20 {
+                problems.push(format!(
+                    "{name} seq {seq} was counted as number {count}: per-key order or state is wrong"
+                ));
+            }
+        }
+    }
+    Ok(Verdict {
+        lost,
+        duplicated,
+        problems,
+    })
+}
