@@ -34,6 +34,7 @@
 //! Every method blocks (librdkafka's transaction calls do); the SDK runs
 //! them on the blocking pool.
 
+mod error;
 mod preflight;
 mod producer;
 mod recovery;
@@ -46,13 +47,14 @@ use std::time::{Duration, Instant};
 use exactly::preflight::{JobSettings, PreflightReport};
 use exactly::sink::{SinkContext, TwoPhaseCommitSink};
 use exactly::{BoxError, Unrecoverable};
-use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
+use self::error::{failed, kafka_failed};
 use self::producer::SinkProducer;
 use crate::client::{ClientSettings, MissingTopics};
 use crate::source::KafkaHeader;
 
+pub use self::error::{FencedError, SinkError};
 pub use self::recovery::{
     RECOVERY_END_TXN_MAX_VERSION, Recovered, RecoveryError, recover_transaction,
 };
@@ -357,64 +359,12 @@ impl<T> KafkaSinkBuilder<T> {
     }
 }
 
-/// A transactional id of the sink was fenced: a newer producer with the
-/// same id took it over, or the broker aborted the transaction after its
-/// timeout and bumped the epoch. The sink returns it wrapped in
-/// [`Unrecoverable`], so the job stops instead of restarting and fencing
-/// the other instance in turn.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-#[error(
-    "{during} of {transaction} failed: its transactional id was fenced ({source}). Another instance of this job, or \
-     another job with the same transactional-id prefix, took the id over; or the broker aborted the transaction after \
-     transaction.timeout.ms. This instance stops rather than restart and fence the other in turn: stop the other \
-     instance, or give each job its own .transactional_id_prefix(..)"
-)]
-pub struct FencedError {
-    /// What the sink was doing.
-    pub during: String,
-    /// The transaction, as its `Display` form.
-    pub transaction: String,
-    /// The producer's error.
-    #[source]
-    pub source: KafkaError,
-}
-
-/// `error` of `what` on `transaction`, as the job should see it: fencing
-/// is [`Unrecoverable`], anything else fails the attempt.
-fn kafka_failed(
-    what: &str,
-    transaction: &KafkaTransaction,
-    producer: &SinkProducer,
-    error: KafkaError,
-) -> BoxError {
-    if transaction.transactional_id.is_some() && producer.is_fenced(&error) {
-        return Unrecoverable::boxed(FencedError {
-            during: what.to_owned(),
-            transaction: transaction.to_string(),
-            source: error,
-        });
-    }
-    failed(what, Some(transaction), error)
-}
-
 /// The subtask and slot of a transactional id `{prefix}{subtask}-{slot}`
 /// (with `prefix` ending in `-`), or `None` for another id that merely
 /// starts with the prefix.
 fn pool_position(prefix: &str, id: &str) -> Option<(usize, usize)> {
     let (subtask, slot) = id.strip_prefix(prefix)?.split_once('-')?;
     Some((subtask.parse().ok()?, slot.parse().ok()?))
-}
-
-fn failed(
-    what: &str,
-    transaction: Option<&KafkaTransaction>,
-    error: impl fmt::Display,
-) -> BoxError {
-    match transaction {
-        Some(t) => format!("{what} of {t} failed: {error}").into(),
-        None => format!("{what} failed: {error}").into(),
-    }
 }
 
 impl<T> KafkaSink<T> {
