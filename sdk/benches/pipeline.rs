@@ -67,16 +67,9 @@ use exactly::MetricsSnapshot;
 use exactly::codec::Codec;
 use exactly::prelude::*;
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The global allocator of this build.
-const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
-    "mimalloc"
-} else {
-    "the system allocator"
-};
+#[path = "shared/allocator.rs"]
+mod allocator;
+use allocator::ALLOCATOR;
 
 #[state]
 #[derive(Default)]

@@ -60,16 +60,9 @@ type Value = (WordCount,);
 /// The environment variable that makes this binary one measurement.
 const CHILD: &str = "BENCH_STATE_CHILD";
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The global allocator this bench runs on.
-const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
-    "mimalloc"
-} else {
-    "the system allocator (glibc)"
-};
+#[path = "shared/allocator.rs"]
+mod allocator;
+use allocator::ALLOCATOR;
 
 /// The environment of a measurement without transparent huge pages, and
 /// of one with them.
