@@ -191,6 +191,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
             } else {
                 Some(latency_phase(args, contender, &tag, &logs)?)
             };
+            workload::delete_topics_of(&args.bootstrap, &tag)?;
             let measurement = Measurement::new(&throughput, latency.as_ref());
             eprintln!("kafka-bench:   {measurement}");
             report.add(round, &contender.name, measurement);

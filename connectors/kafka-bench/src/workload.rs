@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -48,6 +50,45 @@ pub fn create_topics(bootstrap: &str, topics: &[String]) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// Deletes every topic whose name contains `-{tag}`: a contender run's
+/// output and live topics, and the internal topics Kafka Streams made for
+/// it. Without this the broker keeps every run's topics, and after a few
+/// full runs it holds thousands of partitions and starts slowly.
+pub fn delete_topics_of(bootstrap: &str, tag: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| format!("an admin client for {bootstrap}: {e}"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, BROKER_WAIT)
+        .map_err(|e| format!("listing topics on {bootstrap}: {e}"))?;
+    let needle = format!("-{tag}");
+    let names: Vec<&str> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name())
+        .filter(|name| name.contains(&needle))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("a runtime to delete topics: {e}"))?;
+    let options = AdminOptions::new().operation_timeout(Some(BROKER_WAIT));
+    let results = runtime
+        .block_on(admin.delete_topics(&names, &options))
+        .map_err(|e| format!("deleting topics {names:?}: {e}"))?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            return Err(format!("deleting topic {topic}: {code}"));
+        }
+    }
+    Ok(())
 }
 
 /// The number of records in `topic` (the sum of its partitions' high
