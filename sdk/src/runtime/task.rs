@@ -182,31 +182,26 @@ pub(crate) async fn run_source<S: Source>(
         }
         let wait = match mode {
             SourceMode::Reading => {
-                match source
+                let poll = source
                     .poll_batch(&mut batch, env.batch_size)
                     .await
-                    .map_err(task_error(&env, "reading the source"))?
-                {
-                    SourcePoll::Data => {
-                        if !batch.is_empty() {
-                            JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
-                            pipe.push(&mut batch).await?;
-                            batch.reserve(env.batch_size);
-                            // A chain that never waits (a queue with room,
-                            // an inline sink) still lets other tasks and
-                            // timers (the checkpoint trigger) run.
-                            tokio::task::yield_now().await;
-                        }
-                        None
-                    }
+                    .map_err(task_error(&env, "reading the source"))?;
+                // Whatever the answer, appended records go down the chain
+                // now: the source's position already counts them, so a
+                // barrier must not find them held back here.
+                if !batch.is_empty() {
+                    JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
+                    pipe.push(&mut batch).await?;
+                    batch.reserve(env.batch_size);
+                    // A chain that never waits (a queue with room, an
+                    // inline sink) still lets other tasks and timers (the
+                    // checkpoint trigger) run.
+                    tokio::task::yield_now().await;
+                }
+                match poll {
+                    SourcePoll::Data => None,
                     SourcePoll::Idle => Some(IDLE_WAIT),
                     SourcePoll::Finished => {
-                        // Records appended in the call that finished are
-                        // the input's last: they go down the chain first.
-                        if !batch.is_empty() {
-                            JobMetrics::add(&env.metrics.records_in, batch.len() as u64);
-                            pipe.push(&mut batch).await?;
-                        }
                         mode = SourceMode::Finished;
                         env.link
                             .events

@@ -28,7 +28,8 @@ pub enum SourcePoll {
     /// Records were appended to the output buffer (possibly none, if the
     /// source is throttled).
     Data,
-    /// Nothing is available now; the runtime will poll again shortly.
+    /// Nothing more is available now; the runtime will poll again
+    /// shortly. Records appended in the same call are still emitted.
     Idle,
     /// The input is exhausted: this subtask will never produce again.
     /// Records appended in the same call are its last, and are emitted.
