@@ -130,15 +130,40 @@ fn struct_and_call(function: &ItemFn, attrs: &Attrs<'_>) -> TokenStream {
     }
 }
 
+/// What the full expansion and the fallback share: the unit struct with its
+/// `call`, the attributes every impl carries, the operator's name, and its
+/// element types (`()` where the signature gives none).
+struct Frame<'a> {
+    struct_and_call: TokenStream,
+    on_impls: Vec<&'a Attribute>,
+    ident: &'a Ident,
+    input: Type,
+    output: Type,
+}
+
+impl<'a> Frame<'a> {
+    fn new(function: &'a ItemFn, analysis: &Analysis) -> Self {
+        let attrs = Attrs::sort(&function.attrs);
+        let unit = || Type::Verbatim(quote!(()));
+        Frame {
+            struct_and_call: struct_and_call(function, &attrs),
+            on_impls: attrs.on_impls,
+            ident: &function.sig.ident,
+            input: analysis.input.clone().unwrap_or_else(unit),
+            output: analysis.output.clone().unwrap_or_else(unit),
+        }
+    }
+}
+
 /// The full expansion, for a signature without errors.
 pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) -> TokenStream {
-    let attrs = Attrs::sort(&function.attrs);
-    let struct_and_call = struct_and_call(function, &attrs);
-    let on_impls = &attrs.on_impls;
-    let ident = &function.sig.ident;
-    let unit = || Type::Verbatim(quote!(()));
-    let input = analysis.input.clone().unwrap_or_else(unit);
-    let output = analysis.output.clone().unwrap_or_else(unit);
+    let Frame {
+        struct_and_call,
+        on_impls,
+        ident,
+        input,
+        output,
+    } = Frame::new(function, analysis);
     let state_types: Vec<&Type> = analysis.states.iter().map(|state| &state.ty).collect();
     // A state type that is not a `#[state]` struct is reported once, on the
     // parameter's type, by these assertions. The impl's where-clause states
@@ -262,13 +287,13 @@ pub(super) fn fallback(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
         } = function;
         return quote!(#(#attrs)* #vis #sig #block);
     }
-    let attrs = Attrs::sort(&function.attrs);
-    let struct_and_call = struct_and_call(function, &attrs);
-    let on_impls = &attrs.on_impls;
-    let ident = &function.sig.ident;
-    let unit = || Type::Verbatim(quote!(()));
-    let input = analysis.input.clone().unwrap_or_else(unit);
-    let output = analysis.output.clone().unwrap_or_else(unit);
+    let Frame {
+        struct_and_call,
+        on_impls,
+        ident,
+        input,
+        output,
+    } = Frame::new(function, analysis);
     quote! {
         #struct_and_call
 

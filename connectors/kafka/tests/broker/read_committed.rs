@@ -34,23 +34,14 @@ fn write_scenario(broker: &str, test: &str) -> (String, rdkafka::producer::BaseP
     let plain = producer(broker, None);
     send(&plain, &topic, &["plain-0"]);
 
-    let committing = producer(broker, Some(&format!("{topic}-a")));
-    committing.begin_transaction().expect("begin A");
-    send(&committing, &topic, &["committed-1", "committed-2"]);
-    committing
-        .commit_transaction(RDKAFKA_TIMEOUT)
-        .expect("commit A");
-    // The broker writes the marker after the commit returns: wait for it,
-    // so that the next record lands after it.
-    oracle::settled(broker, &topic).expect("A's COMMIT marker");
-
-    let aborting = producer(broker, Some(&format!("{topic}-b")));
-    aborting.begin_transaction().expect("begin B");
-    send(&aborting, &topic, &["aborted-1", "aborted-2"]);
-    aborting
-        .abort_transaction(RDKAFKA_TIMEOUT)
-        .expect("abort B");
-    oracle::settled(broker, &topic).expect("B's ABORT marker");
+    ended_transaction(
+        broker,
+        &topic,
+        "a",
+        &["committed-1", "committed-2"],
+        End::Commit,
+    );
+    ended_transaction(broker, &topic, "b", &["aborted-1", "aborted-2"], End::Abort);
 
     send(&plain, &topic, &["plain-1"]);
     let open = producer(broker, Some(&format!("{topic}-c")));
@@ -58,6 +49,28 @@ fn write_scenario(broker: &str, test: &str) -> (String, rdkafka::producer::BaseP
     send(&open, &topic, &["open-1"]);
     send(&plain, &topic, &["plain-2"]);
     (topic, open)
+}
+
+/// How [`ended_transaction`] ends its transaction.
+enum End {
+    Commit,
+    Abort,
+}
+
+/// Writes `values` to `topic` in one transaction of the producer
+/// `<topic>-<suffix>`, ends it as told, and waits for its marker: the broker
+/// writes the marker after the call returns, and the next record must land
+/// after it.
+fn ended_transaction(broker: &str, topic: &str, suffix: &str, values: &[&str], end: End) {
+    let transactional = producer(broker, Some(&format!("{topic}-{suffix}")));
+    transactional.begin_transaction().expect("begin");
+    send(&transactional, topic, values);
+    match end {
+        End::Commit => transactional.commit_transaction(RDKAFKA_TIMEOUT),
+        End::Abort => transactional.abort_transaction(RDKAFKA_TIMEOUT),
+    }
+    .unwrap_or_else(|e| panic!("ending the transaction of {values:?}: {e}"));
+    oracle::settled(broker, topic).unwrap_or_else(|e| panic!("the marker after {values:?}: {e}"));
 }
 
 fn values(log: &PartitionLog) -> Vec<&str> {
