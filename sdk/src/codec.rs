@@ -7,8 +7,8 @@
 //! [`crate::storage::frame`], which records the codec id in every header so a
 //! checkpoint written with one codec stays readable after the default changes.
 
-use serde::Serialize;
-use serde::de::{DeserializeOwned, DeserializeSeed};
+use serde::de::DeserializeSeed;
+use serde::{Deserialize, Serialize};
 
 /// A serde format for state. The numeric id is stored in every snapshot
 /// header; never reuse an id.
@@ -112,7 +112,12 @@ impl Codec {
     }
 
     /// Decodes a `T` that must use all of `bytes`; `what` names it in errors.
-    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8], what: &str) -> Result<T, CodecError> {
+    /// The value may borrow from `bytes`.
+    pub fn decode<'de, T: Deserialize<'de>>(
+        self,
+        bytes: &'de [u8],
+        what: &str,
+    ) -> Result<T, CodecError> {
         let (value, used) = self.decode_prefix(bytes, what)?;
         if used == bytes.len() {
             Ok(value)
@@ -126,10 +131,11 @@ impl Codec {
     }
 
     /// Decodes the `T` at the start of `bytes` and returns it with the
-    /// number of bytes it used; `what` names it in errors.
-    pub(crate) fn decode_prefix<T: DeserializeOwned>(
+    /// number of bytes it used; `what` names it in errors. The value may
+    /// borrow from `bytes`.
+    pub(crate) fn decode_prefix<'de, T: Deserialize<'de>>(
         self,
-        bytes: &[u8],
+        bytes: &'de [u8],
         what: &str,
     ) -> Result<(T, usize), CodecError> {
         self.decode_seed(std::marker::PhantomData::<T>, bytes, what)
@@ -247,6 +253,30 @@ mod tests {
             assert_eq!(codec.encode(&wrapped, "entries").unwrap(), old, "{codec:?}");
             let back: Vec<(String, Bytes)> = codec.decode(&old, "entries").unwrap();
             assert_eq!(back, wrapped, "{codec:?}");
+        }
+    }
+
+    /// Checkpoint loading decodes the element list borrowed, so that each
+    /// element's state stays a slice of the file's buffer.
+    #[test]
+    fn an_element_list_decodes_borrowed_from_the_buffer() {
+        let entries = vec![
+            ("1:count".to_string(), Bytes(vec![7; 300])),
+            ("source".to_string(), Bytes(Vec::new())),
+        ];
+        for codec in [Codec::Bincode, Codec::Postcard] {
+            let buffer = codec.encode(&entries, "entries").unwrap();
+            let back: Vec<(String, &[u8])> = codec.decode(&buffer, "entries").unwrap();
+            let expected: Vec<(String, &[u8])> = entries
+                .iter()
+                .map(|(id, b)| (id.clone(), &b.0[..]))
+                .collect();
+            assert_eq!(back, expected, "{codec:?}");
+            let within = buffer.as_ptr_range();
+            assert!(
+                within.contains(&back[0].1.as_ptr()),
+                "{codec:?} copied the bytes"
+            );
         }
     }
 

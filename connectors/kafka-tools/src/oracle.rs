@@ -209,7 +209,9 @@ fn consume(
         .set("group.id", format!("exactly-oracle-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
+        // The loop below stops on positions, not on end-of-partition
+        // events, which librdkafka would also report as a global error.
+        .set("enable.partition.eof", "false")
         .create()
         .map_err(failed)?;
     let mut assignment = TopicPartitionList::new();
@@ -233,7 +235,7 @@ fn consume(
             });
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            None => {}
             Some(Err(error)) => return Err(failed(error)),
             Some(Ok(message)) => {
                 let p = message.partition();

@@ -127,11 +127,12 @@ impl SnapshotWriter {
 
 /// The state one stage had in the checkpoint being restored: the entries of
 /// every old subtask, so that state can be redistributed when the
-/// parallelism changed.
+/// parallelism changed. Each entry's bytes are a slice of the file it was
+/// read from, shared rather than copied.
 #[derive(Debug, Default)]
 pub(crate) struct RestoredStage {
     pub(crate) checkpoint_id: u64,
-    pub(crate) subtasks: Vec<HashMap<String, (Codec, Vec<u8>)>>,
+    pub(crate) subtasks: Vec<HashMap<String, (Codec, bytes::Bytes)>>,
     /// The frame format version of each old subtask's file.
     pub(crate) versions: Vec<u16>,
 }

@@ -26,7 +26,6 @@ use super::env::SubtaskEnv;
 use super::exchange::DownstreamStopped;
 use super::graph::JobGraph;
 use super::progress;
-use crate::codec::Bytes;
 use crate::config::JobConfig;
 use crate::context::SubtaskContext;
 use crate::error::{Error, Result, panic_message};
@@ -467,14 +466,19 @@ pub(crate) fn load_checkpoint(
         .collect();
     for handle in &checkpoint.metadata.task_states {
         let path = checkpoint.path.join(&handle.file);
-        let bytes = std::fs::read(&path).map_err(|source| crate::storage::StorageError::Io {
+        let file = std::fs::read(&path).map_err(|source| crate::storage::StorageError::Io {
             action: "read",
             path: path.clone(),
             source,
         })?;
-        let frame = frame::decode(&bytes, PayloadKind::TaskState, &path)?;
+        let file = bytes::Bytes::from(file);
+        let frame = frame::decode(&file, PayloadKind::TaskState, &path)?;
         let codec = frame.codec;
-        let entries: Vec<(String, Bytes)> =
+        // Each element's state is borrowed from the file and then kept as a
+        // shared slice of it: one copy of the state bytes fewer than
+        // decoding owned ones (about a tenth of a keyed restore, measured in
+        // BENCHMARKS.md).
+        let entries: Vec<(String, &[u8])> =
             codec.decode(frame.payload, "task state").map_err(|e| {
                 crate::storage::StorageError::Corrupt {
                     path: path.clone(),
@@ -493,7 +497,11 @@ pub(crate) fn load_checkpoint(
                 handle.file, handle.subtask
             ))
         })?;
-        slot.extend(entries.into_iter().map(|(k, v)| (k, (codec, v.0))));
+        slot.extend(
+            entries
+                .into_iter()
+                .map(|(id, state)| (id, (codec, file.slice_ref(state)))),
+        );
         stage.versions[handle.subtask] = frame.version;
     }
     Ok(stages.into_iter().map(|s| Some(Arc::new(s))).collect())

@@ -94,10 +94,10 @@ mod support {
         snapshot: SnapshotWriter,
         checkpoint_id: u64,
     ) -> Arc<RestoredStage> {
-        let entries: HashMap<String, (Codec, Vec<u8>)> = snapshot
+        let entries: HashMap<String, (Codec, bytes::Bytes)> = snapshot
             .entries
             .into_iter()
-            .map(|(id, bytes)| (id, (Codec::Bincode, bytes.0)))
+            .map(|(id, state)| (id, (Codec::Bincode, bytes::Bytes::from(state.0))))
             .collect();
         Arc::new(RestoredStage {
             checkpoint_id,
