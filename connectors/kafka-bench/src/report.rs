@@ -27,6 +27,9 @@ pub struct Measurement {
     /// `None` when both phases' outputs were exactly-once, else what was
     /// wrong.
     pub violation: Option<String>,
+    /// Consumer errors the watcher rode out in both phases: a round with
+    /// any measured a pause of the broker too.
+    pub broker_errors: u64,
 }
 
 fn percentile(sorted: &[i64], fraction: f64) -> Option<f64> {
@@ -63,6 +66,7 @@ impl Measurement {
             p50_ms: percentile(&latencies, 0.5),
             p99_ms: percentile(&latencies, 0.99),
             violation: (!violations.is_empty()).then(|| violations.join("; ")),
+            broker_errors: throughput.broker_errors + latency.map_or(0, |l| l.broker_errors),
         }
     }
 }
@@ -82,7 +86,15 @@ impl fmt::Display for Measurement {
             millis(self.p50_ms),
             millis(self.p99_ms),
             self.violation.as_deref().unwrap_or("exactly-once")
-        )
+        )?;
+        if self.broker_errors > 0 {
+            write!(
+                f,
+                " ({} broker errors while reading: the figures include the broker's pause)",
+                self.broker_errors
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -217,7 +229,24 @@ mod tests {
             p50_ms: None,
             p99_ms: Some(rate),
             violation: None,
+            broker_errors: 0,
         }
+    }
+
+    #[test]
+    fn a_round_that_rode_out_broker_errors_says_so() {
+        let quiet = Outcome::default();
+        let paused = Outcome {
+            broker_errors: 3,
+            ..Outcome::default()
+        };
+        let line = Measurement::new(&quiet, Some(&paused)).to_string();
+        assert!(line.contains("(3 broker errors while reading"), "{line}");
+        assert!(
+            !Measurement::new(&quiet, None)
+                .to_string()
+                .contains("broker")
+        );
     }
 
     #[test]

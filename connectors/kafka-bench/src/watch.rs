@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::workload::{PARTITIONS, now_micros};
@@ -59,6 +60,9 @@ pub struct Outcome {
     pub count_errors: u64,
     /// Visibility latency of each measured record, in microseconds.
     pub latencies_us: Vec<i64>,
+    /// Consumer errors the watcher rode out (the broker unreachable for a
+    /// while); the round's figures then include that pause.
+    pub broker_errors: u64,
 }
 
 impl Outcome {
@@ -122,6 +126,29 @@ fn micros_of(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Fails when no new output appeared for `spec.stall` since `progress`, or
+/// when the contender is gone.
+fn still_waiting(
+    spec: &Watch<'_>,
+    probe: &mut dyn Probe,
+    progress: Instant,
+    distinct: u64,
+    expected: u64,
+) -> Result<(), String> {
+    if progress.elapsed() > spec.stall {
+        return Err(format!(
+            "no new output in {:?}: {distinct} of {} records visible",
+            spec.stall,
+            if expected == UNKNOWN {
+                "?".to_owned()
+            } else {
+                expected.to_string()
+            }
+        ));
+    }
+    probe.alive()
+}
+
 /// Reads the output until every expected record is visible (plus
 /// [`SETTLE`]), checking as it goes.
 pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String> {
@@ -161,19 +188,19 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
             return Ok(outcome);
         }
         match consumer.poll(Duration::from_millis(50)) {
-            None => {
-                if last_progress.elapsed() > spec.stall {
-                    return Err(format!(
-                        "no new output in {:?}: {distinct} of {} records visible",
-                        spec.stall,
-                        if expected == UNKNOWN {
-                            "?".to_owned()
-                        } else {
-                            expected.to_string()
-                        }
-                    ));
+            None => still_waiting(spec, probe, last_progress, distinct, expected)?,
+            Some(Err(KafkaError::MessageConsumption(code))) => {
+                // librdkafka reconnects by itself: a broker that stalled
+                // and was fenced for a moment shows here, and no record is
+                // lost by it. The stall limit still ends a run that stops.
+                if outcome.broker_errors == 0 {
+                    eprintln!(
+                        "kafka-bench:   reading {}: {code}; waiting for the broker (at most --stall-seconds without new output)",
+                        spec.topic
+                    );
                 }
-                probe.alive()?;
+                outcome.broker_errors += 1;
+                still_waiting(spec, probe, last_progress, distinct, expected)?;
             }
             Some(Err(e)) => return Err(format!("reading {}: {e}", spec.topic)),
             Some(Ok(message)) => {
@@ -236,7 +263,37 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::*;
+
+    struct Alive;
+
+    impl Probe for Alive {
+        fn cpu(&self) -> Result<Duration, String> {
+            Ok(Duration::ZERO)
+        }
+        fn alive(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A broker that does not answer is waited for until the stall limit,
+    /// not taken as the end of the run at its first error.
+    #[test]
+    fn an_unreachable_broker_is_waited_for_until_the_stall_limit() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bootstrap = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let spec = Watch {
+            bootstrap: &bootstrap,
+            topic: "bench-output-unreachable",
+            expected: Arc::new(AtomicU64::new(10)),
+            window_from: 1,
+            live: None,
+            stall: Duration::from_secs(2),
+        };
+        let error = watch(&spec, &mut Alive).unwrap_err();
+        assert!(error.starts_with("no new output in 2s"), "{error}");
+    }
 
     #[test]
     fn output_values_parse_into_sequence_time_and_count() {
