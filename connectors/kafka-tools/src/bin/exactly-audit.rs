@@ -20,6 +20,8 @@ use exactly_kafka::bootstrap_from_env;
 use exactly_kafka_tools::audit::{self, AuditArgs, EXIT_ERROR};
 
 fn main() -> ExitCode {
+    // Warnings of the clients it uses; the report itself goes to stdout.
+    exactly_kafka_tools::logging::init("warn");
     let cli = match AuditArgs::try_parse() {
         Ok(args) => args.options(bootstrap_from_env()),
         Err(help) if help.exit_code() == 0 => return print(&help.render().to_string(), 0),

@@ -46,7 +46,6 @@ mod pipeline;
 mod run;
 mod workload;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -65,14 +64,7 @@ fn main() -> ExitCode {
         Some(Step::Child(args)) => {
             // Restarts and recoveries are logged with tracing: warnings and
             // errors by default, more with RUST_LOG.
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            exactly_kafka_tools::logging::init("warn");
             return match child(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
