@@ -153,17 +153,49 @@ impl<'a> Frame<'a> {
             output: analysis.output.clone().unwrap_or_else(unit),
         }
     }
+
+    /// The struct with its `call`, `impl Operator` (the element types and
+    /// `NAME`, then `items`, under `bounds`), and `impl UnkeyedOperator`
+    /// when `unkeyed`.
+    fn expand(
+        &self,
+        name: &LitStr,
+        bounds: Option<TokenStream>,
+        items: TokenStream,
+        unkeyed: bool,
+    ) -> TokenStream {
+        let Frame {
+            struct_and_call,
+            on_impls,
+            ident,
+            input,
+            output,
+        } = self;
+        let unkeyed = unkeyed.then(|| {
+            quote! {
+                #(#on_impls)*
+                impl ::exactly::UnkeyedOperator for #ident {}
+            }
+        });
+        quote! {
+            #struct_and_call
+
+            #(#on_impls)*
+            impl ::exactly::Operator for #ident #bounds {
+                type In = #input;
+                type Out = #output;
+                const NAME: &'static str = #name;
+                #items
+            }
+
+            #unkeyed
+        }
+    }
 }
 
 /// The full expansion, for a signature without errors.
 pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) -> TokenStream {
-    let Frame {
-        struct_and_call,
-        on_impls,
-        ident,
-        input,
-        output,
-    } = Frame::new(function, analysis);
+    let frame = Frame::new(function, analysis);
     let state_types: Vec<&Type> = analysis.states.iter().map(|state| &state.ty).collect();
     // A state type that is not a `#[state]` struct is reported once, on the
     // parameter's type, by these assertions. The impl's where-clause states
@@ -231,21 +263,8 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
             }
         },
     };
-    let unkeyed = analysis.states.is_empty().then(|| {
-        quote! {
-            #(#on_impls)*
-            impl ::exactly::UnkeyedOperator for #ident {}
-        }
-    });
-    quote! {
-        #struct_and_call
-
-        #(#on_impls)*
-        impl ::exactly::Operator for #ident #state_bounds {
-            type In = #input;
-            type Out = #output;
+    let items = quote! {
             type State = (#(#state_types,)*);
-            const NAME: &'static str = #name;
             const STATE_NAMES: &'static [&'static str] = &[#(#state_names),*];
 
             #[inline]
@@ -259,9 +278,11 @@ pub(super) fn operator(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
                 #body
                 ::core::result::Result::Ok(())
             }
-        }
-
-        #unkeyed
+    };
+    let expansion = frame.expand(name, state_bounds, items, analysis.states.is_empty());
+    let on_impls = &frame.on_impls;
+    quote! {
+        #expansion
 
         #(#on_impls)*
         const _: () = {
@@ -287,22 +308,8 @@ pub(super) fn fallback(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
         } = function;
         return quote!(#(#attrs)* #vis #sig #block);
     }
-    let Frame {
-        struct_and_call,
-        on_impls,
-        ident,
-        input,
-        output,
-    } = Frame::new(function, analysis);
-    quote! {
-        #struct_and_call
-
-        #(#on_impls)*
-        impl ::exactly::Operator for #ident {
-            type In = #input;
-            type Out = #output;
+    let items = quote! {
             type State = ();
-            const NAME: &'static str = #name;
             const STATE_NAMES: &'static [&'static str] = &[];
 
             fn process(
@@ -313,9 +320,6 @@ pub(super) fn fallback(function: &ItemFn, analysis: &Analysis, name: &LitStr) ->
             ) -> ::core::result::Result<(), ::exactly::BoxError> {
                 ::core::result::Result::Ok(())
             }
-        }
-
-        #(#on_impls)*
-        impl ::exactly::UnkeyedOperator for #ident {}
-    }
+    };
+    Frame::new(function, analysis).expand(name, None, items, true)
 }
