@@ -10,10 +10,12 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::jobs::JobArgs;
+use crate::visible::CpuClock;
 use crate::watch::Probe;
 
 /// How long a contender may take to stop after SIGTERM.
@@ -174,26 +176,32 @@ pub struct Running {
     child: Child,
 }
 
+/// User + system time of all the threads of process `pid`.
+fn process_cpu(pid: u32) -> Result<Duration, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| -> Result<u64, String> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("{path}: field {} is not a number", index + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_millis(total * 1000 / TICKS_PER_SECOND))
+}
+
 impl Probe for Running {
     /// User + system time of all the process's threads.
-    fn cpu(&self) -> Result<Duration, String> {
-        let path = format!("/proc/{}/stat", self.child.id());
-        let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-        // Fields after the command name, which is in parentheses and may
-        // hold spaces: state is field 3, utime 14 and stime 15.
-        let after = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| format!("{path}: no command name"))?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |index: usize| -> Result<u64, String> {
-            fields
-                .get(index)
-                .and_then(|f| f.parse().ok())
-                .ok_or_else(|| format!("{path}: field {} is not a number", index + 3))
-        };
-        let total = ticks(11)? + ticks(12)?;
-        Ok(Duration::from_millis(total * 1000 / TICKS_PER_SECOND))
+    fn cpu_clock(&self) -> CpuClock {
+        let pid = self.child.id();
+        Arc::new(move || process_cpu(pid))
     }
 
     /// Fails, naming the log, once the process has exited.

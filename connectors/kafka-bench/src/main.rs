@@ -13,9 +13,10 @@
 //! 1. **throughput**: the contender reads a pre-loaded backlog (`--records`
 //!    on 8 partitions) into a new output topic. The measured window opens
 //!    when 10 % of the output is visible under `read_committed` (start-up
-//!    and JIT warm-up stay out) and closes when all of it is; records per
-//!    second and the process's CPU seconds per million records are taken
-//!    over that window;
+//!    and JIT warm-up stay out) and closes when all of it is, both timed
+//!    by the broker's last stable offsets (`visible`); records per second
+//!    and the process's CPU seconds per million records are taken over
+//!    that window;
 //! 2. **latency**: a paced producer writes `--live-rate` records per second
 //!    into a new input topic, each stamped with its send time. Once the
 //!    contender's first output is visible, records sent after a further
@@ -32,6 +33,7 @@
 mod contender;
 mod jobs;
 mod report;
+mod visible;
 mod watch;
 mod workload;
 
@@ -228,7 +230,7 @@ fn throughput_phase(
         bootstrap: &args.bootstrap,
         topic: &output,
         expected: Arc::new(AtomicU64::new(args.records)),
-        window_from: args.records / 10,
+        window_from: Some(args.records / 10),
         live: None,
         stall: Duration::from_secs(args.stall_seconds),
     };
@@ -273,7 +275,7 @@ fn latency_phase(
         bootstrap: &args.bootstrap,
         topic: &output,
         expected,
-        window_from: u64::MAX,
+        window_from: None,
         live: Some(Live {
             warm_up: Duration::from_secs(args.warm_up_seconds),
             measure: Duration::from_secs(args.live_seconds),

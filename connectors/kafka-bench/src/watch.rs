@@ -5,9 +5,11 @@
 //! The check: every input sequence number appears exactly once, and every
 //! key's counts are 1, 2, 3, … in order (a contender partitions its output
 //! by key, so one key's records share a partition and its order). A
-//! duplicate, a gap or a repeated count is reported, never ignored. This
-//! module owns no process: the contender's liveness and CPU time come in
-//! through [`Probe`].
+//! duplicate, a gap or a repeated count is reported, never ignored. The
+//! throughput window is timed by when records became visible, not by
+//! when this reader got to them (`visible`). This module owns no
+//! process: the contender's liveness and CPU time come in through
+//! [`Probe`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::visible::{CpuClock, ReadOffsets, Sampler};
 use crate::workload::{PARTITIONS, now_micros};
 
 /// How long the watcher keeps reading after the last expected record, to
@@ -35,8 +38,8 @@ pub const UNKNOWN: u64 = u64::MAX;
 
 /// What the watcher asks of the contender's process.
 pub trait Probe {
-    /// The process's CPU time so far (user + system).
-    fn cpu(&self) -> Result<Duration, String>;
+    /// Reads the process's CPU time so far (user + system).
+    fn cpu_clock(&self) -> CpuClock;
     /// Fails once the process has exited.
     fn alive(&mut self) -> Result<(), String>;
 }
@@ -104,9 +107,10 @@ pub struct Watch<'a> {
     /// How many input records there are, or [`UNKNOWN`] while a producer
     /// still writes them.
     pub expected: Arc<AtomicU64>,
-    /// The measured window opens when this many distinct records are
-    /// visible, and closes when all are (skips start-up and JIT warm-up).
-    pub window_from: u64,
+    /// The measured window opens when this many records are visible, and
+    /// closes when all are (skips start-up and JIT warm-up); `None` for no
+    /// window.
+    pub window_from: Option<u64>,
     /// For the latency phase: what to measure once output appears.
     pub live: Option<Live>,
     /// The longest time without a new visible record before the run fails.
@@ -170,12 +174,20 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
         .assign(&partitions)
         .map_err(|e| format!("assigning {}: {e}", spec.topic))?;
 
+    let sampler = match spec.window_from {
+        Some(_) => Some(Sampler::start(
+            spec.bootstrap,
+            spec.topic,
+            probe.cpu_clock(),
+        )?),
+        None => None,
+    };
     let started = Instant::now();
     let mut outcome = Outcome::default();
     let mut seen: Vec<bool> = Vec::new();
     let mut distinct = 0u64;
     let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
-    let mut window_open: Option<(Instant, Duration, u64)> = None;
+    let mut read = ReadOffsets::default();
     let mut last_progress = Instant::now();
     let mut complete_at: Option<Instant> = None;
     let mut measure_from = i64::MAX;
@@ -185,6 +197,12 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
             && at.elapsed() >= SETTLE
         {
             outcome.missing = expected.saturating_sub(distinct);
+            if let (Some(sampler), Some(from)) = (sampler, spec.window_from) {
+                let window = crate::visible::window(&sampler.finish()?, &read, from)?;
+                outcome.window_records = window.records;
+                outcome.window = window.length;
+                outcome.window_cpu = window.cpu;
+            }
             return Ok(outcome);
         }
         match consumer.poll(Duration::from_millis(50)) {
@@ -235,9 +253,12 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                     seen[index] = true;
                     distinct += 1;
                 }
-                let previous = counts
-                    .entry(message.key().unwrap_or_default().to_vec())
-                    .or_default();
+                read.note(message.partition(), message.offset());
+                let key = message.key().unwrap_or_default();
+                let previous = match counts.get_mut(key) {
+                    Some(previous) => previous,
+                    None => counts.entry(key.to_vec()).or_default(),
+                };
                 if count != *previous + 1 {
                     outcome.count_errors += 1;
                 }
@@ -245,18 +266,10 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                 if spec.live.is_some() && micros >= measure_from {
                     outcome.latencies_us.push(now - micros);
                 }
-                if window_open.is_none() && distinct >= spec.window_from {
-                    window_open = Some((Instant::now(), probe.cpu()?, distinct));
-                }
             }
         }
         if complete_at.is_none() && distinct == expected {
             complete_at = Some(Instant::now());
-            if let Some((opened, cpu, from)) = window_open {
-                outcome.window = opened.elapsed();
-                outcome.window_cpu = probe.cpu()?.saturating_sub(cpu);
-                outcome.window_records = distinct - from;
-            }
         }
     }
 }
@@ -268,8 +281,8 @@ mod tests {
     struct Alive;
 
     impl Probe for Alive {
-        fn cpu(&self) -> Result<Duration, String> {
-            Ok(Duration::ZERO)
+        fn cpu_clock(&self) -> CpuClock {
+            Arc::new(|| Ok(Duration::ZERO))
         }
         fn alive(&mut self) -> Result<(), String> {
             Ok(())
@@ -287,7 +300,7 @@ mod tests {
             bootstrap: &bootstrap,
             topic: "bench-output-unreachable",
             expected: Arc::new(AtomicU64::new(10)),
-            window_from: 1,
+            window_from: Some(1),
             live: None,
             stall: Duration::from_secs(2),
         };
