@@ -135,11 +135,14 @@ fn stable_offsets(answer: &TopicPartitionList) -> Option<Vec<i64>> {
 pub struct ReadOffsets(Vec<Vec<i64>>);
 
 impl ReadOffsets {
-    /// Notes a record read at `offset` of `partition`.
+    /// Notes a record read at `offset` of `partition` (a consumer never
+    /// reports a negative partition; one would be left out).
     pub fn note(&mut self, partition: i32, offset: i64) {
-        let index = usize::try_from(partition).unwrap_or(usize::MAX);
+        let Ok(index) = usize::try_from(partition) else {
+            return;
+        };
         if index >= self.0.len() {
-            self.0.resize_with(index.saturating_add(1), Vec::new);
+            self.0.resize_with(index + 1, Vec::new);
         }
         self.0[index].push(offset);
     }
@@ -161,7 +164,7 @@ impl ReadOffsets {
 
 /// The throughput window: from the first sample at which `from` records
 /// were visible to the first at which all that the watcher read were.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Window {
     /// Records that became visible inside it.
     pub records: u64,

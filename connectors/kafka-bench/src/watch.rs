@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::visible::{CpuClock, ReadOffsets, Sampler};
+use crate::visible::{CpuClock, ReadOffsets, Sampler, Window};
 use crate::workload::{PARTITIONS, now_micros};
 
 /// How long the watcher keeps reading after the last expected record, to
@@ -47,12 +47,8 @@ pub trait Probe {
 /// What one watched run produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Records that became visible inside the measured window.
-    pub window_records: u64,
-    /// The window's length.
-    pub window: Duration,
-    /// The contender's CPU time inside the window.
-    pub window_cpu: Duration,
+    /// The measured window (all zero when there was none).
+    pub window: Window,
     /// From the watcher's start to the first visible record.
     pub first_visible: Duration,
     /// Input records seen more than once.
@@ -71,12 +67,12 @@ pub struct Outcome {
 impl Outcome {
     /// Records per second inside the window.
     pub fn rate(&self) -> f64 {
-        self.window_records as f64 / self.window.as_secs_f64().max(1e-9)
+        self.window.records as f64 / self.window.length.as_secs_f64().max(1e-9)
     }
 
     /// CPU seconds per million records inside the window.
     pub fn cpu_per_million(&self) -> f64 {
-        self.window_cpu.as_secs_f64() * 1e6 / (self.window_records.max(1) as f64)
+        self.window.cpu.as_secs_f64() * 1e6 / (self.window.records.max(1) as f64)
     }
 
     /// Whether the output held every input record exactly once.
@@ -174,14 +170,13 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
         .assign(&partitions)
         .map_err(|e| format!("assigning {}: {e}", spec.topic))?;
 
-    let sampler = match spec.window_from {
-        Some(_) => Some(Sampler::start(
-            spec.bootstrap,
-            spec.topic,
-            probe.cpu_clock(),
-        )?),
-        None => None,
-    };
+    // The sampler, and how many visible records open the window.
+    let sampler = spec
+        .window_from
+        .map(|from| {
+            Sampler::start(spec.bootstrap, spec.topic, probe.cpu_clock()).map(|s| (s, from))
+        })
+        .transpose()?;
     let started = Instant::now();
     let mut outcome = Outcome::default();
     let mut seen: Vec<bool> = Vec::new();
@@ -197,11 +192,8 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
             && at.elapsed() >= SETTLE
         {
             outcome.missing = expected.saturating_sub(distinct);
-            if let (Some(sampler), Some(from)) = (sampler, spec.window_from) {
-                let window = crate::visible::window(&sampler.finish()?, &read, from)?;
-                outcome.window_records = window.records;
-                outcome.window = window.length;
-                outcome.window_cpu = window.cpu;
+            if let Some((sampler, from)) = sampler {
+                outcome.window = crate::visible::window(&sampler.finish()?, &read, from)?;
             }
             return Ok(outcome);
         }
@@ -253,7 +245,9 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                     seen[index] = true;
                     distinct += 1;
                 }
-                read.note(message.partition(), message.offset());
+                if sampler.is_some() {
+                    read.note(message.partition(), message.offset());
+                }
                 let key = message.key().unwrap_or_default();
                 let previous = match counts.get_mut(key) {
                     Some(previous) => previous,
