@@ -199,16 +199,7 @@ impl JobHandle {
     ///
     /// No checkpoint storage, the job already stopping, or a storage error.
     pub async fn savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(JobCommand::Savepoint {
-                target: dir.into(),
-                reply,
-            })
-            .map_err(|_| SavepointError::JobEnded)?;
-        answer
-            .await
-            .map_err(|_| SavepointError::EndedBeforeSavepoint)?
+        self.request_savepoint(dir.into(), false).await
     }
 
     /// Takes a savepoint into `dir` with the job's final checkpoint and
@@ -221,13 +212,19 @@ impl JobHandle {
     ///
     /// As [`JobHandle::savepoint`].
     pub async fn stop_with_savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
+        self.request_savepoint(dir.into(), true).await
+    }
+
+    /// Asks the coordinator for a savepoint into `target` (the final one
+    /// when `stop`) and waits for its answer.
+    async fn request_savepoint(&self, target: PathBuf, stop: bool) -> Result<PathBuf> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(JobCommand::Savepoint {
-                target: dir.into(),
+                target,
                 reply,
+                stop,
             })
-            .and_then(|()| self.commands.send(JobCommand::Stop))
             .map_err(|_| SavepointError::JobEnded)?;
         answer
             .await

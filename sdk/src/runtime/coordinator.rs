@@ -59,10 +59,14 @@ pub(crate) enum TaskEvent {
 /// A request from the user's [`crate::JobHandle`].
 #[derive(Debug)]
 pub(crate) enum JobCommand {
-    /// Take a savepoint into this directory.
+    /// Take a savepoint into this directory; with `stop`, the savepoint is
+    /// the final checkpoint and the job stops after it. One command, so
+    /// that no regular checkpoint can take the savepoint between a
+    /// savepoint request and a stop request.
     Savepoint {
         target: PathBuf,
         reply: oneshot::Sender<Result<PathBuf>>,
+        stop: bool,
     },
     /// Take a final checkpoint, commit it, and stop.
     Stop,
@@ -145,6 +149,9 @@ impl Coordinator {
         let mut final_done = false;
         let mut sources_finished = 0;
         let mut savepoints: VecDeque<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = VecDeque::new();
+        // The savepoint of a stop-with-savepoint: only the final checkpoint
+        // takes it.
+        let mut final_savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = None;
         let mut commands_open = true;
 
         loop {
@@ -168,7 +175,7 @@ impl Coordinator {
             tokio::select! {
                 event = self.events.recv() => match event {
                     None => {
-                        for (_, reply) in savepoints.drain(..) {
+                        for (_, reply) in savepoints.drain(..).chain(final_savepoint.take()) {
                             let _ = reply.send(Err(SavepointError::EndedBeforeSavepoint.into()));
                         }
                         return Ok(());
@@ -208,7 +215,7 @@ impl Coordinator {
                         finishing = true;
                         *stop_requested = true;
                     }
-                    Some(JobCommand::Savepoint { target, reply }) => {
+                    Some(JobCommand::Savepoint { target, reply, stop }) => {
                         if self.storage.is_none() {
                             let _ = reply.send(Err(Error::config(
                                 "checkpoint_dir",
@@ -216,6 +223,10 @@ impl Coordinator {
                             )));
                         } else if final_done {
                             let _ = reply.send(Err(SavepointError::Stopping.into()));
+                        } else if stop {
+                            final_savepoint = Some((target, reply));
+                            finishing = true;
+                            *stop_requested = true;
                         } else {
                             savepoints.push_back((target, reply));
                         }
@@ -226,7 +237,11 @@ impl Coordinator {
                         self.expire(flight).await;
                         last_done = Instant::now();
                     } else {
-                        let savepoint = savepoints.pop_front();
+                        let savepoint = if finishing {
+                            final_savepoint.take().or_else(|| savepoints.pop_front())
+                        } else {
+                            savepoints.pop_front()
+                        };
                         last_trigger = Instant::now();
                         in_flight = Some(self.trigger(finishing, savepoint).await?);
                     }
@@ -527,5 +542,43 @@ mod tests {
         assert!(matches!(h.source.recv().await, Some(SourceCommand::Stop)));
         drop(h.events);
         h.task.await.unwrap().unwrap();
+    }
+
+    /// Stop-with-savepoint while a regular checkpoint is due: the savepoint
+    /// is the final checkpoint, the one that pauses the sources. The handle
+    /// used to send a savepoint request and then a stop request; when its
+    /// thread was delayed between the two, a regular checkpoint took the
+    /// savepoint and the final one committed output past it, which a job
+    /// resumed from the savepoint repeated
+    /// (`a_job_stopped_with_a_savepoint_resumes_from_it_exactly` failed
+    /// once in `scripts/test`). This test with those two requests 5 ms
+    /// apart gets `(2, false)`: the savepoint on a regular checkpoint.
+    #[tokio::test]
+    async fn a_stop_with_savepoint_is_taken_by_the_final_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
+        let mut h = start(plan(1, 60_000, 0), 1, Some(storage));
+        assert_eq!(next_trigger(&mut h).await, (1, false));
+        ack(&h, 1, 0);
+        h.completed.changed().await.unwrap();
+        // No checkpoint in flight, the next regular one due in 1 ms.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let target = dir.path().join("savepoint");
+        h._commands
+            .send(JobCommand::Savepoint {
+                target: target.clone(),
+                reply,
+                stop: true,
+            })
+            .unwrap();
+        assert_eq!(
+            next_trigger(&mut h).await,
+            (2, true),
+            "the checkpoint after the request is the final one"
+        );
+        ack(&h, 2, 0);
+        assert_eq!(answer.await.unwrap().unwrap(), target);
+        let saved = LocalStorage::open_checkpoint(&target).unwrap();
+        assert_eq!(saved.id(), 2, "the savepoint is the final checkpoint");
     }
 }
