@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::jobs::JobArgs;
+use crate::jobs::{ClientProperties, JobArgs};
 use crate::visible::CpuClock;
 use crate::watch::Probe;
 
@@ -89,7 +89,7 @@ impl Contender {
         input: &str,
         output: &str,
         id: &str,
-        producer_properties: &[String],
+        properties: &ClientProperties,
         log: &Path,
     ) -> Result<Running, String> {
         let args = JobArgs {
@@ -99,7 +99,7 @@ impl Contender {
             interval_ms: self.interval_ms,
             parallelism: self.parallelism,
             id: id.to_owned(),
-            producer_properties: producer_properties.to_owned(),
+            properties: properties.clone(),
         };
         let mut command = match self.system {
             System::Flink => java("flink", "exactly.bench.FlinkCount")?,
@@ -124,9 +124,7 @@ impl Contender {
             .args(["--parallelism", &args.parallelism.to_string()])
             .args(["--id", &args.id]);
         if !matches!(self.system, System::Flink | System::Kstreams) {
-            for property in &args.producer_properties {
-                command.args(["--producer-property", property]);
-            }
+            command.args(args.properties.to_args());
         }
         let file = File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let errors = file

@@ -24,7 +24,7 @@ use exactly::prelude::*;
 use exactly_kafka::client::ClientSettings;
 use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
-use exactly_kafka::source::{KafkaRecord, KafkaSource};
+use exactly_kafka::source::{FETCH_QUEUE_BACKOFF, KafkaRecord, KafkaSource};
 
 use crate::workload::send;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -61,29 +61,69 @@ pub struct JobArgs {
     /// A name unique to this run: consumer group, transactional id prefix.
     #[arg(long)]
     pub id: String,
-    /// Extra librdkafka properties for the producers, `KEY=VALUE`.
+    /// Extra librdkafka properties.
+    #[command(flatten)]
+    pub properties: ClientProperties,
+}
+
+/// Extra librdkafka properties for the Rust contenders' clients, to profile
+/// a setting. Flink and Kafka Streams keep their defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientProperties {
+    /// A librdkafka property for the producers of the Rust contenders (the
+    /// raw pipe's, the hand-written loop's and exactly's sink), `KEY=VALUE`;
+    /// repeatable.
     #[arg(long = "producer-property", value_name = "KEY=VALUE")]
-    pub producer_properties: Vec<String>,
+    pub producer: Vec<String>,
+    /// A librdkafka property for the consumers of the Rust contenders (the
+    /// raw pipe's, the hand-written loop's and exactly's source),
+    /// `KEY=VALUE`; repeatable.
+    #[arg(long = "consumer-property", value_name = "KEY=VALUE")]
+    pub consumer: Vec<String>,
+}
+
+impl ClientProperties {
+    /// The properties as this program's own command-line arguments.
+    pub fn to_args(&self) -> Vec<String> {
+        let flagged = |flag: &str, pairs: &[String]| {
+            pairs
+                .iter()
+                .flat_map(|pair| [flag.to_owned(), pair.clone()])
+                .collect::<Vec<_>>()
+        };
+        let mut args = flagged("--producer-property", &self.producer);
+        args.extend(flagged("--consumer-property", &self.consumer));
+        args
+    }
+
+    /// The producer properties, split at their first `=`.
+    fn producer(&self) -> Result<Vec<(&str, &str)>, String> {
+        split_pairs(&self.producer, "--producer-property")
+    }
+
+    /// The consumer properties, split at their first `=`.
+    fn consumer(&self) -> Result<Vec<(&str, &str)>, String> {
+        split_pairs(&self.consumer, "--consumer-property")
+    }
+}
+
+/// `KEY=VALUE` pairs split at their first `=`; `flag` names them in errors.
+fn split_pairs<'a>(pairs: &'a [String], flag: &str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .ok_or_else(|| format!("{flag} `{pair}`: expected KEY=VALUE, e.g. linger.ms=20"))
+        })
+        .collect()
 }
 
 impl JobArgs {
-    /// The `--producer-property` pairs, split at their first `=`.
-    fn producer_properties(&self) -> Result<Vec<(&str, &str)>, String> {
-        self.producer_properties
-            .iter()
-            .map(|pair| {
-                pair.split_once('=').ok_or_else(|| {
-                    format!("--producer-property `{pair}`: expected KEY=VALUE, e.g. linger.ms=20")
-                })
-            })
-            .collect()
-    }
-
     /// A producer configuration for the broker, with the extra properties.
     fn producer_config(&self) -> Result<ClientConfig, String> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
-        for (key, value) in self.producer_properties()? {
+        for (key, value) in self.properties.producer()? {
             config.set(key, value);
         }
         Ok(config)
@@ -107,11 +147,22 @@ impl Counts {
 }
 
 fn consumer(args: &JobArgs, transactional: bool) -> Result<BaseConsumer, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", &args.id)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", (!transactional).to_string())
+        // As exactly's source sets it: the physical limit is not capped by
+        // librdkafka's 1 s pause after a full local queue.
+        .set(
+            "fetch.queue.backoff.ms",
+            FETCH_QUEUE_BACKOFF.as_millis().to_string(),
+        );
+    for (key, value) in args.properties.consumer()? {
+        config.set(key, value);
+    }
+    let consumer: BaseConsumer = config
         .create()
         .map_err(|e| format!("a consumer for {}: {e}", args.bootstrap))?;
     consumer
@@ -232,14 +283,18 @@ fn count_per_key(record: KafkaRecord<String>, #[state] state: &mut KeyCount) -> 
 /// directory.
 pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), String> {
     let settings = ClientSettings::new(&args.bootstrap);
-    let source = KafkaSource::builder(settings.clone())
+    let mut source_settings = settings.clone();
+    for (key, value) in args.properties.consumer()? {
+        source_settings = source_settings.property(key, value);
+    }
+    let source = KafkaSource::builder(source_settings)
         .topic(&args.input)
         .group_id(&args.id)
         .deserializer(Utf8)
         .build()
         .map_err(|e| format!("the Kafka source: {e}"))?;
     let mut sink_settings = settings;
-    for (key, value) in args.producer_properties()? {
+    for (key, value) in args.properties.producer()? {
         sink_settings = sink_settings.property(key, value);
     }
     let sink = KafkaSink::builder(

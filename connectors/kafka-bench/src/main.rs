@@ -55,7 +55,7 @@ use clap::{Parser, Subcommand};
 use exactly_kafka::sink::DeliveryGuarantee;
 
 use crate::contender::{Contender, System};
-use crate::jobs::JobArgs;
+use crate::jobs::{ClientProperties, JobArgs};
 use crate::report::{Measurement, Report};
 use crate::watch::{Live, Outcome, UNKNOWN, Watch, watch};
 
@@ -124,12 +124,9 @@ struct RunArgs {
     /// A run fails when no new output appears for this many seconds.
     #[arg(long, default_value_t = 120)]
     stall_seconds: u64,
-    /// A librdkafka property for the producers of the Rust contenders (the
-    /// raw pipe's, the hand-written loop's and exactly's sink), to profile
-    /// producer settings; repeatable. Flink and Kafka Streams keep their
-    /// defaults.
-    #[arg(long = "producer-property", value_name = "KEY=VALUE")]
-    producer_properties: Vec<String>,
+    /// Extra librdkafka properties for the Rust contenders.
+    #[command(flatten)]
+    properties: ClientProperties,
 }
 
 fn main() -> ExitCode {
@@ -223,7 +220,7 @@ fn throughput_phase(
         input,
         &output,
         &format!("bench-{tag}"),
-        &args.producer_properties,
+        &args.properties,
         &logs.join(format!("{tag}-throughput.log")),
     )?;
     let spec = Watch {
@@ -253,7 +250,7 @@ fn latency_phase(
         &input,
         &output,
         &format!("bench-live-{tag}"),
-        &args.producer_properties,
+        &args.properties,
         &logs.join(format!("{tag}-latency.log")),
     )?;
     let expected = Arc::new(AtomicU64::new(UNKNOWN));

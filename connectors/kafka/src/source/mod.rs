@@ -85,6 +85,19 @@ use reader::Reader;
 /// The default interval of partition discovery.
 pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a consumer of the source waits before it fetches again from a
+/// partition whose local queue was full: librdkafka's
+/// `fetch.queue.backoff.ms`, which the source sets (a
+/// [`ClientSettings::property`] overrides it).
+///
+/// librdkafka's default, 1 s, caps a consumer with a backlog: once a fetch
+/// fills its queue past `queued.min.messages` (100 000 records, counted over
+/// all its partitions), it asks for nothing more until a second has passed,
+/// however fast the job drains the queue. On the benchmark's records of 25
+/// bytes that held one consumer to about 200 000 records per second
+/// (`docs/kafka-source.md`).
+pub const FETCH_QUEUE_BACKOFF: Duration = Duration::from_millis(10);
+
 /// With [`DeserializeErrorPolicy::Skip`], the first skipped record and every
 /// `SKIP_LOG_EVERY`-th after it are logged (as warnings, with topic,
 /// partition, offset and reason).

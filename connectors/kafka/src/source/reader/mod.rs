@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
 use super::assign::{TopicPartition, merge_restored, partition_owner, start_offsets};
@@ -26,7 +26,7 @@ use super::dead_letter::{DeadLetter, Pending};
 use super::error::KafkaSourceError;
 use super::metrics::KafkaSourceMetrics;
 use super::record::{KafkaPosition, KafkaRecord, PartitionOffset};
-use super::{SKIP_LOG_EVERY, SourceConfig};
+use super::{FETCH_QUEUE_BACKOFF, SKIP_LOG_EVERY, SourceConfig};
 use crate::client::ClientError;
 use crate::deserialize::{DeserializeErrorPolicy, ValueDeserializer};
 use exactly::source::{SourcePoll, SubtaskContext};
@@ -632,40 +632,14 @@ fn create_clients(
 ) -> Result<Clients, KafkaSourceError> {
     let bootstrap = || config.settings.bootstrap.clone();
     let client_id = format!("exactly-{}-{}-{}", ctx.job, config.name, ctx.index);
-    let group_id = config
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("exactly-{}-{}-no-commits", ctx.job, config.name));
-    let isolation = if config.read_committed {
-        "read_committed"
-    } else {
-        "read_uncommitted"
-    };
-    let consumer: SourceConsumer = config
-        .settings
-        .config(&[
-            ("client.id", client_id.clone()),
-            ("group.id", group_id),
-            ("enable.auto.commit", "false".into()),
-            ("enable.auto.offset.store", "false".into()),
-            ("isolation.level", isolation.into()),
-            (
-                "auto.offset.reset",
-                if config.reset_out_of_range {
-                    "earliest"
-                } else {
-                    "error"
-                }
-                .into(),
-            ),
-            ("enable.partition.eof", "false".into()),
-        ])
-        .create()
-        .map_err(|source| KafkaSourceError::Consumer {
-            action: "create the consumer",
-            bootstrap: bootstrap(),
-            source,
-        })?;
+    let consumer: SourceConsumer =
+        consumer_config(config, &client_id, ctx)
+            .create()
+            .map_err(|source| KafkaSourceError::Consumer {
+                action: "create the consumer",
+                bootstrap: bootstrap(),
+                source,
+            })?;
     let counts = partition_counts(&consumer, config)?;
     let dead_letter = match &config.on_error {
         DeserializeErrorPolicy::DeadLetter { topic } => {
@@ -678,6 +652,41 @@ fn create_clients(
         counts,
         dead_letter,
     })
+}
+
+/// The consumer's configuration: the source's own properties, then the
+/// settings' extra ones, which win.
+fn consumer_config(config: &SourceConfig, client_id: &str, ctx: &SubtaskContext) -> ClientConfig {
+    let group_id = config
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("exactly-{}-{}-no-commits", ctx.job, config.name));
+    let isolation = if config.read_committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    config.settings.config(&[
+        ("client.id", client_id.to_owned()),
+        ("group.id", group_id),
+        ("enable.auto.commit", "false".into()),
+        ("enable.auto.offset.store", "false".into()),
+        ("isolation.level", isolation.into()),
+        (
+            "auto.offset.reset",
+            if config.reset_out_of_range {
+                "earliest"
+            } else {
+                "error"
+            }
+            .into(),
+        ),
+        ("enable.partition.eof", "false".into()),
+        (
+            "fetch.queue.backoff.ms",
+            FETCH_QUEUE_BACKOFF.as_millis().to_string(),
+        ),
+    ])
 }
 
 /// The partition count of each topic the source reads. Blocks for up to

@@ -16,18 +16,7 @@ fn reader(index: usize, parallelism: usize, timeout: Duration) -> Reader {
         .unwrap();
     Reader {
         consumer: Some(Arc::new(consumer)),
-        config: Arc::new(SourceConfig {
-            name: "kafka".into(),
-            settings,
-            topics: vec!["t".into()],
-            group_id: None,
-            read_committed: true,
-            discovery: Some(Duration::from_secs(1)),
-            on_error: DeserializeErrorPolicy::Fail,
-            missing: MissingTopics::Fail,
-            reset_out_of_range: false,
-            bounded: None,
-        }),
+        config: Arc::new(source_config(settings)),
         index,
         parallelism,
         next: BTreeMap::new(),
@@ -40,6 +29,22 @@ fn reader(index: usize, parallelism: usize, timeout: Duration) -> Reader {
         dead_letter: None,
         committing: None,
         bound: None,
+    }
+}
+
+/// The configuration of a source of topic `t` with `settings`.
+fn source_config(settings: ClientSettings) -> SourceConfig {
+    SourceConfig {
+        name: "kafka".into(),
+        settings,
+        topics: vec!["t".into()],
+        group_id: None,
+        read_committed: true,
+        discovery: Some(Duration::from_secs(1)),
+        on_error: DeserializeErrorPolicy::Fail,
+        missing: MissingTopics::Fail,
+        reset_out_of_range: false,
+        bounded: None,
     }
 }
 
@@ -141,4 +146,25 @@ fn trouble_ends_with_a_good_answer_and_fails_the_source_after_the_timeout() {
         error.contains("127.0.0.1:1") && error.contains("`t` does not exist"),
         "{error}"
     );
+}
+
+#[test]
+fn the_consumer_fetches_again_soon_after_a_full_queue_unless_told_otherwise() {
+    let ctx = SubtaskContext {
+        job: "job".into(),
+        stage: "stage".into(),
+        index: 0,
+        parallelism: 1,
+        attempt: 0,
+    };
+    let defaults = consumer_config(&source_config(ClientSettings::new("b:9092")), "c", &ctx);
+    assert_eq!(
+        defaults.get("fetch.queue.backoff.ms"),
+        Some(FETCH_QUEUE_BACKOFF.as_millis().to_string().as_str())
+    );
+    assert!(FETCH_QUEUE_BACKOFF < Duration::from_millis(100));
+
+    let told = ClientSettings::new("b:9092").property("fetch.queue.backoff.ms", "250");
+    let told = consumer_config(&source_config(told), "c", &ctx);
+    assert_eq!(told.get("fetch.queue.backoff.ms"), Some("250"));
 }
