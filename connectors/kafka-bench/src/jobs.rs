@@ -18,6 +18,7 @@
 //! defaults everywhere, apart from what transactions require.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use exactly::prelude::*;
@@ -274,8 +275,8 @@ struct KeyCount {
 fn count_per_key(record: KafkaRecord<String>, #[state] state: &mut KeyCount) -> (Vec<u8>, String) {
     state.count += 1;
     let mut value = record.value;
-    value.push(' ');
-    value.push_str(&state.count.to_string());
+    // Formatted in place: no string for the count alone.
+    write!(value, " {}", state.count).expect("writing to a String does not fail");
     (record.key.unwrap_or_default(), value)
 }
 
@@ -291,6 +292,7 @@ pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), S
         .topic(&args.input)
         .group_id(&args.id)
         .deserializer(Utf8)
+        .ignore_headers()
         .build()
         .map_err(|e| format!("the Kafka source: {e}"))?;
     let mut sink_settings = settings;

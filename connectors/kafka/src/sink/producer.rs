@@ -218,7 +218,8 @@ impl SinkProducer {
     /// Enqueues `record`, waiting (bounded by the timeout) while the local
     /// queue is full.
     pub(crate) fn send(&self, topic: &str, record: &OutputRecord) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + self.timeout;
+        // Read the clock only once the queue is full: not per record.
+        let mut deadline = None;
         let mut base = BaseRecord::to(topic).payload(&record.value);
         if let Some(key) = &record.key {
             base = base.key(key);
@@ -236,7 +237,8 @@ impl SinkProducer {
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now() < deadline =>
+                    if Instant::now()
+                        < *deadline.get_or_insert_with(|| Instant::now() + self.timeout) =>
                 {
                     base = back;
                     std::thread::sleep(Duration::from_millis(2));

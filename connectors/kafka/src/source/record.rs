@@ -99,15 +99,20 @@ impl<V> KafkaRecord<V> {
         self
     }
 
-    /// The record `message`, carrying `value`.
-    pub(crate) fn from_message(message: &BorrowedMessage<'_>, value: V) -> Self {
+    /// The record `message`, carrying `value`; with its headers if
+    /// `headers`.
+    pub(crate) fn from_message(message: &BorrowedMessage<'_>, value: V, headers: bool) -> Self {
         KafkaRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             timestamp: message.timestamp().into(),
             key: message.key().map(<[u8]>::to_vec),
-            headers: headers_of(message),
+            headers: if headers {
+                headers_of(message)
+            } else {
+                Vec::new()
+            },
             value,
         }
     }

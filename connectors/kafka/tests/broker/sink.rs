@@ -519,7 +519,7 @@ fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
 
 /// Headers written by the sink arrive with the record: an input record's
 /// headers passed through (a repeated key and a null value included), and
-/// one the pipeline adds.
+/// one the pipeline adds; a source that ignores headers reads none.
 #[test]
 fn output_records_carry_headers_and_pass_input_headers_through() {
     let broker = broker();
@@ -593,4 +593,21 @@ fn output_records_carry_headers_and_pass_input_headers_through() {
             header("added", Some(b"by-the-job")),
         ]
     );
+
+    // A source told to ignore headers reads the same record without them.
+    let bare = CollectSink::<KafkaRecord<String>>::new();
+    let ignoring = KafkaSource::builder(settings)
+        .topic(&output)
+        .deserializer(Utf8)
+        .ignore_headers()
+        .bounded()
+        .build()
+        .unwrap();
+    let check = Job::new("headers-ignored", job_config(&dir.path().join("ignored")));
+    check.source(ignoring).sink(bare.clone());
+    check.run().unwrap();
+    let records = bare.committed();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].value, "v");
+    assert!(records[0].headers.is_empty(), "{:?}", records[0].headers);
 }

@@ -448,7 +448,11 @@ impl Reader {
                 continue;
             }
             match deserializer.deserialize(message.payload()) {
-                Ok(value) => out.push(KafkaRecord::from_message(&message, value)),
+                Ok(value) => out.push(KafkaRecord::from_message(
+                    &message,
+                    value,
+                    self.config.headers,
+                )),
                 Err(reason) => {
                     if let Some(delivery) = self.reject(&message, &reason.to_string(), metrics)? {
                         pending.push(delivery);

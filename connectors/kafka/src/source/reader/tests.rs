@@ -44,6 +44,7 @@ fn source_config(settings: ClientSettings) -> SourceConfig {
         on_error: DeserializeErrorPolicy::Fail,
         missing: MissingTopics::Fail,
         reset_out_of_range: false,
+        headers: true,
         bounded: None,
     }
 }
