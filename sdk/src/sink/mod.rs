@@ -34,7 +34,10 @@
 //! never on the async executor, unless the sink declares with
 //! [`may_block`](TwoPhaseCommitSink::may_block) that its calls never block
 //! (the in-memory [`DiscardSink`] and [`CollectSink`]); those run inline, on
-//! the task's own worker.
+//! the task's own worker. A sink that blocks only at times (a full send
+//! queue) can also write inline with
+//! [`try_write`](TwoPhaseCommitSink::try_write), and leave to `write` on
+//! the blocking pool only what would block.
 
 mod collect;
 mod discard;
@@ -142,6 +145,31 @@ pub trait TwoPhaseCommitSink: Clone + Send + 'static {
         transaction: &mut Self::Transaction,
         batch: Vec<Self::Item>,
     ) -> Result<(), BoxError>;
+
+    /// Writes what it can of a batch without blocking, on the task's own
+    /// thread, for a sink that [may block](Self::may_block) only at times
+    /// (when a send queue is full, say): the runtime calls it before
+    /// [`write`](Self::write), and saves the hop to the blocking pool
+    /// whenever it writes everything.
+    ///
+    /// Returns `None` when every record was written. Returns `Some(rest)`
+    /// when the next record would block: the runtime then passes `rest`
+    /// (possibly empty) to `write` on the blocking pool, before any other
+    /// call, so a record the sink took but could not send yet can go first
+    /// there. The default writes nothing and returns the whole batch. Not
+    /// called for a sink that never blocks, whose `write` runs inline.
+    ///
+    /// # Errors
+    ///
+    /// Fails the job attempt, as `write` does.
+    fn try_write(
+        &mut self,
+        transaction: &mut Self::Transaction,
+        batch: Vec<Self::Item>,
+    ) -> Result<Option<Vec<Self::Item>>, BoxError> {
+        let _ = transaction;
+        Ok(Some(batch))
+    }
 
     /// Makes the transaction's data durable and ready to commit, at the
     /// barrier. After this returns, a commit must succeed even from another

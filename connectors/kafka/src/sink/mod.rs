@@ -31,8 +31,10 @@
 //!   [`FencedError`], wrapped in [`Unrecoverable`]: no restart, which would
 //!   fence the other instance in turn.
 //!
-//! Every method blocks (librdkafka's transaction calls do); the SDK runs
-//! them on the blocking pool.
+//! Every method may block (librdkafka's transaction calls do); the SDK runs
+//! them on the blocking pool. The exception is `try_write`, which only
+//! enqueues records while librdkafka's queue has room and runs on the
+//! task's own thread; what does not fit goes to `write` on the pool.
 
 mod error;
 mod preflight;
@@ -185,6 +187,10 @@ pub struct KafkaSink<T> {
     busy: HashSet<usize>,
     plain: Option<SinkProducer>,
     began: Instant,
+    /// A record [`TwoPhaseCommitSink::try_write`] serialized but found no
+    /// room for in the producer's queue; the `write` that follows sends it
+    /// first.
+    unsent: Option<OutputRecord>,
 }
 
 impl<T> fmt::Debug for KafkaSink<T> {
@@ -219,6 +225,7 @@ impl<T> Clone for KafkaSink<T> {
             busy: HashSet::new(),
             plain: None,
             began: Instant::now(),
+            unsent: None,
         }
     }
 }
@@ -283,6 +290,7 @@ impl<T: Send + 'static> KafkaSink<T> {
                 busy: HashSet::new(),
                 plain: None,
                 began: Instant::now(),
+                unsent: None,
             },
         }
     }
@@ -566,13 +574,51 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         Ok(transaction)
     }
 
-    fn write(&mut self, transaction: &mut KafkaTransaction, batch: Vec<T>) -> Result<(), BoxError> {
+    /// Enqueues records until librdkafka's queue is full: sending never
+    /// waits here. The record that found the queue full stays in the sink
+    /// for the `write` that follows on the blocking pool.
+    fn try_write(
+        &mut self,
+        transaction: &mut KafkaTransaction,
+        batch: Vec<T>,
+    ) -> Result<Option<Vec<T>>, BoxError> {
+        if self.unsent.is_some() {
+            return Ok(Some(batch));
+        }
         let serialize = Arc::clone(&self.serialize);
         let topic = self.topic.clone();
         let producer = self.producer_for(transaction)?;
-        let records = batch.len() as u64;
-        for element in batch {
+        let mut elements = batch.into_iter();
+        let mut sent = 0;
+        let mut full = None;
+        for element in elements.by_ref() {
             let record = serialize(element);
+            let enqueued = producer
+                .try_send(&topic, &record)
+                .map_err(|e| kafka_failed("writing a record", transaction, producer, e))?;
+            if !enqueued {
+                full = Some(record);
+                break;
+            }
+            sent += 1;
+        }
+        transaction.records += sent;
+        Ok(full.map(|record| {
+            self.unsent = Some(record);
+            elements.collect()
+        }))
+    }
+
+    fn write(&mut self, transaction: &mut KafkaTransaction, batch: Vec<T>) -> Result<(), BoxError> {
+        let serialize = Arc::clone(&self.serialize);
+        let topic = self.topic.clone();
+        let unsent = self.unsent.take();
+        let producer = self.producer_for(transaction)?;
+        let records = batch.len() as u64 + u64::from(unsent.is_some());
+        for record in unsent
+            .into_iter()
+            .chain(batch.into_iter().map(|e| serialize(e)))
+        {
             producer
                 .send(&topic, &record)
                 .map_err(|e| kafka_failed("writing a record", transaction, producer, e))?;

@@ -220,6 +220,19 @@ impl SinkProducer {
     pub(crate) fn send(&self, topic: &str, record: &OutputRecord) -> Result<(), KafkaError> {
         // Read the clock only once the queue is full: not per record.
         let mut deadline = None;
+        while !self.try_send(topic, record)? {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+            if Instant::now() >= deadline {
+                return Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Enqueues `record` if librdkafka's local queue has room; `false`
+    /// when it is full. Never waits.
+    pub(crate) fn try_send(&self, topic: &str, record: &OutputRecord) -> Result<bool, KafkaError> {
         let mut base = BaseRecord::to(topic).payload(&record.value);
         if let Some(key) = &record.key {
             base = base.key(key);
@@ -233,18 +246,10 @@ impl SinkProducer {
             });
             base = base.headers(headers);
         }
-        loop {
-            match self.producer.send(base) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                    if Instant::now()
-                        < *deadline.get_or_insert_with(|| Instant::now() + self.timeout) =>
-                {
-                    base = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, _)) => return Err(error),
-            }
+        match self.producer.send(base) {
+            Ok(()) => Ok(true),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
+            Err((error, _)) => Err(error),
         }
     }
 

@@ -490,6 +490,37 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
     );
 }
 
+/// A producer queue of five records, so that nearly every batch fills it:
+/// the sink enqueues what fits on the task's thread, then sends the rest,
+/// beginning with the record that found the queue full, on the blocking
+/// pool. Every record arrives once, in order.
+#[test]
+fn records_that_find_the_producer_queue_full_arrive_once_and_in_order() {
+    let broker = broker();
+    let topic = unique_topic("sink-queue-full");
+    create_topic(&broker, &topic, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ClientSettings::new(&broker)
+        .property("queue.buffering.max.messages", "5")
+        .property("linger.ms", "20");
+    let sink = KafkaSink::builder(settings, &topic, |v: String| OutputRecord::value(v))
+        .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+        .transactional_id_prefix(unique_topic("queue-full"))
+        .build()
+        .unwrap();
+    let values = records(2000, "full");
+    let job = Job::new("kafka-sink-queue-full", job_config(dir.path()));
+    job.source(VecSource::new(values.clone())).sink(sink);
+    job.run().unwrap();
+    let in_order: Vec<String> = read_topic(&broker, &topic)
+        .unwrap()
+        .into_iter()
+        .flat_map(|p| p.records)
+        .map(|r| String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap())
+        .collect();
+    assert_eq!(in_order, values);
+}
+
 #[test]
 fn at_least_once_and_no_guarantee_deliver_every_record_without_transactions() {
     let broker = broker();

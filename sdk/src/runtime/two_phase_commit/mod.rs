@@ -259,12 +259,30 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         self.begin(self.first_checkpoint).await
     }
 
-    /// Writes `batch` into the open transaction on the blocking pool.
-    async fn write(&mut self, batch: Vec<S::Item>) -> Result<()> {
-        let n = batch.len() as u64;
-        let call = self.write_call(batch)?;
+    /// Writes `rest`, what is left of a batch of `n` records, into the open
+    /// transaction on the blocking pool.
+    async fn write(&mut self, n: u64, rest: Vec<S::Item>) -> Result<()> {
+        let call = self.write_call(rest)?;
         let written = self.calls.call("write", call).await?;
         self.wrote(n, written)
+    }
+
+    /// Writes what the sink can of `batch` without blocking, inline;
+    /// returns what is left for [`Self::write`], if anything.
+    fn try_write_inline(&mut self, batch: Vec<S::Item>) -> Result<Option<Vec<S::Item>>> {
+        let n = batch.len() as u64;
+        self.guard_lifetimes()?;
+        let mut txn = self.take_current("write")?;
+        let (txn, result) = self.calls.call_inline("write", move |s: &mut S| {
+            let result = s.try_write(&mut txn, batch);
+            (txn, result)
+        })?;
+        self.current = Some(txn);
+        let rest = result.map_err(self.failed("write"))?;
+        if rest.is_none() {
+            JobMetrics::add(&self.metrics.records_out, n);
+        }
+        Ok(rest)
     }
 
     /// Writes `batch` into the open transaction inline (a sink that never
@@ -389,9 +407,13 @@ impl<S: TwoPhaseCommitSink> Pipe<S::Item> for TwoPhaseCommitDriver<S> {
         let mut records = Vec::with_capacity(batch.len());
         records.append(batch);
         if self.calls.inline() {
-            PushFuture::ready(self.write_inline(records))
-        } else {
-            PushFuture::Waiting(Box::pin(self.write(records)))
+            return PushFuture::ready(self.write_inline(records));
+        }
+        let n = records.len() as u64;
+        match self.try_write_inline(records) {
+            Ok(Some(rest)) => PushFuture::Waiting(Box::pin(self.write(n, rest))),
+            Ok(None) => PushFuture::ready(Ok(())),
+            Err(e) => PushFuture::ready(Err(e)),
         }
     }
 

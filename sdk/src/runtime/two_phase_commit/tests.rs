@@ -27,6 +27,12 @@ mod support {
         pub(super) never_blocks: bool,
         /// The threads `write` was called on.
         pub(super) write_threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+        /// `try_write` writes this many records of a batch, then stops, as
+        /// if the next one would block; `None` keeps the default (writes
+        /// nothing).
+        pub(super) try_writes: Option<usize>,
+        /// The threads `try_write` wrote on.
+        pub(super) try_write_threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
     }
 
     impl Recorder {
@@ -60,6 +66,22 @@ mod support {
             assert!(!batch.contains(&CURSED), "record {CURSED} is cursed");
             self.note(format!("write {txn} {batch:?}"));
             Ok(())
+        }
+        fn try_write(
+            &mut self,
+            txn: &mut u64,
+            mut batch: Vec<u32>,
+        ) -> Result<Option<Vec<u32>>, crate::BoxError> {
+            let Some(limit) = self.try_writes else {
+                return Ok(Some(batch));
+            };
+            self.try_write_threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            let rest = batch.split_off(limit.min(batch.len()));
+            self.note(format!("try-write {txn} {batch:?}"));
+            Ok((batch.len() == limit).then_some(rest))
         }
         fn pre_commit(&mut self, txn: &mut u64) -> Result<(), crate::BoxError> {
             self.note(format!("pre-commit {txn}"));
@@ -148,6 +170,38 @@ mod lifecycle {
                 "write ran on {threads:?}, the test on {here:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn what_try_write_leaves_goes_to_write_on_the_blocking_pool() {
+        let sink = Recorder {
+            try_writes: Some(2),
+            ..Recorder::default()
+        };
+        let env = SubtaskEnv::for_tests(None, 1);
+        let mut driver = opened(&sink, &env).await;
+        // Stopped with records left; stopped at the batch's end (a record
+        // may wait in the sink); not stopped.
+        for mut batch in [vec![1, 2, 3, 4], vec![5, 6], vec![7]] {
+            driver.push(&mut batch).await.unwrap();
+        }
+        assert_eq!(
+            sink.take(),
+            [
+                "begin 1",
+                "try-write 1 [1, 2]",
+                "write 1 [3, 4]",
+                "try-write 1 [5, 6]",
+                "write 1 []",
+                "try-write 1 [7]"
+            ]
+        );
+        assert_eq!(env.metrics.snapshot().records_out, 7);
+        let here = std::thread::current().id();
+        let inline = sink.try_write_threads.lock().unwrap().clone();
+        assert!(inline.iter().all(|t| *t == here), "{inline:?}");
+        let blocking = sink.write_threads.lock().unwrap().clone();
+        assert!(blocking.iter().all(|t| *t != here), "{blocking:?}");
     }
 
     #[tokio::test]
