@@ -280,25 +280,27 @@ fn count_per_key(record: KafkaRecord<String>, #[state] state: &mut KeyCount) -> 
     (record.key.unwrap_or_default(), value)
 }
 
+/// `settings` with extra librdkafka properties.
+fn with_properties(settings: &ClientSettings, properties: Vec<(&str, &str)>) -> ClientSettings {
+    properties
+        .into_iter()
+        .fold(settings.clone(), |all, (key, value)| {
+            all.property(key, value)
+        })
+}
+
 /// The `exactly` job with `guarantee`; checkpoints go to a temporary
 /// directory.
 pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), String> {
     let settings = ClientSettings::new(&args.bootstrap);
-    let mut source_settings = settings.clone();
-    for (key, value) in args.properties.consumer()? {
-        source_settings = source_settings.property(key, value);
-    }
-    let source = KafkaSource::builder(source_settings)
+    let source = KafkaSource::builder(with_properties(&settings, args.properties.consumer()?))
         .topic(&args.input)
         .group_id(&args.id)
         .deserializer(Utf8)
         .ignore_headers()
         .build()
         .map_err(|e| format!("the Kafka source: {e}"))?;
-    let mut sink_settings = settings;
-    for (key, value) in args.properties.producer()? {
-        sink_settings = sink_settings.property(key, value);
-    }
+    let sink_settings = with_properties(&settings, args.properties.producer()?);
     let sink = KafkaSink::builder(
         sink_settings,
         &args.output,

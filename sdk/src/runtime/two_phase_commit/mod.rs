@@ -45,11 +45,19 @@ struct SinkState<T> {
     current: Option<T>,
 }
 
-/// What a sink's `write` call hands back: the transaction, and the result.
-type Written<S> = (
+/// What a sink's `write` or `try_write` call hands back: the transaction,
+/// and the result.
+type Written<S, R> = (
     <S as TwoPhaseCommitSink>::Transaction,
-    Result<(), crate::BoxError>,
+    Result<R, crate::BoxError>,
 );
+
+/// A sink's `write` or `try_write`.
+type WriteFn<S, R> = fn(
+    &mut S,
+    &mut <S as TwoPhaseCommitSink>::Transaction,
+    Vec<<S as TwoPhaseCommitSink>::Item>,
+) -> Result<R, crate::BoxError>;
 
 /// Drives one sink subtask through the two-phase-commit lifecycle.
 pub(crate) struct TwoPhaseCommitDriver<S: TwoPhaseCommitSink> {
@@ -262,23 +270,20 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
     /// Writes `rest`, what is left of a batch of `n` records, into the open
     /// transaction on the blocking pool.
     async fn write(&mut self, n: u64, rest: Vec<S::Item>) -> Result<()> {
-        let call = self.write_call(rest)?;
+        let call = self.write_call(rest, S::write)?;
         let written = self.calls.call("write", call).await?;
-        self.wrote(n, written)
+        self.wrote(written)?;
+        JobMetrics::add(&self.metrics.records_out, n);
+        Ok(())
     }
 
     /// Writes what the sink can of `batch` without blocking, inline;
     /// returns what is left for [`Self::write`], if anything.
     fn try_write_inline(&mut self, batch: Vec<S::Item>) -> Result<Option<Vec<S::Item>>> {
         let n = batch.len() as u64;
-        self.guard_lifetimes()?;
-        let mut txn = self.take_current("write")?;
-        let (txn, result) = self.calls.call_inline("write", move |s: &mut S| {
-            let result = s.try_write(&mut txn, batch);
-            (txn, result)
-        })?;
-        self.current = Some(txn);
-        let rest = result.map_err(self.failed("write"))?;
+        let call = self.write_call(batch, S::try_write)?;
+        let written = self.calls.call_inline("write", call)?;
+        let rest = self.wrote(written)?;
         if rest.is_none() {
             JobMetrics::add(&self.metrics.records_out, n);
         }
@@ -289,31 +294,33 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
     /// blocks), without a future per batch.
     fn write_inline(&mut self, batch: Vec<S::Item>) -> Result<()> {
         let n = batch.len() as u64;
-        let call = self.write_call(batch)?;
+        let call = self.write_call(batch, S::write)?;
         let written = self.calls.call_inline("write", call)?;
-        self.wrote(n, written)
+        self.wrote(written)?;
+        JobMetrics::add(&self.metrics.records_out, n);
+        Ok(())
     }
 
-    /// The sink call that writes `batch` into the open transaction and
-    /// hands the transaction back.
-    fn write_call(
+    /// The sink call that writes `batch` into the open transaction with
+    /// `write` (the sink's `write` or `try_write`) and hands the
+    /// transaction back.
+    fn write_call<R: 'static>(
         &mut self,
         batch: Vec<S::Item>,
-    ) -> Result<impl FnOnce(&mut S) -> Written<S> + Send + 'static> {
+        write: WriteFn<S, R>,
+    ) -> Result<impl FnOnce(&mut S) -> Written<S, R> + Send + 'static> {
         self.guard_lifetimes()?;
         let mut txn = self.take_current("write")?;
         Ok(move |s: &mut S| {
-            let result = s.write(&mut txn, batch);
+            let result = write(s, &mut txn, batch);
             (txn, result)
         })
     }
 
-    /// Takes the transaction back from a write of `n` records.
-    fn wrote(&mut self, n: u64, (txn, result): Written<S>) -> Result<()> {
+    /// Takes the transaction back from a write.
+    fn wrote<R>(&mut self, (txn, result): Written<S, R>) -> Result<R> {
         self.current = Some(txn);
-        result.map_err(self.failed("write"))?;
-        JobMetrics::add(&self.metrics.records_out, n);
-        Ok(())
+        result.map_err(self.failed("write"))
     }
 
     fn take_current(&mut self, phase: &'static str) -> Result<S::Transaction> {
