@@ -15,7 +15,8 @@
 //!   `#[state]` count → `KafkaSink`, with either guarantee.
 //!
 //! Each runs until the driver kills it. Producer settings are librdkafka's
-//! defaults everywhere, apart from what transactions require.
+//! defaults everywhere, apart from what transactions require and what the
+//! run's profile sets (`profile`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -62,13 +63,19 @@ pub struct JobArgs {
     /// A name unique to this run: consumer group, transactional id prefix.
     #[arg(long)]
     pub id: String,
+    /// Records the exactly job's source takes per poll
+    /// (`JobConfig::batch_size`; its default when absent). The loops poll
+    /// one record at a time, as rdkafka's consumer hands them out.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Extra librdkafka properties.
     #[command(flatten)]
     pub properties: ClientProperties,
 }
 
 /// Extra librdkafka properties for the Rust contenders' clients, to profile
-/// a setting. Flink and Kafka Streams keep their defaults.
+/// a setting (the JVM contenders take theirs from
+/// `contender::JavaProperties`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientProperties {
     /// A librdkafka property for the producers of the Rust contenders (the
@@ -311,15 +318,16 @@ pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), S
     .build()
     .map_err(|e| format!("the Kafka sink: {e}"))?;
     let checkpoints = tempfile::tempdir().map_err(|e| format!("a checkpoint directory: {e}"))?;
-    let job = Job::new(
-        "kafka-bench",
-        JobConfig::new()
-            .parallelism(args.parallelism)
-            .checkpoint_interval(Duration::from_millis(args.interval_ms))
-            .checkpoint_dir(checkpoints.path())
-            // The contender's log then shows each checkpoint's duration.
-            .progress_interval(Duration::from_secs(5)),
-    );
+    let mut config = JobConfig::new()
+        .parallelism(args.parallelism)
+        .checkpoint_interval(Duration::from_millis(args.interval_ms))
+        .checkpoint_dir(checkpoints.path())
+        // The contender's log then shows each checkpoint's duration.
+        .progress_interval(Duration::from_secs(5));
+    if let Some(records) = args.batch_size {
+        config = config.batch_size(records);
+    }
+    let job = Job::new("kafka-bench", config);
     job.source(source)
         .key_by(|record: &KafkaRecord<String>| record.key.clone().unwrap_or_default())
         .operator(count_per_key)

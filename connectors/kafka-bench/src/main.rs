@@ -8,15 +8,19 @@
 //!
 //! The job: read an input topic, key by record key, keep a per-key count,
 //! write one output record per input record. Each round runs every
-//! contender in turn (A B C … A B C …), so every ratio is measured side
-//! by side. Per contender and round there are two phases:
+//! contender once, in an order shuffled per round (the seed is printed),
+//! so every ratio is measured side by side. All contenders run with the
+//! same client tuning, one profile per run (`profile`). Per contender and
+//! round there are two phases:
 //! 1. **throughput**: the contender reads a pre-loaded backlog (`--records`
 //!    on 8 partitions) into a new output topic. The measured window opens
-//!    when 10 % of the output is visible under `read_committed` (start-up
-//!    and JIT warm-up stay out) and closes when all of it is, both timed
-//!    by the broker's last stable offsets (`visible`); records per second
-//!    and the process's CPU seconds per million records are taken over
-//!    that window;
+//!    when `--window-from` of the output is visible under `read_committed`
+//!    (start-up and JIT warm-up stay out) and closes at `--window-to`,
+//!    both timed by the broker's last stable offsets (`visible`). Over
+//!    it: records per second (and per quarter of the window), the CPU time
+//!    of the contender's process and of the broker per million records,
+//!    and a JVM's JIT and GC threads'. The checking reader starts after
+//!    the window has closed;
 //! 2. **latency**: a paced producer writes `--live-rate` records per second
 //!    into a new input topic, each stamped with its send time. Once the
 //!    contender's first output is visible, records sent after a further
@@ -24,15 +28,19 @@
 //!    `--live-seconds`: the time a record became readable under
 //!    `read_committed` minus the time it was sent.
 //!
-//! Every output is checked exactly-once as it is read (`watch`). The last
+//! Every output is checked exactly-once (`watch`). The rules every
+//! comparison with a peer follows are in `docs/kafka-bench.md`. The last
 //! line is
 //! `kafka-bench: exactly-eos-1s/raw = R, exactly-eos-1s/flink = F, exactly-eos-1s/kstreams = K, p99 latency at 1s = L ms`,
-//! each the median over the rounds of that round's ratio of records per
-//! second.
+//! each the median over the rounds of that round's ratio, each system at
+//! its best parallelism within the round (`report`).
 
 mod contender;
 mod jobs;
+mod procfs;
+mod profile;
 mod report;
+mod stats;
 mod visible;
 mod watch;
 mod workload;
@@ -54,9 +62,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use exactly_kafka::sink::DeliveryGuarantee;
 
-use crate::contender::{Contender, System};
+use crate::contender::{Contender, JavaProperties, Setup, System};
 use crate::jobs::{ClientProperties, JobArgs};
-use crate::report::{Measurement, Report};
+use crate::profile::TuningArgs;
+use crate::report::{Measurement, Report, Throughput};
+use crate::visible::Bounds;
 use crate::watch::{Live, Outcome, UNKNOWN, Watch, watch};
 
 /// Side-by-side Kafka benchmark of exactly, a raw pipe, a hand-written
@@ -91,16 +101,33 @@ struct RunArgs {
         default_value = "127.0.0.1:9092"
     )]
     bootstrap: String,
-    /// Records in the pre-loaded input backlog.
-    #[arg(long, default_value_t = 5_000_000)]
+    /// The broker's process id, whose CPU time is measured too (default:
+    /// the pid scripts/kafka-up wrote for the bootstrap's port).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Records in the pre-loaded input backlog: enough that the fastest
+    /// contender spends at least 20 s inside the window on a 2-core machine.
+    #[arg(long, default_value_t = 20_000_000)]
     records: u64,
     /// Distinct record keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
-    /// Rounds; every contender runs once per round.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; every contender runs once per round, in a shuffled order.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Parallelism of exactly, Flink and Kafka Streams (stream threads).
+    /// The seed of each round's shuffled order (default: from the clock;
+    /// printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The measured window opens when this share of the output is visible
+    /// (after start-up and JIT warm-up).
+    #[arg(long, default_value_t = 0.35)]
+    window_from: f64,
+    /// The window closes when this share of the output is visible.
+    #[arg(long, default_value_t = 0.9)]
+    window_to: f64,
+    /// Parallelism of exactly, Flink and Kafka Streams (stream threads);
+    /// their 1 s contenders also run at parallelism 1.
     #[arg(long, default_value_t = 2)]
     parallelism: usize,
     /// Only these contenders (comma-separated names from the default
@@ -124,9 +151,15 @@ struct RunArgs {
     /// A run fails when no new output appears for this many seconds.
     #[arg(long, default_value_t = 120)]
     stall_seconds: u64,
+    /// The client tuning of every contender.
+    #[command(flatten)]
+    tuning: TuningArgs,
     /// Extra librdkafka properties for the Rust contenders.
     #[command(flatten)]
     properties: ClientProperties,
+    /// Extra Java client properties for the JVM contenders.
+    #[command(flatten)]
+    java_properties: JavaProperties,
 }
 
 fn main() -> ExitCode {
@@ -156,39 +189,69 @@ fn run_job(system: System, args: &JobArgs) -> Result<(), String> {
     }
 }
 
-/// Where the contenders' logs go: `target/kafka-bench/`.
-fn log_dir() -> Result<PathBuf, String> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace's root directory.
+fn workspace() -> Result<&'static Path, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
-        .ok_or("the workspace root")?;
-    let dir = workspace.join("target/kafka-bench");
+        .ok_or_else(|| "the workspace root".to_owned())
+}
+
+/// Where the contenders' logs go: `target/kafka-bench/`.
+fn log_dir() -> Result<PathBuf, String> {
+    let dir = workspace()?.join("target/kafka-bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
 fn run(args: &RunArgs) -> Result<(), String> {
+    let bounds = Bounds::new(args.window_from, args.window_to)?;
     let contenders: Vec<Contender> = Contender::line_up(args.parallelism)
         .into_iter()
         .filter(|c| args.only.is_empty() || c.name == "raw" || args.only.contains(&c.name))
         .collect();
+    let setup = Setup {
+        bootstrap: args.bootstrap.clone(),
+        broker_pid: procfs::broker_pid(workspace()?, &args.bootstrap, args.broker_pid)?,
+        tuning: args.tuning.tuning(),
+        rust: args.properties.clone(),
+        java: args.java_properties.clone(),
+    };
     let stamp = workload::now_micros() / 1_000_000;
+    let seed = args.seed.unwrap_or(stamp.unsigned_abs());
+    eprintln!(
+        "kafka-bench: profile {} ({}); {} records, window {:.0} % to {:.0} % of the output; {} rounds, each in an order shuffled with seed {seed} (--seed {seed} repeats them)",
+        args.tuning.name(),
+        setup.tuning,
+        args.records,
+        bounds.from * 100.0,
+        bounds.to * 100.0,
+        args.rounds,
+    );
     let input = format!("bench-input-{}-{}", args.records, args.keys);
     workload::preload(&args.bootstrap, &input, args.records, args.keys)?;
     let logs = log_dir()?;
-    let mut report = Report::new(contenders.iter().map(|c| c.name.clone()).collect());
+    let mut report = Report::new(&contenders);
     for round in 1..=args.rounds {
-        for contender in &contenders {
+        let order = stats::shuffled(&contenders, seed, round);
+        let names: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
+        eprintln!(
+            "kafka-bench: round {round}/{}: {}",
+            args.rounds,
+            names.join(", ")
+        );
+        for contender in &order {
             let tag = format!("{stamp}-{}-r{round}", contender.name);
             eprintln!(
                 "kafka-bench: round {round}/{}: {}",
                 args.rounds, contender.name
             );
-            let throughput = throughput_phase(args, contender, &input, &tag, &logs)?;
+            let throughput =
+                throughput_phase(args, &setup, bounds, contender, &input, &tag, &logs)?;
             let latency = if args.no_latency {
                 None
             } else {
-                Some(latency_phase(args, contender, &tag, &logs)?)
+                Some(latency_phase(args, &setup, contender, &tag, &logs)?)
             };
             workload::delete_topics_of(&args.bootstrap, &tag)?;
             let measurement = Measurement::new(&throughput, latency.as_ref());
@@ -196,6 +259,15 @@ fn run(args: &RunArgs) -> Result<(), String> {
             report.add(round, &contender.name, measurement);
         }
     }
+    println!(
+        "kafka-bench: profile {} ({}), {} records, window {:.0}–{:.0} %, {} rounds, seed {seed}",
+        args.tuning.name(),
+        setup.tuning,
+        args.records,
+        bounds.from * 100.0,
+        bounds.to * 100.0,
+        args.rounds
+    );
     report
         .print(&mut std::io::stdout())
         .map_err(|e| e.to_string())?;
@@ -208,34 +280,46 @@ fn run(args: &RunArgs) -> Result<(), String> {
 
 fn throughput_phase(
     args: &RunArgs,
+    setup: &Setup,
+    bounds: Bounds,
     contender: &Contender,
     input: &str,
     tag: &str,
     logs: &Path,
-) -> Result<Outcome, String> {
+) -> Result<Throughput, String> {
     let output = format!("bench-output-{tag}");
+    let id = format!("bench-{tag}");
     workload::create_topics(&args.bootstrap, std::slice::from_ref(&output))?;
     let mut running = contender.spawn(
-        &args.bootstrap,
+        setup,
         input,
         &output,
-        &format!("bench-{tag}"),
-        &args.properties,
+        &id,
         &logs.join(format!("{tag}-throughput.log")),
     )?;
     let spec = Watch {
         bootstrap: &args.bootstrap,
         topic: &output,
         expected: Arc::new(AtomicU64::new(args.records)),
-        window_from: Some(args.records / 10),
+        window: Some(bounds),
         live: None,
         stall: Duration::from_secs(args.stall_seconds),
     };
-    watch(&spec, &mut running)
+    let outcome = watch(&spec, &mut running)?;
+    let changelog_end_offsets = contender
+        .changelog(&id)
+        .map(|topic| workload::offsets_in(&args.bootstrap, &topic))
+        .transpose()?;
+    Ok(Throughput {
+        outcome,
+        peak_rss: running.peak_rss()?,
+        changelog_end_offsets,
+    })
 }
 
 fn latency_phase(
     args: &RunArgs,
+    setup: &Setup,
     contender: &Contender,
     tag: &str,
     logs: &Path,
@@ -246,11 +330,10 @@ fn latency_phase(
     );
     workload::create_topics(&args.bootstrap, &[input.clone(), output.clone()])?;
     let mut running = contender.spawn(
-        &args.bootstrap,
+        setup,
         &input,
         &output,
         &format!("bench-live-{tag}"),
-        &args.properties,
         &logs.join(format!("{tag}-latency.log")),
     )?;
     let expected = Arc::new(AtomicU64::new(UNKNOWN));
@@ -272,7 +355,7 @@ fn latency_phase(
         bootstrap: &args.bootstrap,
         topic: &output,
         expected,
-        window_from: None,
+        window: None,
         live: Some(Live {
             warm_up: Duration::from_secs(args.warm_up_seconds),
             measure: Duration::from_secs(args.live_seconds),

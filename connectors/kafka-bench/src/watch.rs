@@ -1,19 +1,21 @@
 //! Watches a contender's output under `read_committed`: progress, the
 //! measured window, the exactly-once check and visibility latency, in one
-//! pass as the records become visible.
+//! pass over the records.
 //!
 //! The check: every input sequence number appears exactly once, and every
 //! key's counts are 1, 2, 3, … in order (a contender partitions its output
 //! by key, so one key's records share a partition and its order). A
 //! duplicate, a gap or a repeated count is reported, never ignored. The
 //! throughput window is timed by when records became visible, not by
-//! when this reader got to them (`visible`). This module owns no
-//! process: the contender's liveness and CPU time come in through
-//! [`Probe`].
+//! when this reader got to them (`visible`), and in a throughput phase
+//! this reader starts only once the window has closed, so that it takes
+//! no CPU from the contender inside it. This module owns no process: the
+//! contender's liveness and CPU time come in through [`Probe`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -22,8 +24,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::visible::{CpuClock, ReadOffsets, Sampler, Window};
+use crate::visible::{Bounds, Clocks, ReadOffsets, Sampler, Window};
 use crate::workload::{PARTITIONS, now_micros};
+use exactly_kafka::source::FETCH_QUEUE_BACKOFF;
 
 /// How long the watcher keeps reading after the last expected record, to
 /// catch late duplicates.
@@ -38,8 +41,8 @@ pub const UNKNOWN: u64 = u64::MAX;
 
 /// What the watcher asks of the contender's process.
 pub trait Probe {
-    /// Reads the process's CPU time so far (user + system).
-    fn cpu_clock(&self) -> CpuClock;
+    /// Reads the process's and the broker's CPU time.
+    fn clocks(&self) -> Arc<dyn Clocks>;
     /// Fails once the process has exited.
     fn alive(&mut self) -> Result<(), String>;
 }
@@ -49,6 +52,8 @@ pub trait Probe {
 pub struct Outcome {
     /// The measured window (all zero when there was none).
     pub window: Window,
+    /// The output records expected.
+    pub expected: u64,
     /// From the watcher's start to the first visible record.
     pub first_visible: Duration,
     /// Input records seen more than once.
@@ -65,16 +70,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Records per second inside the window.
-    pub fn rate(&self) -> f64 {
-        self.window.records as f64 / self.window.length.as_secs_f64().max(1e-9)
-    }
-
-    /// CPU seconds per million records inside the window.
-    pub fn cpu_per_million(&self) -> f64 {
-        self.window.cpu.as_secs_f64() * 1e6 / (self.window.records.max(1) as f64)
-    }
-
     /// Whether the output held every input record exactly once.
     pub fn exactly_once(&self) -> bool {
         self.duplicates == 0 && self.missing == 0 && self.count_errors == 0
@@ -103,10 +98,9 @@ pub struct Watch<'a> {
     /// How many input records there are, or [`UNKNOWN`] while a producer
     /// still writes them.
     pub expected: Arc<AtomicU64>,
-    /// The measured window opens when this many records are visible, and
-    /// closes when all are (skips start-up and JIT warm-up); `None` for no
-    /// window.
-    pub window_from: Option<u64>,
+    /// Where the measured window opens and closes (start-up and JIT
+    /// warm-up stay out of it); `None` for no window.
+    pub window: Option<Bounds>,
     /// For the latency phase: what to measure once output appears.
     pub live: Option<Live>,
     /// The longest time without a new visible record before the run fails.
@@ -149,15 +143,60 @@ fn still_waiting(
     probe.alive()
 }
 
+/// Waits until the sampler shows the window closed, failing as
+/// [`still_waiting`] does; returns how long after `started` the first
+/// output became visible.
+fn wait_for_close(
+    spec: &Watch<'_>,
+    probe: &mut dyn Probe,
+    sampler: &mut Sampler,
+    bounds: Bounds,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let expected = spec.expected.load(Ordering::Acquire);
+    let start_at = bounds.reader_start(expected);
+    let mut first_visible = None;
+    let (mut total, mut progress) = (0, Instant::now());
+    while total < start_at {
+        thread::sleep(Duration::from_millis(10));
+        sampler.running()?;
+        let now = sampler.stable_total();
+        if now > total {
+            (total, progress) = (now, Instant::now());
+            first_visible.get_or_insert_with(|| started.elapsed());
+        }
+        still_waiting(spec, probe, progress, total as u64, expected)?;
+    }
+    Ok(first_visible.unwrap_or_default())
+}
+
 /// Reads the output until every expected record is visible (plus
 /// [`SETTLE`]), checking as it goes.
 pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    // In a throughput phase: the sampler, started now, and the reader
+    // only once the window has closed.
+    let sampler = match spec.window {
+        Some(bounds) => {
+            let mut sampler = Sampler::start(spec.bootstrap, spec.topic, probe.clocks())?;
+            outcome.first_visible = wait_for_close(spec, probe, &mut sampler, bounds)?;
+            Some((sampler, bounds))
+        }
+        None => None,
+    };
+    let reader_started = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", spec.bootstrap)
         .set("group.id", format!("{}-watch", spec.topic))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
+        // Outside the window it may read as fast as it can.
+        .set(
+            "fetch.queue.backoff.ms",
+            FETCH_QUEUE_BACKOFF.as_millis().to_string(),
+        )
         .create()
         .map_err(|e| format!("a read_committed consumer for {}: {e}", spec.bootstrap))?;
     let mut partitions = TopicPartitionList::new();
@@ -170,15 +209,6 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
         .assign(&partitions)
         .map_err(|e| format!("assigning {}: {e}", spec.topic))?;
 
-    // The sampler, and how many visible records open the window.
-    let sampler = spec
-        .window_from
-        .map(|from| {
-            Sampler::start(spec.bootstrap, spec.topic, probe.cpu_clock()).map(|s| (s, from))
-        })
-        .transpose()?;
-    let started = Instant::now();
-    let mut outcome = Outcome::default();
     let mut seen: Vec<bool> = Vec::new();
     let mut distinct = 0u64;
     let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
@@ -192,8 +222,11 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
             && at.elapsed() >= SETTLE
         {
             outcome.missing = expected.saturating_sub(distinct);
-            if let Some((sampler, from)) = sampler {
-                outcome.window = crate::visible::window(&sampler.finish()?, &read, from)?;
+            outcome.expected = expected;
+            if let Some((sampler, bounds)) = sampler {
+                let samples = sampler.finish()?;
+                outcome.window =
+                    crate::visible::window(&samples, &read, expected, bounds, reader_started)?;
             }
             return Ok(outcome);
         }
@@ -227,7 +260,7 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
                 if seq >= MAX_SEQ {
                     return Err(format!("sequence number {seq} out of range"));
                 }
-                if distinct == 0 {
+                if distinct == 0 && sampler.is_none() {
                     outcome.first_visible = started.elapsed();
                     if let Some(live) = &spec.live {
                         measure_from = now + micros_of(live.warm_up);
@@ -275,8 +308,8 @@ mod tests {
     struct Alive;
 
     impl Probe for Alive {
-        fn cpu_clock(&self) -> CpuClock {
-            Arc::new(|| Ok(Duration::ZERO))
+        fn clocks(&self) -> Arc<dyn Clocks> {
+            Arc::new(crate::visible::Stopped)
         }
         fn alive(&mut self) -> Result<(), String> {
             Ok(())
@@ -294,7 +327,7 @@ mod tests {
             bootstrap: &bootstrap,
             topic: "bench-output-unreachable",
             expected: Arc::new(AtomicU64::new(10)),
-            window_from: Some(1),
+            window: Some(Bounds::new(0.1, 0.9).unwrap()),
             live: None,
             stall: Duration::from_secs(2),
         };

@@ -91,10 +91,11 @@ pub fn delete_topics_of(bootstrap: &str, tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The number of records in `topic` (the sum of its partitions' high
-/// watermarks; the input topics are written without transactions, so
-/// every offset is a record).
-pub fn records_in(bootstrap: &str, topic: &str) -> Result<i64, String> {
+/// The offsets in `topic`: the sum over its partitions of the high
+/// watermark less the low one. For the input topics, written without
+/// transactions, that is the number of records; for a transactional
+/// topic it counts the commit markers too.
+pub fn offsets_in(bootstrap: &str, topic: &str) -> Result<i64, String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -160,7 +161,7 @@ fn flush(producer: &BaseProducer, topic: &str) -> Result<(), String> {
 /// loaded by an earlier run is reused).
 pub fn preload(bootstrap: &str, topic: &str, records: u64, keys: u64) -> Result<(), String> {
     create_topics(bootstrap, &[topic.to_owned()])?;
-    let present = records_in(bootstrap, topic)?;
+    let present = offsets_in(bootstrap, topic)?;
     if present == records as i64 {
         eprintln!("kafka-bench: reusing the {records} records already in `{topic}`");
         return Ok(());

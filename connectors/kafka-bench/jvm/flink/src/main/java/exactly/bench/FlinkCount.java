@@ -9,6 +9,7 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Comparator;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.CompletableFuture;
@@ -29,11 +30,15 @@ import org.apache.flink.api.java.tuple.Tuple2;
 import org.apache.flink.configuration.CheckpointingOptions;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.configuration.CoreOptions;
+import org.apache.flink.configuration.PipelineOptions;
+import org.apache.flink.configuration.ReadableConfig;
 import org.apache.flink.configuration.StateBackendOptions;
 import org.apache.flink.connector.base.DeliveryGuarantee;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.connector.kafka.sink.KafkaSink;
+import org.apache.flink.connector.kafka.sink.KafkaSinkBuilder;
 import org.apache.flink.connector.kafka.source.KafkaSource;
+import org.apache.flink.connector.kafka.source.KafkaSourceBuilder;
 import org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer;
 import org.apache.flink.connector.kafka.source.reader.deserializer.KafkaRecordDeserializationSchema;
 import org.apache.flink.core.execution.CheckpointingMode;
@@ -57,7 +62,27 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  * includes this record. The {@link KafkaSink} writes with
  * {@link DeliveryGuarantee#EXACTLY_ONCE}, committing one Kafka transaction per
  * subtask and checkpoint; checkpoints are exactly-once (aligned) and taken
- * every {@code --interval-ms}.
+ * every {@code --interval-ms}, into the filesystem checkpoint storage in the
+ * program's temporary directory.
+ *
+ * <p>Object reuse is on ({@code pipeline.object-reuse}): Flink passes a record
+ * to the next chained operator without copying it, and the network input of
+ * the count may deserialize successive records into one and the same
+ * {@code Tuple2}. That is safe here because no function keeps or changes a
+ * record after its call returns: the source's deserializer makes a new
+ * {@code Tuple2} per Kafka record, the key selector returns the (immutable)
+ * {@code String} key, {@code CountPerKey} only reads its input, keeps a
+ * {@code Long} in state and emits a new {@code Tuple2}, and the sink's
+ * serializer turns each record into a new {@link ProducerRecord} of fresh
+ * byte arrays before it returns.
+ *
+ * <p>Kafka client properties given with {@code --consumer-property} and
+ * {@code --producer-property} go to the source's and the sink's builders
+ * after the program's own settings, so they override them (only
+ * {@code auto.offset.reset} is always set by the source builder, from the
+ * starting offsets). At start the program prints one {@code settings: ...}
+ * line to stderr with the settings in effect that matter for comparing it
+ * with the other contenders.
  *
  * <p>It runs on an embedded MiniCluster (no web UI) whose temporary files
  * live in a directory of its own, logs at WARN to stderr, prints
@@ -68,9 +93,15 @@ import org.apache.kafka.clients.producer.ProducerRecord;
  */
 public final class FlinkCount {
 
-    /** The options, all required, each given as {@code --name value}. */
+    /** The options that are required, each given exactly once as {@code --name value}. */
     private static final Set<String> OPTIONS =
             Set.of("bootstrap", "input", "output", "interval-ms", "parallelism", "id");
+
+    /** Repeatable option: a Kafka producer property for the sink, {@code KEY=VALUE}. */
+    private static final String PRODUCER_PROPERTY = "producer-property";
+
+    /** Repeatable option: a Kafka consumer property for the source, {@code KEY=VALUE}. */
+    private static final String CONSUMER_PROPERTY = "consumer-property";
 
     /** Producer and broker-side bound for an open transaction (the broker allows at most 20 min). */
     private static final String TRANSACTION_TIMEOUT_MS = "600000";
@@ -87,11 +118,13 @@ public final class FlinkCount {
      *
      * @param args {@code --bootstrap HOST:PORT --input TOPIC --output TOPIC
      *     --interval-ms N --parallelism N --id UNIQUE}, where {@code --id} is
-     *     the sink's transactional id prefix and the source's consumer group
+     *     the sink's transactional id prefix and the source's consumer group,
+     *     plus any number of {@code --producer-property KEY=VALUE} and
+     *     {@code --consumer-property KEY=VALUE}
      * @throws Exception when the job cannot be submitted, or fails
      */
     public static void main(String[] args) throws Exception {
-        Map<String, String> options = parseOptions(args);
+        Options options = parseOptions(args);
         String bootstrap = options.get("bootstrap");
         String id = options.get("id");
         long intervalMs = Long.parseLong(options.get("interval-ms"));
@@ -100,30 +133,38 @@ public final class FlinkCount {
         Path tmpDir = Files.createTempDirectory("flink-count-");
         Configuration conf = new Configuration();
         conf.set(CoreOptions.TMP_DIRS, tmpDir.toString());
+        conf.set(PipelineOptions.OBJECT_REUSE, true);
         conf.set(StateBackendOptions.STATE_BACKEND, "hashmap");
-        conf.set(CheckpointingOptions.CHECKPOINT_STORAGE, "jobmanager");
+        conf.set(CheckpointingOptions.CHECKPOINT_STORAGE, "filesystem");
+        conf.set(
+                CheckpointingOptions.CHECKPOINTS_DIRECTORY,
+                tmpDir.resolve("checkpoints").toUri().toString());
         StreamExecutionEnvironment env =
                 StreamExecutionEnvironment.createLocalEnvironment(parallelism, conf);
         env.enableCheckpointing(intervalMs, CheckpointingMode.EXACTLY_ONCE);
 
-        KafkaSource<Tuple2<String, String>> source =
+        KafkaSourceBuilder<Tuple2<String, String>> sourceBuilder =
                 KafkaSource.<Tuple2<String, String>>builder()
                         .setBootstrapServers(bootstrap)
                         .setTopics(options.get("input"))
                         .setGroupId(id)
                         .setStartingOffsets(OffsetsInitializer.earliest())
                         .setProperty("isolation.level", "read_committed")
-                        .setDeserializer(new KeyValueDeserializer())
-                        .build();
+                        .setDeserializer(new KeyValueDeserializer());
+        options.consumer().forEach(sourceBuilder::setProperty);
+        KafkaSource<Tuple2<String, String>> source = sourceBuilder.build();
 
-        KafkaSink<Tuple2<String, String>> sink =
+        KafkaSinkBuilder<Tuple2<String, String>> sinkBuilder =
                 KafkaSink.<Tuple2<String, String>>builder()
                         .setBootstrapServers(bootstrap)
                         .setRecordSerializer(new KeyValueSerializer(options.get("output")))
                         .setDeliveryGuarantee(DeliveryGuarantee.EXACTLY_ONCE)
                         .setTransactionalIdPrefix(id)
-                        .setProperty("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
-                        .build();
+                        .setProperty("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+        options.producer().forEach(sinkBuilder::setProperty);
+        KafkaSink<Tuple2<String, String>> sink = sinkBuilder.build();
+
+        System.err.println(settings(env, options));
 
         env.fromSource(source, WatermarkStrategy.noWatermarks(), "kafka-input")
                 .keyBy(record -> record.f0, Types.STRING)
@@ -152,6 +193,26 @@ public final class FlinkCount {
                 throw e;
             }
         }
+    }
+
+    /**
+     * The settings in effect that matter when comparing the contenders, as
+     * one line: {@code settings: object-reuse=true ... producer.linger.ms=20}.
+     */
+    private static String settings(StreamExecutionEnvironment env, Options options) {
+        ReadableConfig conf = env.getConfiguration();
+        StringBuilder line = new StringBuilder("settings:");
+        line.append(" object-reuse=").append(env.getConfig().isObjectReuseEnabled());
+        line.append(" state-backend=").append(conf.get(StateBackendOptions.STATE_BACKEND));
+        line.append(" checkpoint-storage=")
+                .append(conf.get(CheckpointingOptions.CHECKPOINT_STORAGE));
+        line.append(" checkpoint-dir=")
+                .append(conf.get(CheckpointingOptions.CHECKPOINTS_DIRECTORY));
+        line.append(" checkpoint-interval-ms=").append(env.getCheckpointInterval());
+        line.append(" parallelism=").append(env.getParallelism());
+        options.producer().forEach((key, value) -> line.append(" producer." + key + "=" + value));
+        options.consumer().forEach((key, value) -> line.append(" consumer." + key + "=" + value));
+        return line.toString();
     }
 
     /**
@@ -191,21 +252,47 @@ public final class FlinkCount {
     }
 
     /**
-     * Reads {@code --name value} pairs, and exits with a usage message unless
-     * every option in {@link #OPTIONS} is given exactly once and nothing else.
+     * The command line: the required options by name, and the producer and
+     * consumer properties in the order given (a repeated key keeps its last
+     * value).
      */
-    private static Map<String, String> parseOptions(String[] args) {
+    private record Options(
+            Map<String, String> required,
+            Map<String, String> producer,
+            Map<String, String> consumer) {
+
+        String get(String name) {
+            return required.get(name);
+        }
+    }
+
+    /**
+     * Reads {@code --name value} pairs, and exits with a usage message unless
+     * every option in {@link #OPTIONS} is given exactly once, and everything
+     * else is a {@code --producer-property} or {@code --consumer-property}
+     * whose value is {@code KEY=VALUE} with a non-empty key.
+     */
+    private static Options parseOptions(String[] args) {
         if (args.length % 2 != 0) {
             exitWithUsage();
         }
-        Map<String, String> options = new HashMap<>();
+        Options options =
+                new Options(new HashMap<>(), new LinkedHashMap<>(), new LinkedHashMap<>());
         for (int i = 0; i < args.length; i += 2) {
             String name = args[i].startsWith("--") ? args[i].substring(2) : args[i];
-            if (!OPTIONS.contains(name) || options.put(name, args[i + 1]) != null) {
+            String value = args[i + 1];
+            if (name.equals(PRODUCER_PROPERTY) || name.equals(CONSUMER_PROPERTY)) {
+                int eq = value.indexOf('=');
+                if (eq < 1) {
+                    exitWithUsage();
+                }
+                (name.equals(PRODUCER_PROPERTY) ? options.producer() : options.consumer())
+                        .put(value.substring(0, eq), value.substring(eq + 1));
+            } else if (!OPTIONS.contains(name) || options.required().put(name, value) != null) {
                 exitWithUsage();
             }
         }
-        if (!options.keySet().equals(OPTIONS)) {
+        if (!options.required().keySet().equals(OPTIONS)) {
             exitWithUsage();
         }
         return options;
@@ -214,7 +301,8 @@ public final class FlinkCount {
     private static void exitWithUsage() {
         System.err.println(
                 "usage: FlinkCount --bootstrap HOST:PORT --input TOPIC --output TOPIC"
-                        + " --interval-ms N --parallelism N --id UNIQUE");
+                        + " --interval-ms N --parallelism N --id UNIQUE"
+                        + " [--producer-property KEY=VALUE]... [--consumer-property KEY=VALUE]...");
         System.exit(2);
     }
 

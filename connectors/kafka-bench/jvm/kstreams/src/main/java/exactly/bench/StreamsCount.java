@@ -6,6 +6,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Comparator;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
@@ -41,6 +42,23 @@ import org.apache.kafka.streams.state.Stores;
  * the changelog and the input offsets are committed in one Kafka transaction
  * per stream thread every {@code --interval-ms}.
  *
+ * <p>The store has its record cache on, of Kafka Streams' default size
+ * ({@code statestore.cache.max.bytes}, 10485760 bytes in Kafka Streams
+ * 4.4.0, divided evenly among the stream threads). The cache only holds
+ * back the store's writes: a changed key goes to the in-memory store and
+ * its changelog once per commit (or when the cache evicts it), with its
+ * latest count, instead of once per update. The output does not go through
+ * the cache: the processor forwards one output record per input record at
+ * once.
+ *
+ * <p>Kafka client properties given with {@code --producer-property} and
+ * {@code --consumer-property} go to the producer ({@code producer.} prefix)
+ * and the main consumer ({@code main.consumer.} prefix), after the
+ * program's own settings, so they override them (Kafka Streams itself still
+ * overrides the few that exactly-once needs). At start the program prints
+ * one {@code settings: ...} line to stderr with the settings in effect that
+ * matter for comparing it with the other contenders.
+ *
  * <p>It logs at WARN to stderr, prints {@code ready} to stdout the first
  * time the application reaches {@link KafkaStreams.State#RUNNING}, and runs
  * until the process is stopped: on SIGTERM a shutdown hook closes the
@@ -48,9 +66,15 @@ import org.apache.kafka.streams.state.Stores;
  */
 public final class StreamsCount {
 
-    /** The options, all required, each given as {@code --name value}. */
+    /** The options that are required, each given exactly once as {@code --name value}. */
     private static final Set<String> OPTIONS =
             Set.of("bootstrap", "input", "output", "interval-ms", "parallelism", "id");
+
+    /** Repeatable option: a Kafka producer property, {@code KEY=VALUE}. */
+    private static final String PRODUCER_PROPERTY = "producer-property";
+
+    /** Repeatable option: a Kafka consumer property for the main consumer, {@code KEY=VALUE}. */
+    private static final String CONSUMER_PROPERTY = "consumer-property";
 
     /** The name of the store that holds the count of each key. */
     private static final String COUNTS_STORE = "counts";
@@ -67,12 +91,13 @@ public final class StreamsCount {
      * @param args {@code --bootstrap HOST:PORT --input TOPIC --output TOPIC
      *     --interval-ms N --parallelism N --id UNIQUE}, where {@code --id} is
      *     the {@code application.id} and {@code --parallelism} the number of
-     *     stream threads
+     *     stream threads, plus any number of {@code --producer-property
+     *     KEY=VALUE} and {@code --consumer-property KEY=VALUE}
      * @throws IOException when the temporary state directory cannot be made
      * @throws InterruptedException when interrupted while waiting
      */
     public static void main(String[] args) throws IOException, InterruptedException {
-        Map<String, String> options = parseOptions(args);
+        Options options = parseOptions(args);
         Path stateDir = Files.createTempDirectory("streams-count-");
 
         Properties config = new Properties();
@@ -86,6 +111,9 @@ public final class StreamsCount {
         config.put(
                 StreamsConfig.producerPrefix(ProducerConfig.TRANSACTION_TIMEOUT_CONFIG),
                 TRANSACTION_TIMEOUT_MS);
+        options.producer().forEach((k, v) -> config.put(StreamsConfig.producerPrefix(k), v));
+        options.consumer().forEach((k, v) -> config.put(StreamsConfig.mainConsumerPrefix(k), v));
+        System.err.println(settings(config, options));
 
         KafkaStreams streams = new KafkaStreams(buildTopology(options), config);
         CountDownLatch stopped = new CountDownLatch(1);
@@ -118,11 +146,14 @@ public final class StreamsCount {
     }
 
     /** input → per-key count in the {@link #COUNTS_STORE} store → output. */
-    private static Topology buildTopology(Map<String, String> options) {
+    private static Topology buildTopology(Options options) {
         StreamsBuilder builder = new StreamsBuilder();
         builder.addStateStore(
                 Stores.keyValueStoreBuilder(
-                        Stores.inMemoryKeyValueStore(COUNTS_STORE), Serdes.String(), Serdes.Long()));
+                                Stores.inMemoryKeyValueStore(COUNTS_STORE),
+                                Serdes.String(),
+                                Serdes.Long())
+                        .withCachingEnabled());
         builder.stream(options.get("input"), Consumed.with(Serdes.String(), Serdes.String()))
                 .processValues(CountPerKey::new, COUNTS_STORE)
                 .to(options.get("output"), Produced.with(Serdes.String(), Serdes.String()));
@@ -130,21 +161,72 @@ public final class StreamsCount {
     }
 
     /**
-     * Reads {@code --name value} pairs, and exits with a usage message unless
-     * every option in {@link #OPTIONS} is given exactly once and nothing else.
+     * The settings in effect that matter when comparing the contenders, as
+     * one line: {@code settings: store-caching=true
+     * statestore.cache.max.bytes=10485760 ... producer.linger.ms=20}. The
+     * Streams settings are {@code config} parsed with Kafka Streams' own
+     * definitions and defaults (without building a {@link StreamsConfig},
+     * which would log its warnings once more).
      */
-    private static Map<String, String> parseOptions(String[] args) {
+    private static String settings(Properties config, Options options) {
+        Map<String, Object> parsed = StreamsConfig.configDef().parse(config);
+        StringBuilder line = new StringBuilder("settings:");
+        line.append(" store-caching=true");
+        for (String name :
+                new String[] {
+                    StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG,
+                    StreamsConfig.COMMIT_INTERVAL_MS_CONFIG,
+                    StreamsConfig.NUM_STREAM_THREADS_CONFIG
+                }) {
+            line.append(' ').append(name).append('=').append(parsed.get(name));
+        }
+        options.producer().forEach((key, value) -> line.append(" producer." + key + "=" + value));
+        options.consumer().forEach((key, value) -> line.append(" consumer." + key + "=" + value));
+        return line.toString();
+    }
+
+    /**
+     * The command line: the required options by name, and the producer and
+     * consumer properties in the order given (a repeated key keeps its last
+     * value).
+     */
+    private record Options(
+            Map<String, String> required,
+            Map<String, String> producer,
+            Map<String, String> consumer) {
+
+        String get(String name) {
+            return required.get(name);
+        }
+    }
+
+    /**
+     * Reads {@code --name value} pairs, and exits with a usage message unless
+     * every option in {@link #OPTIONS} is given exactly once, and everything
+     * else is a {@code --producer-property} or {@code --consumer-property}
+     * whose value is {@code KEY=VALUE} with a non-empty key.
+     */
+    private static Options parseOptions(String[] args) {
         if (args.length % 2 != 0) {
             exitWithUsage();
         }
-        Map<String, String> options = new HashMap<>();
+        Options options =
+                new Options(new HashMap<>(), new LinkedHashMap<>(), new LinkedHashMap<>());
         for (int i = 0; i < args.length; i += 2) {
             String name = args[i].startsWith("--") ? args[i].substring(2) : args[i];
-            if (!OPTIONS.contains(name) || options.put(name, args[i + 1]) != null) {
+            String value = args[i + 1];
+            if (name.equals(PRODUCER_PROPERTY) || name.equals(CONSUMER_PROPERTY)) {
+                int eq = value.indexOf('=');
+                if (eq < 1) {
+                    exitWithUsage();
+                }
+                (name.equals(PRODUCER_PROPERTY) ? options.producer() : options.consumer())
+                        .put(value.substring(0, eq), value.substring(eq + 1));
+            } else if (!OPTIONS.contains(name) || options.required().put(name, value) != null) {
                 exitWithUsage();
             }
         }
-        if (!options.keySet().equals(OPTIONS)) {
+        if (!options.required().keySet().equals(OPTIONS)) {
             exitWithUsage();
         }
         return options;
@@ -153,7 +235,8 @@ public final class StreamsCount {
     private static void exitWithUsage() {
         System.err.println(
                 "usage: StreamsCount --bootstrap HOST:PORT --input TOPIC --output TOPIC"
-                        + " --interval-ms N --parallelism N --id UNIQUE");
+                        + " --interval-ms N --parallelism N --id UNIQUE"
+                        + " [--producer-property KEY=VALUE]... [--consumer-property KEY=VALUE]...");
         System.exit(2);
     }
 
