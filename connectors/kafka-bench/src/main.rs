@@ -57,7 +57,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use exactly_kafka::sink::DeliveryGuarantee;
@@ -107,7 +107,7 @@ struct RunArgs {
     broker_pid: Option<u32>,
     /// Records in the pre-loaded input backlog: enough that the fastest
     /// contender spends at least 20 s inside the window on a 2-core machine.
-    #[arg(long, default_value_t = 20_000_000)]
+    #[arg(long, default_value_t = 30_000_000)]
     records: u64,
     /// Distinct record keys.
     #[arg(long, default_value_t = 10_000)]
@@ -121,7 +121,7 @@ struct RunArgs {
     seed: Option<u64>,
     /// The measured window opens when this share of the output is visible
     /// (after start-up and JIT warm-up).
-    #[arg(long, default_value_t = 0.35)]
+    #[arg(long, default_value_t = 0.3)]
     window_from: f64,
     /// The window closes when this share of the output is visible.
     #[arg(long, default_value_t = 0.9)]
@@ -189,6 +189,17 @@ fn run_job(system: System, args: &JobArgs) -> Result<(), String> {
     }
 }
 
+/// The time since `started` as `h:mm:ss`, for progress lines.
+fn elapsed(started: Instant) -> String {
+    let seconds = started.elapsed().as_secs();
+    format!(
+        "{}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
 /// The workspace's root directory.
 fn workspace() -> Result<&'static Path, String> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -232,19 +243,23 @@ fn run(args: &RunArgs) -> Result<(), String> {
     workload::preload(&args.bootstrap, &input, args.records, args.keys)?;
     let logs = log_dir()?;
     let mut report = Report::new(&contenders);
+    let started = Instant::now();
     for round in 1..=args.rounds {
         let order = stats::shuffled(&contenders, seed, round);
         let names: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
         eprintln!(
-            "kafka-bench: round {round}/{}: {}",
+            "kafka-bench: [{}] round {round}/{}: {}",
+            elapsed(started),
             args.rounds,
             names.join(", ")
         );
         for contender in &order {
             let tag = format!("{stamp}-{}-r{round}", contender.name);
             eprintln!(
-                "kafka-bench: round {round}/{}: {}",
-                args.rounds, contender.name
+                "kafka-bench: [{}] round {round}/{}: {}",
+                elapsed(started),
+                args.rounds,
+                contender.name
             );
             let throughput =
                 throughput_phase(args, &setup, bounds, contender, &input, &tag, &logs)?;
@@ -260,7 +275,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
         }
     }
     println!(
-        "kafka-bench: profile {} ({}), {} records, window {:.0}–{:.0} %, {} rounds, seed {seed}",
+        "Profile {} ({}), {} records, window {:.0}–{:.0} % of the output, {} rounds, seed {seed}",
         args.tuning.name(),
         setup.tuning,
         args.records,

@@ -30,11 +30,11 @@ pub enum Profile {
 }
 
 /// The tuned-equal profile's producer linger, in milliseconds.
-pub const TUNED_LINGER_MS: u64 = 20;
+pub const TUNED_LINGER_MS: u64 = 50;
 /// The tuned-equal profile's producer batch size, in bytes.
-pub const TUNED_BATCH_BYTES: u64 = 262_144;
+pub const TUNED_BATCH_BYTES: u64 = 1_048_576;
 /// The tuned-equal profile's poll size, in records.
-pub const TUNED_POLL_RECORDS: u64 = 2_000;
+pub const TUNED_POLL_RECORDS: u64 = 5_000;
 
 /// The three knobs of a run; `None` keeps each client's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -159,13 +159,15 @@ fn wait_for_close(
     let (mut total, mut progress) = (0, Instant::now());
     while total < start_at {
         thread::sleep(Duration::from_millis(10));
-        sampler.running()?;
         let now = sampler.stable_total();
         if now > total {
             (total, progress) = (now, Instant::now());
             first_visible.get_or_insert_with(|| started.elapsed());
         }
+        // A contender that exited is named before the sampler's error
+        // (which is then only that its /proc file is gone).
         still_waiting(spec, probe, progress, total as u64, expected)?;
+        sampler.running()?;
     }
     Ok(first_visible.unwrap_or_default())
 }
@@ -333,6 +335,32 @@ mod tests {
         };
         let error = watch(&spec, &mut Alive).unwrap_err();
         assert!(error.starts_with("no new output in 2s"), "{error}");
+    }
+
+    /// A contender that is gone before the window closed.
+    struct Exited;
+
+    impl Probe for Exited {
+        fn clocks(&self) -> Arc<dyn Clocks> {
+            Arc::new(crate::visible::Stopped)
+        }
+        fn alive(&mut self) -> Result<(), String> {
+            Err("exactly-eos-1s exited (exit status: 1); its output is in x.log".to_owned())
+        }
+    }
+
+    #[test]
+    fn a_contender_that_exits_before_the_window_closed_fails_the_watch_by_name() {
+        let spec = Watch {
+            bootstrap: "127.0.0.1:1",
+            topic: "bench-output-exited",
+            expected: Arc::new(AtomicU64::new(10)),
+            window: Some(Bounds::new(0.1, 0.9).unwrap()),
+            live: None,
+            stall: Duration::from_secs(60),
+        };
+        let error = watch(&spec, &mut Exited).unwrap_err();
+        assert!(error.starts_with("exactly-eos-1s exited"), "{error}");
     }
 
     #[test]
