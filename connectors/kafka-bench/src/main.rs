@@ -273,6 +273,14 @@ fn run(args: &RunArgs) -> Result<(), String> {
             eprintln!("kafka-bench:   {measurement}");
             report.add(round, &contender.name, measurement);
         }
+        if round < args.rounds {
+            eprintln!(
+                "kafka-bench: the tables over rounds 1–{round}, in case the run is cut short:"
+            );
+            report
+                .print(&mut std::io::stderr())
+                .map_err(|e| e.to_string())?;
+        }
     }
     println!(
         "Profile {} ({}), {} records, window {:.0}–{:.0} % of the output, {} rounds, seed {seed}",
