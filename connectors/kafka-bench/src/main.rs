@@ -107,7 +107,7 @@ struct RunArgs {
     broker_pid: Option<u32>,
     /// Records in the pre-loaded input backlog: enough that the fastest
     /// contender spends at least 20 s inside the window on a 2-core machine.
-    #[arg(long, default_value_t = 30_000_000)]
+    #[arg(long, default_value_t = 36_000_000)]
     records: u64,
     /// Distinct record keys.
     #[arg(long, default_value_t = 10_000)]
