@@ -250,7 +250,49 @@ pub enum SinkConfigError {
         /// The topic.
         topic: String,
     },
+    /// A [`ClientSettings`] property that the sink sets itself, and that
+    /// its preflight, lifetime guard or recovery rely on.
+    #[error(
+        "KafkaSink to `{topic}`: remove the ClientSettings property `{key}`: the sink sets it itself; {advice}"
+    )]
+    ControlledProperty {
+        /// The topic.
+        topic: String,
+        /// The property.
+        key: String,
+        /// What to do instead.
+        advice: String,
+    },
 }
+
+/// librdkafka properties the sink sets itself; [`KafkaSinkBuilder::build`]
+/// rejects them in [`ClientSettings::properties`], naming what to use
+/// instead. Were they to win over the builder (the settings' properties
+/// are applied last), the preflight and the lifetime guard would check a
+/// transaction timeout that the broker does not use, and recovery would
+/// look for the wrong ids.
+const CONTROLLED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "transactional.id",
+        "it is derived per subtask and slot from .transactional_id_prefix(..)",
+    ),
+    (
+        "transaction.timeout.ms",
+        "set it with .transaction_timeout(..), which the preflight and the lifetime guard check",
+    ),
+    (
+        "enable.idempotence",
+        "it follows .delivery_guarantee(..): on for ExactlyOnce",
+    ),
+    (
+        "statistics.interval.ms",
+        "the sink reads its producers' statistics every 100 ms to learn their producer id and epoch",
+    ),
+    (
+        "isolation.level",
+        "it is a consumer property: the sink's recovery reads the log with its own, and readers of the output set theirs",
+    ),
+];
 
 /// Builds a [`KafkaSink`].
 pub struct KafkaSinkBuilder<T> {
@@ -362,6 +404,16 @@ impl<T> KafkaSinkBuilder<T> {
         }
         if sink.pool_size == 0 {
             return Err(SinkConfigError::EmptyPool { topic: sink.topic });
+        }
+        if let Some((key, advice)) = CONTROLLED_PROPERTIES
+            .iter()
+            .find(|(key, _)| sink.settings.properties.contains_key(*key))
+        {
+            return Err(SinkConfigError::ControlledProperty {
+                topic: sink.topic,
+                key: (*key).to_owned(),
+                advice: (*advice).to_owned(),
+            });
         }
         Ok(sink)
     }
@@ -773,7 +825,29 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::pool_position;
+    use super::*;
+
+    #[test]
+    fn a_property_the_sink_sets_itself_is_refused_at_build_naming_what_to_use() {
+        for (key, method) in [
+            ("transactional.id", ".transactional_id_prefix(..)"),
+            ("transaction.timeout.ms", ".transaction_timeout(..)"),
+            ("enable.idempotence", ".delivery_guarantee(..)"),
+            ("statistics.interval.ms", "statistics"),
+            ("isolation.level", "consumer property"),
+        ] {
+            let settings = ClientSettings::new("127.0.0.1:9092").property(key, "1");
+            let built = KafkaSink::builder(settings, "out", |line: String| {
+                OutputRecord::value(line.into_bytes())
+            })
+            .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+            .transactional_id_prefix("job")
+            .build();
+            let error = built.expect_err("the property must be refused").to_string();
+            assert!(error.contains(&format!("`{key}`")), "{error}");
+            assert!(error.contains(method), "{error}");
+        }
+    }
 
     #[test]
     fn pool_ids_are_told_from_other_ids_under_the_prefix() {
