@@ -278,7 +278,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
                 "kafka-bench: the tables over rounds 1–{round}, in case the run is cut short:"
             );
             report
-                .print(&mut std::io::stderr())
+                .print_tables(&mut std::io::stderr())
                 .map_err(|e| e.to_string())?;
         }
     }

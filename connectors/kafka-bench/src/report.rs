@@ -298,14 +298,18 @@ impl Report {
         self.median_of(&[name], figure)
     }
 
-    /// Prints the per-round lines, the tables (Markdown) and the summary
-    /// line.
+    /// Prints the per-round lines, then [`Report::print_tables`].
     pub fn print(&self, out: &mut dyn Write) -> io::Result<()> {
         for (round, measurements) in &self.rounds {
             for (name, m) in measurements {
                 writeln!(out, "round {round} {name}: {m}")?;
             }
         }
+        self.print_tables(out)
+    }
+
+    /// Prints the tables (Markdown) and the summary line.
+    pub fn print_tables(&self, out: &mut dyn Write) -> io::Result<()> {
         self.print_contenders(out)?;
         self.print_systems(out)?;
         let ratio = |group: &str, figure| {

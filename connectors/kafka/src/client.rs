@@ -53,6 +53,18 @@ impl ClientSettings {
         Self::new(bootstrap_from_env())
     }
 
+    /// The first of `controlled` (a property a connector sets itself, with
+    /// what to do instead) that these settings set too: the source and
+    /// the sink refuse it at build, since the settings' properties win.
+    pub(crate) fn overridden<'a>(
+        &self,
+        controlled: &'a [(&'a str, &'a str)],
+    ) -> Option<&'a (&'a str, &'a str)> {
+        controlled
+            .iter()
+            .find(|(key, _)| self.properties.contains_key(*key))
+    }
+
     /// Sets a librdkafka property (applied after the connector's own).
     #[must_use]
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {

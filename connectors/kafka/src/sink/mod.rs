@@ -405,10 +405,7 @@ impl<T> KafkaSinkBuilder<T> {
         if sink.pool_size == 0 {
             return Err(SinkConfigError::EmptyPool { topic: sink.topic });
         }
-        if let Some((key, advice)) = CONTROLLED_PROPERTIES
-            .iter()
-            .find(|(key, _)| sink.settings.properties.contains_key(*key))
-        {
+        if let Some((key, advice)) = sink.settings.overridden(CONTROLLED_PROPERTIES) {
             return Err(SinkConfigError::ControlledProperty {
                 topic: sink.topic,
                 key: (*key).to_owned(),

@@ -434,13 +434,11 @@ impl<D: ValueDeserializer> KafkaSourceBuilder<D> {
                 format!("a topic needs at least one partition, got {partitions}"),
             ));
         }
-        for (key, advice) in CONTROLLED_PROPERTIES {
-            if self.settings.properties.contains_key(*key) {
-                return Err(config_error(
-                    &format!("ClientSettings property `{key}`"),
-                    format!("the Kafka source sets it; {advice}"),
-                ));
-            }
+        if let Some((key, advice)) = self.settings.overridden(CONTROLLED_PROPERTIES) {
+            return Err(config_error(
+                &format!("ClientSettings property `{key}`"),
+                format!("the Kafka source sets it; {advice}"),
+            ));
         }
         Ok(KafkaSource {
             config: Arc::new(SourceConfig {
