@@ -44,7 +44,7 @@ mod recovery;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use exactly::preflight::{JobSettings, PreflightReport};
 use exactly::sink::{SinkContext, TwoPhaseCommitSink};
@@ -52,7 +52,7 @@ use exactly::{BoxError, Unrecoverable};
 use serde::{Deserialize, Serialize};
 
 use self::error::{failed, kafka_failed};
-use self::producer::SinkProducer;
+use self::producer::{RdClock, SinkProducer};
 use crate::client::{ClientSettings, MissingTopics};
 use crate::source::KafkaHeader;
 
@@ -186,7 +186,7 @@ pub struct KafkaSink<T> {
     slots: Vec<Option<SinkProducer>>,
     busy: HashSet<usize>,
     plain: Option<SinkProducer>,
-    began: Instant,
+    began: RdClock,
     /// A record [`TwoPhaseCommitSink::try_write`] serialized but found no
     /// room for in the producer's queue; the `write` that follows sends it
     /// first.
@@ -224,7 +224,7 @@ impl<T> Clone for KafkaSink<T> {
             slots: Vec::new(),
             busy: HashSet::new(),
             plain: None,
-            began: Instant::now(),
+            began: RdClock::now(),
             unsent: None,
         }
     }
@@ -331,7 +331,7 @@ impl<T: Send + 'static> KafkaSink<T> {
                 slots: Vec::new(),
                 busy: HashSet::new(),
                 plain: None,
-                began: Instant::now(),
+                began: RdClock::now(),
                 unsent: None,
             },
         }
@@ -614,7 +614,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         })?;
         transaction.slot = free;
         transaction.transactional_id = Some(self.transactional_id(self.subtask, free));
-        self.began = Instant::now();
+        self.began = RdClock::now();
         let producer = self.slot(free)?;
         producer
             .begin_transaction()

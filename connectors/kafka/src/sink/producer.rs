@@ -6,6 +6,11 @@
 //! partitions written, and the producer id and epoch from librdkafka's
 //! statistics (`eos` block). Does not own when transactions begin or end:
 //! that is the sink. Every method blocks; callers run on the blocking pool.
+//!
+//! A statistics snapshot is dated by librdkafka's own clock, the `ts` it
+//! carries ([`RdClock`]), never by when its callback ran: the callback runs
+//! on the producer's polling thread, possibly after a transaction began,
+//! with a snapshot taken before it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,8 +37,33 @@ pub(crate) struct Deliveries {
 #[derive(Debug, Default)]
 struct Seen {
     deliveries: Deliveries,
-    /// `(producer id, epoch, txn_state, when)` from the newest statistics.
-    identity: Option<(i64, i16, String, Instant)>,
+    /// `(producer id, epoch, txn_state, when taken)` from the newest
+    /// statistics.
+    identity: Option<(i64, i16, String, RdClock)>,
+}
+
+/// A time on librdkafka's clock (`rd_clock()`, microseconds): the clock
+/// that dates its statistics (`ts`). It is `CLOCK_MONOTONIC`, except on
+/// Apple systems, where librdkafka uses the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RdClock(i64);
+
+impl RdClock {
+    /// Now, on librdkafka's clock.
+    #[cfg(not(target_vendor = "apple"))]
+    pub(crate) fn now() -> Self {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        RdClock(now.tv_sec * 1_000_000 + now.tv_nsec / 1_000)
+    }
+
+    /// Now, on librdkafka's clock.
+    #[cfg(target_vendor = "apple")]
+    pub(crate) fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        RdClock(i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX))
+    }
 }
 
 /// The producer's callback context.
@@ -47,7 +77,12 @@ impl ClientContext for Tracker {
         if let Some(eos) = statistics.eos {
             let epoch = i16::try_from(eos.producer_epoch).unwrap_or(-1);
             let mut seen = self.seen.lock().expect("tracker poisoned");
-            seen.identity = Some((eos.producer_id, epoch, eos.txn_state, Instant::now()));
+            seen.identity = Some((
+                eos.producer_id,
+                epoch,
+                eos.txn_state,
+                RdClock(statistics.ts),
+            ));
         }
     }
 }
@@ -139,7 +174,7 @@ pub(crate) struct SinkProducer {
 #[derive(Debug, Clone, Copy)]
 struct Committed {
     identity: (i64, i16),
-    at: Instant,
+    at: RdClock,
 }
 
 impl std::fmt::Debug for SinkProducer {
@@ -205,7 +240,7 @@ impl SinkProducer {
         self.producer.commit_transaction(self.timeout)?;
         self.set_committed(identity.map(|identity| Committed {
             identity,
-            at: Instant::now(),
+            at: RdClock::now(),
         }));
         Ok(())
     }
@@ -290,13 +325,11 @@ impl SinkProducer {
 
     /// The producer id and epoch of the transaction begun at `began`, from
     /// statistics (every 100 ms); waits up to the timeout for them.
-    pub(crate) fn identity(&self, began: Instant) -> Option<(i64, i16)> {
+    pub(crate) fn identity(&self, began: RdClock) -> Option<(i64, i16)> {
         let committed = *self.committed.lock().expect("commit record poisoned");
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some(seen) = &self.tracker.seen.lock().expect("tracker poisoned").identity
-                && let Some(identity) = current_identity(seen, began, committed)
-            {
+            if let Some(identity) = self.tracker.identity(began, committed) {
                 return Some(identity);
             }
             if Instant::now() >= deadline {
@@ -304,6 +337,15 @@ impl SinkProducer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl Tracker {
+    /// The identity of the transaction begun at `began`, if the newest
+    /// statistics snapshot proves it.
+    fn identity(&self, began: RdClock, committed: Option<Committed>) -> Option<(i64, i16)> {
+        let seen = self.seen.lock().expect("tracker poisoned");
+        current_identity(seen.identity.as_ref()?, began, committed)
     }
 }
 
@@ -317,8 +359,8 @@ impl SinkProducer {
 ///   open transaction has that identity too. This spares a wait for the
 ///   next snapshot at every checkpoint.
 fn current_identity(
-    (id, epoch, state, at): &(i64, i16, String, Instant),
-    began: Instant,
+    (id, epoch, state, at): &(i64, i16, String, RdClock),
+    began: RdClock,
     committed: Option<Committed>,
 ) -> Option<(i64, i16)> {
     if *id < 0 {
@@ -336,13 +378,46 @@ fn current_identity(
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Committed, current_identity};
+    use rdkafka::ClientContext;
+    use rdkafka::producer::ThreadedProducer;
+    use rdkafka::statistics::{ExactlyOnceSemantics, Statistics};
+
+    use super::{Committed, RdClock, Tracker, current_identity};
+
+    /// A statistics snapshot taken at `ts` (librdkafka's clock).
+    fn snapshot(ts: RdClock, epoch: i64, state: &str) -> Statistics {
+        Statistics {
+            ts: ts.0,
+            eos: Some(ExactlyOnceSemantics {
+                txn_state: state.to_owned(),
+                producer_id: 7,
+                producer_epoch: epoch,
+                ..ExactlyOnceSemantics::default()
+            }),
+            ..Statistics::default()
+        }
+    }
+
+    /// Review finding 8 of issue 19: the callback runs on the producer's
+    /// polling thread, so a snapshot taken in the previous transaction can
+    /// arrive after this one began. Dated by its arrival, it passed for
+    /// this transaction's identity although the epoch has moved since.
+    #[test]
+    fn a_snapshot_taken_before_the_transaction_began_is_not_its_identity_even_if_it_arrives_after()
+    {
+        let tracker = Tracker::default();
+        let taken_before = RdClock::now();
+        let began = RdClock(taken_before.0 + 1);
+        tracker.stats(snapshot(taken_before, 3, "InTransaction"));
+        assert_eq!(tracker.identity(began, None), None, "a stale snapshot");
+        tracker.stats(snapshot(RdClock(began.0 + 1), 4, "InTransaction"));
+        assert_eq!(tracker.identity(began, None), Some((7, 4)));
+    }
 
     #[test]
     fn a_transactions_identity_comes_from_it_or_from_after_an_unchanged_commit() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let seen = |epoch: i16, state: &str, ms: u64| (7, epoch, state.to_owned(), at(ms));
+        let at = |ms: i64| RdClock(1_000_000 + ms * 1_000);
+        let seen = |epoch: i16, state: &str, ms: i64| (7, epoch, state.to_owned(), at(ms));
         let committed = Some(Committed {
             identity: (7, 3),
             at: at(100),
@@ -379,6 +454,31 @@ mod tests {
         assert_eq!(
             current_identity(&(-1, -1, "InTransaction".to_owned(), at(250)), began, None),
             None
+        );
+    }
+
+    #[test]
+    fn librdkafkas_clock_is_the_one_that_dates_its_statistics() {
+        let tracker = Tracker::default();
+        let before = RdClock::now();
+        let _producer: ThreadedProducer<Tracker> = rdkafka::ClientConfig::new()
+            .set("enable.idempotence", "true")
+            .set("statistics.interval.ms", "10")
+            .create_with_context(tracker.clone())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken = loop {
+            let seen = tracker.seen.lock().unwrap().identity.clone();
+            if let Some((_, _, _, taken)) = seen {
+                break taken;
+            }
+            assert!(Instant::now() < deadline, "no statistics within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let after = RdClock::now();
+        assert!(
+            before <= taken && taken <= after,
+            "a snapshot dated {taken:?} arrived between {before:?} and {after:?}"
         );
     }
 }
