@@ -83,11 +83,27 @@ impl<S: TwoPhaseCommitSink> SinkCalls<S> {
                 self.sink = Some(sink);
                 Ok(result)
             }
-            Err(payload) => Err(Error::Task {
-                task: self.task.clone(),
-                phase,
-                source: Box::new(CallError::panicked(phase, payload.as_ref())),
-            }),
+            Err(payload) => {
+                // A sink that may block can run a call here too (its
+                // `try_write`); dropping it here could stall the worker.
+                self.dispose(sink);
+                Err(Error::Task {
+                    task: self.task.clone(),
+                    phase,
+                    source: Box::new(CallError::panicked(phase, payload.as_ref())),
+                })
+            }
+        }
+    }
+
+    /// Drops `sink` where dropping cannot stall a worker: on the blocking
+    /// pool (dropping may block: an rdkafka producer flushes for up to
+    /// 500 ms), or here for a sink that never blocks.
+    fn dispose(&self, sink: S) {
+        if self.inline {
+            drop(sink);
+        } else {
+            self.blocking.detach(move || drop(sink));
         }
     }
 
@@ -101,19 +117,93 @@ impl<S: TwoPhaseCommitSink> SinkCalls<S> {
 }
 
 impl<S: TwoPhaseCommitSink> Drop for SinkCalls<S> {
-    /// Drops the sink on the blocking pool: dropping may block (an rdkafka
-    /// producer flushes for up to 500 ms), and an aborted attempt drops its
-    /// tasks on the async workers. The restart waits for it, so an old
-    /// producer is gone before recovery begins. A sink that never blocks is
-    /// dropped here.
+    /// Disposes of the sink: an aborted attempt drops its tasks on the
+    /// async workers. The restart waits for the blocking pool, so an old
+    /// producer is gone before recovery begins.
     fn drop(&mut self) {
-        let Some(sink) = self.sink.take() else {
-            return;
-        };
-        if self.inline {
-            drop(sink);
-        } else {
-            self.blocking.detach(move || drop(sink));
+        if let Some(sink) = self.sink.take() {
+            self.dispose(sink);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::thread::ThreadId;
+
+    use super::SinkCalls;
+    use crate::BoxError;
+    use crate::runtime::blocking::BlockingCalls;
+    use crate::sink::TwoPhaseCommitSink;
+
+    /// A sink that may block, whose `try_write` panics (as a user's
+    /// serializer might), and which records the thread that drops it.
+    #[derive(Clone, Default)]
+    struct PanickingSink {
+        dropped_on: Arc<Mutex<Option<ThreadId>>>,
+    }
+
+    impl Drop for PanickingSink {
+        fn drop(&mut self) {
+            *self.dropped_on.lock().unwrap() = Some(std::thread::current().id());
+        }
+    }
+
+    impl TwoPhaseCommitSink for PanickingSink {
+        type Item = u32;
+        type Transaction = ();
+
+        fn name(&self) -> String {
+            "panicking".into()
+        }
+
+        fn begin_transaction(&mut self, _: u64) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        fn write(&mut self, _: &mut (), _: Vec<u32>) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        fn try_write(&mut self, _: &mut (), _: Vec<u32>) -> Result<Option<Vec<u32>>, BoxError> {
+            panic!("the serializer panicked")
+        }
+
+        fn pre_commit(&mut self, _: &mut ()) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        fn commit(&mut self, _: ()) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        fn abort(&mut self, _: ()) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Review finding 6 of issue 19: a panic during the inline write of a
+    /// sink that may block dropped the sink (and its Kafka producers) on
+    /// the async worker that ran the write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_sink_that_panics_in_an_inline_write_is_dropped_on_the_blocking_pool() {
+        let sink = PanickingSink::default();
+        let dropped_on = Arc::clone(&sink.dropped_on);
+        let blocking = BlockingCalls::default();
+        let mut calls = SinkCalls::new(sink, blocking.clone(), "sink".into());
+        assert!(!calls.inline());
+        let error = calls
+            .call_inline("write", |s| s.try_write(&mut (), vec![1]))
+            .expect_err("the panic is an error");
+        assert!(error.to_string().contains("panicked"), "{error}");
+        let worker = std::thread::current().id();
+        blocking.wait_idle().await;
+        let dropped_on = dropped_on.lock().unwrap().expect("the sink was dropped");
+        assert_ne!(
+            dropped_on, worker,
+            "dropped on the worker that ran the write"
+        );
+        drop(calls);
     }
 }
