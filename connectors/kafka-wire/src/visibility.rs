@@ -326,16 +326,25 @@ pub enum TransactionOutcome {
         /// The producer whose record is there.
         producer_id: i64,
     },
+    /// The record at the offset is no longer in the log, though later
+    /// offsets are: compaction removed it. The cleaner also removes a
+    /// transaction's marker once all its records are gone, so the
+    /// producer's next marker may end another transaction: the log cannot
+    /// tell.
+    Removed,
 }
 
 /// Finds how the transaction of `producer_id` that begins at
 /// `first_offset` ended, from batches read in log order from that offset:
 /// the record at the offset must be that producer's (when it is still in
-/// the log), and the producer's first control record after it decides.
+/// the log; a compacted log may have removed it, and then the log cannot
+/// tell), and the producer's first control record after it decides.
 #[derive(Debug)]
 pub(crate) struct OutcomeScan {
     first_offset: i64,
     producer_id: i64,
+    /// Whether the record at `first_offset` was seen.
+    found_first: bool,
     outcome: TransactionOutcome,
 }
 
@@ -344,6 +353,7 @@ impl OutcomeScan {
         Self {
             first_offset,
             producer_id,
+            found_first: false,
             outcome: TransactionOutcome::Open,
         }
     }
@@ -357,6 +367,11 @@ impl OutcomeScan {
             self.outcome = TransactionOutcome::NotItsRecord {
                 producer_id: batch.producer_id,
             };
+            return Ok(false);
+        }
+        self.found_first |= holds_first;
+        if !self.found_first && batch.last_offset >= self.first_offset {
+            self.outcome = TransactionOutcome::Removed;
             return Ok(false);
         }
         if !batch.control || batch.producer_id != self.producer_id {
@@ -561,12 +576,24 @@ mod tests {
         );
     }
 
+    /// Review finding 4 of issue 19: with offset 4 compacted away, the
+    /// producer's next marker may end a later transaction (the cleaner
+    /// removes a transaction's marker with its last record), so neither an
+    /// ABORT nor a COMMIT after it decides.
     #[test]
-    fn a_commit_after_a_missing_offset_still_decides() {
-        // Offset 4 is gone (compacted); the first batch starts after it.
+    fn a_marker_after_a_removed_first_offset_decides_nothing() {
+        for commit in [false, true] {
+            assert_eq!(
+                outcome(4, 7, &[data(5, 7, true, &["b"]), marker(6, 7, commit)]),
+                TransactionOutcome::Removed,
+                "a {} marker",
+                if commit { "COMMIT" } else { "ABORT" }
+            );
+        }
         assert_eq!(
-            outcome(4, 7, &[data(5, 7, true, &["b"]), marker(6, 7, true)]),
-            TransactionOutcome::Committed
+            outcome(4, 7, &[marker(6, 7, false)]),
+            TransactionOutcome::Removed,
+            "only a later ABORT left"
         );
     }
 }

@@ -44,6 +44,7 @@ mod recovery;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use exactly::preflight::{JobSettings, PreflightReport};
@@ -187,6 +188,11 @@ pub struct KafkaSink<T> {
     busy: HashSet<usize>,
     plain: Option<SinkProducer>,
     began: RdClock,
+    /// Whether recovery trusts a completed checkpoint's commit when the
+    /// log cannot tell ([`KafkaSinkBuilder::recovery_trusts_checkpoint`]).
+    trust_checkpoint: bool,
+    /// Transactions recovery trusted, over every clone of the prototype.
+    trusted: Arc<AtomicU64>,
     /// A record [`TwoPhaseCommitSink::try_write`] serialized but found no
     /// room for in the producer's queue; the `write` that follows sends it
     /// first.
@@ -225,6 +231,8 @@ impl<T> Clone for KafkaSink<T> {
             busy: HashSet::new(),
             plain: None,
             began: RdClock::now(),
+            trust_checkpoint: self.trust_checkpoint,
+            trusted: Arc::clone(&self.trusted),
             unsent: None,
         }
     }
@@ -332,9 +340,19 @@ impl<T: Send + 'static> KafkaSink<T> {
                 busy: HashSet::new(),
                 plain: None,
                 began: RdClock::now(),
+                trust_checkpoint: false,
+                trusted: Arc::default(),
                 unsent: None,
             },
         }
+    }
+
+    /// How many pre-committed transactions recovery took as committed on
+    /// the completed checkpoint's word, the log being unable to tell
+    /// ([`KafkaSinkBuilder::recovery_trusts_checkpoint`]); counted over
+    /// every subtask and restart of this sink.
+    pub fn transactions_trusted_on_recovery(&self) -> u64 {
+        self.trusted.load(Ordering::Relaxed)
     }
 }
 
@@ -374,6 +392,39 @@ impl<T> KafkaSinkBuilder<T> {
     #[must_use]
     pub fn restart_budget(mut self, budget: Duration) -> Self {
         self.sink.restart_budget = budget;
+        self
+    }
+
+    /// What recovery does with a pre-committed transaction that the broker
+    /// will not commit again and whose fate the log cannot tell, because
+    /// retention or compaction removed its records (a savepoint older than
+    /// the topic's retention, or a compacted output topic).
+    ///
+    /// By default (`false`) the job stops, naming the transaction: its
+    /// records may be lost, and only the user can check. With `true`,
+    /// recovery trusts the completed checkpoint: the sink committed the
+    /// transaction when that checkpoint completed, unless the job died
+    /// before it could and the broker then aborted it at its timeout. Each
+    /// transaction trusted is logged as a warning, with why the log could
+    /// not tell, and counted ([`KafkaSink::transactions_trusted_on_recovery`]).
+    ///
+    /// ```
+    /// use exactly_kafka::client::ClientSettings;
+    /// use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
+    ///
+    /// let sink = KafkaSink::builder(ClientSettings::new("127.0.0.1:9092"), "totals", |line: String| {
+    ///     OutputRecord::value(line)
+    /// })
+    /// .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+    /// .transactional_id_prefix("totals-job")
+    /// .recovery_trusts_checkpoint(true)
+    /// .build()
+    /// .unwrap();
+    /// assert_eq!(sink.transactions_trusted_on_recovery(), 0);
+    /// ```
+    #[must_use]
+    pub fn recovery_trusts_checkpoint(mut self, trust: bool) -> Self {
+        self.sink.trust_checkpoint = trust;
         self
     }
 
@@ -751,12 +802,25 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
             return Ok(());
         }
         // No restart changes what the log says (lost, or undecidable): stop.
-        let recovered = recover_transaction(&self.settings, &transaction).map_err(|e| match e {
-            RecoveryError::Lost { .. } | RecoveryError::Undecidable { .. } => {
-                Unrecoverable::boxed(e)
+        let recovered = match recover_transaction(&self.settings, &transaction) {
+            Ok(recovered) => recovered,
+            Err(RecoveryError::Undecidable { answer, reason, .. }) if self.trust_checkpoint => {
+                self.trusted.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    transaction = %transaction,
+                    %answer,
+                    %reason,
+                    trusted = self.trusted.load(Ordering::Relaxed),
+                    "the log cannot tell whether this transaction was committed; taking it as committed, as its \
+                     completed checkpoint says (recovery_trusts_checkpoint)"
+                );
+                return Ok(());
             }
-            other => other.into(),
-        })?;
+            Err(e @ (RecoveryError::Lost { .. } | RecoveryError::Undecidable { .. })) => {
+                return Err(Unrecoverable::boxed(e));
+            }
+            Err(other) => return Err(other.into()),
+        };
         tracing::info!(
             transaction = %transaction,
             answer = %recovered.answer,

@@ -104,7 +104,9 @@ pub enum RecoveryError {
     /// tell whether the transaction was committed.
     #[error(
         "committing {transaction} on recovery: {answer}, and the log cannot tell whether it was committed: \
-         {reason}. Restore a newer checkpoint, or check the output by hand"
+         {reason}. Restore a newer checkpoint, or check the output by hand; once checked, \
+         KafkaSinkBuilder::recovery_trusts_checkpoint(true) lets recovery take such a transaction as committed, as its \
+         completed checkpoint says"
     )]
     Undecidable {
         /// The transaction.
@@ -216,6 +218,13 @@ pub(crate) fn fate(
                 return Fate::Unknown(format!(
                     "offset {first} of partition {partition} is below its log start offset {log_start_offset} \
                      (retention or compaction removed it)"
+                ));
+            }
+            Some(TransactionOutcome::Removed) => {
+                return Fate::Unknown(format!(
+                    "the record at offset {first} of partition {partition} is no longer in the log (compaction removed \
+                     it, and may have removed the transaction's marker with it, so the producer's next marker may end \
+                     another transaction)"
                 ));
             }
             Some(TransactionOutcome::NotItsRecord { producer_id }) => {
@@ -519,7 +528,7 @@ mod tests {
 
     #[test]
     fn the_log_tells_committed_aborted_open_and_unknown_apart() {
-        use TransactionOutcome::{Aborted, Committed, Deleted, NotItsRecord, Open};
+        use TransactionOutcome::{Aborted, Committed, Deleted, NotItsRecord, Open, Removed};
         let txn = transaction(&[(0, 10), (1, 4)]);
         let outcomes = |p0, p1| BTreeMap::from([(0, p0), (1, p1)]);
         assert_eq!(fate(&txn, &outcomes(Committed, Committed)), Fate::Committed);
@@ -540,6 +549,13 @@ mod tests {
         assert!(
             deleted.contains("offset 4 of partition 1 is below its log start offset 5"),
             "{deleted}"
+        );
+        let Fate::Unknown(removed) = fate(&txn, &outcomes(Removed, Committed)) else {
+            panic!("a compacted first record is not committed");
+        };
+        assert!(
+            removed.contains("offset 10 of partition 0 is no longer in the log"),
+            "{removed}"
         );
         let other = fate(&txn, &outcomes(NotItsRecord { producer_id: 8 }, Committed));
         let Fate::Unknown(other) = other else {

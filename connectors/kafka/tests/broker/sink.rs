@@ -14,6 +14,8 @@ use exactly_kafka::sink::{
     recover_transaction,
 };
 use exactly_kafka::source::{KafkaHeader, KafkaRecord, KafkaSource};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -151,6 +153,69 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     recovered.open(&sink_context(Some(1))).unwrap();
     recovered.recover_and_commit(txn.clone()).unwrap();
     assert_eq!(visible(&broker, &topic).len(), 5);
+}
+
+/// Review finding 4 of issue 19: a savepoint older than the topic's
+/// retention holds a transaction whose records are gone from the log.
+/// Recovery cannot tell whether it was committed: by default the job
+/// stops, saying so; with `recovery_trusts_checkpoint(true)` recovery takes
+/// it as committed, and counts it.
+#[test]
+fn a_transaction_whose_records_retention_removed_stops_recovery_unless_the_checkpoint_is_trusted() {
+    let broker = broker();
+    let topic = unique_topic("sink-retention");
+    create_topic(&broker, &topic, 1);
+    let prefix = unique_topic("prefix");
+    let recorded = {
+        let mut sink = exactly_once(&broker, &topic, &prefix);
+        sink.open(&sink_context(None)).unwrap();
+        let mut txn = sink.begin_transaction(1).unwrap();
+        sink.write(&mut txn, records(3, "old")).unwrap();
+        sink.pre_commit(&mut txn).unwrap();
+        let recorded = txn.clone();
+        sink.commit(txn).unwrap();
+        recorded
+    };
+    assert_eq!(visible(&broker, &topic).len(), 3);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .create()
+        .unwrap();
+    let mut everything = TopicPartitionList::new();
+    everything
+        .add_partition_offset(&topic, 0, Offset::End)
+        .unwrap();
+    futures_executor::block_on(admin.delete_records(
+        &everything,
+        &AdminOptions::new().request_timeout(Some(RDKAFKA_TIMEOUT)),
+    ))
+    .unwrap();
+
+    let recover = |trust: bool| {
+        let mut sink = KafkaSink::builder(ClientSettings::new(&broker), &topic, |v: String| {
+            OutputRecord::value(v)
+        })
+        .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+        .transactional_id_prefix(&prefix)
+        .recovery_trusts_checkpoint(trust)
+        .build()
+        .unwrap();
+        sink.open(&sink_context(Some(1))).unwrap();
+        let result = sink.recover_and_commit(recorded.clone());
+        (result, sink.transactions_trusted_on_recovery())
+    };
+    let (stopped, trusted) = recover(false);
+    let error = stopped.expect_err("the log cannot tell, and nothing is trusted");
+    assert!(error.is::<Unrecoverable>(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("the log cannot tell") && text.contains("recovery_trusts_checkpoint(true)"),
+        "{text}"
+    );
+    assert_eq!(trusted, 0);
+    let (settled, trusted) = recover(true);
+    settled.unwrap();
+    assert_eq!(trusted, 1);
 }
 
 /// FLINK-8132: librdkafka keeps one producer id and epoch for every
