@@ -181,12 +181,44 @@ pub enum SavepointError {
     #[error("the job is stopping; no further savepoint can be taken")]
     Stopping,
     /// The savepoint's checkpoint expired before every task acknowledged it.
-    #[error("savepoint checkpoint {checkpoint} expired after {timeout:?}")]
+    /// The job keeps running, even after a stop-with-savepoint.
+    #[error(
+        "savepoint checkpoint {checkpoint} expired after {timeout:?}; the job keeps running: try again, or raise \
+         JobConfig::checkpoint_timeout if checkpoints take this long"
+    )]
     Expired {
         /// The id of the expired checkpoint.
         checkpoint: u64,
         /// The checkpoint timeout it exceeded.
         timeout: Duration,
+    },
+    /// The savepoint's checkpoint completed, but it could not be copied to
+    /// its target directory. The job keeps running, even after a
+    /// stop-with-savepoint.
+    #[error(
+        "cannot write the savepoint into {}: {source}; the job keeps running: give a target that does not exist \
+         yet, in a writable directory, and try again",
+        target.display()
+    )]
+    Export {
+        /// The savepoint's target directory.
+        target: PathBuf,
+        /// Why the copy failed.
+        #[source]
+        source: StorageError,
+    },
+    /// The job failed (a task failed to snapshot, a sink's pre-commit
+    /// failed, ...) while the savepoint was pending. The job restarts from
+    /// its last complete checkpoint as its restart strategy allows and, even
+    /// after a stop-with-savepoint, keeps running.
+    #[error(
+        "the job failed before the savepoint was taken ({cause}); it restarts from its last complete checkpoint \
+         and keeps running: remove the cause and ask for the savepoint again"
+    )]
+    AttemptFailed {
+        /// The failure, as the job reported it (the job keeps the error
+        /// itself to restart from it).
+        cause: String,
     },
 }
 

@@ -197,7 +197,8 @@ impl JobHandle {
     ///
     /// # Errors
     ///
-    /// No checkpoint storage, the job already stopping, or a storage error.
+    /// No checkpoint storage, the job already stopping, or a
+    /// [`SavepointError`]; after any of them the job keeps running.
     pub async fn savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
         self.request_savepoint(dir.into(), false).await
     }
@@ -208,9 +209,18 @@ impl JobHandle {
     /// repeats output. Returns the savepoint's path; [`JobHandle::join`]
     /// then returns once the job has ended.
     ///
+    /// The job stops only once the savepoint is written. If it fails, the
+    /// job keeps running (as in Flink) and the error is returned: call this
+    /// again once the cause is removed. (A [`JobHandle::stop`] received
+    /// meanwhile, or the end of every source, still stops the job.)
+    ///
     /// # Errors
     ///
-    /// As [`JobHandle::savepoint`].
+    /// As [`JobHandle::savepoint`], in particular
+    /// [`SavepointError::Export`] (the target cannot be written),
+    /// [`SavepointError::Expired`] (the checkpoint timed out) and
+    /// [`SavepointError::AttemptFailed`] (a task failed, for example a
+    /// snapshot or a sink's pre-commit; the job restarts).
     pub async fn stop_with_savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
         self.request_savepoint(dir.into(), true).await
     }

@@ -1257,3 +1257,146 @@ fn a_job_stopped_with_a_savepoint_resumes_from_it_exactly() {
         .unwrap();
     assert_exactly_once(&sink.committed(), records);
 }
+
+/// A source that never ends: it counts up from where it was restored, a
+/// few records a call.
+#[derive(Clone, Default)]
+struct Endless {
+    next: u64,
+}
+
+impl Source for Endless {
+    type Item = u64;
+    type Position = u64;
+
+    fn name(&self) -> String {
+        "endless".into()
+    }
+    async fn open(
+        &mut self,
+        _ctx: &exactly::source::SubtaskContext,
+        restored: Vec<u64>,
+    ) -> Result<(), BoxError> {
+        self.next = restored.into_iter().max().unwrap_or(0);
+        Ok(())
+    }
+    async fn poll_batch(
+        &mut self,
+        out: &mut Vec<u64>,
+        max: usize,
+    ) -> Result<exactly::source::SourcePoll, BoxError> {
+        let n = max.min(4) as u64;
+        out.extend(self.next..self.next + n);
+        self.next += n;
+        Ok(exactly::source::SourcePoll::Data)
+    }
+    fn position(&self) -> u64 {
+        self.next
+    }
+}
+
+/// Waits until the job has completed `more` checkpoints beyond `from`,
+/// failing if it ends first.
+async fn completes_more_checkpoints(handle: &exactly::JobHandle, from: u64, more: u64) {
+    while handle.metrics().checkpoints_completed < from + more {
+        assert!(
+            !handle.is_finished(),
+            "the job ended although its stop-with-savepoint failed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A stop-with-savepoint whose savepoint cannot be written (its target is
+/// under a regular file) returns the error and leaves the job running, as
+/// Flink does; a second one into a good directory stops the job.
+#[test]
+fn a_failed_stop_with_savepoint_leaves_the_job_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-regular-file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let sink = CollectSink::new();
+    let job = Job::new("endless", config(&dir.path().join("checkpoints")));
+    job.source(Endless::default())
+        .operator(slow)
+        .sink(sink.clone());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        completes_more_checkpoints(&handle, 0, 1).await;
+        let err = handle
+            .stop_with_savepoint(blocker.join("savepoint"))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("a-regular-file/savepoint"),
+            "the error does not name the target: {message}"
+        );
+        let completed = handle.metrics().checkpoints_completed;
+        let committed = sink.committed().len();
+        completes_more_checkpoints(&handle, completed, 2).await;
+        assert!(
+            sink.committed().len() > committed,
+            "no record reached the sink after the failed savepoint"
+        );
+        assert!(
+            matches!(
+                err,
+                Error::Savepoint(exactly::SavepointError::Export { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(message.contains("keeps running"), "{message}");
+        let good = dir.path().join("savepoint");
+        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
+        handle.join().await.unwrap();
+        assert!(good.join("_metadata").exists());
+    });
+}
+
+/// A stop-with-savepoint during which a sink's pre-commit fails returns
+/// the failure; the job restarts from its last checkpoint and keeps
+/// running, and a second stop-with-savepoint stops it.
+#[test]
+fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let hook_armed = Arc::clone(&armed);
+    let hook: exactly::fault::FaultHook = Arc::new(move |event| {
+        if matches!(
+            event.point,
+            exactly::fault::FaultPoint::AfterPreCommit { .. }
+        ) && hook_armed.swap(false, Ordering::SeqCst)
+        {
+            return Err("the sink's pre-commit failed".into());
+        }
+        Ok(())
+    });
+    let sink = CollectSink::new();
+    let job = Job::new(
+        "endless",
+        config(&dir.path().join("checkpoints")).fault_hook(hook),
+    );
+    job.source(Endless::default())
+        .operator(slow)
+        .sink(sink.clone());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        completes_more_checkpoints(&handle, 0, 1).await;
+        armed.store(true, Ordering::SeqCst);
+        let err = handle
+            .stop_with_savepoint(dir.path().join("failed"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the sink's pre-commit failed"),
+            "the error does not give the cause: {err}"
+        );
+        let completed = handle.metrics().checkpoints_completed;
+        completes_more_checkpoints(&handle, completed, 2).await;
+        assert_eq!(handle.metrics().restarts, 1);
+        let good = dir.path().join("savepoint");
+        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
+        handle.join().await.unwrap();
+    });
+}

@@ -39,6 +39,10 @@ pub(crate) enum SourceCommand {
     Trigger { barrier: Barrier, pause_after: bool },
     /// The final checkpoint is complete: end the stream.
     Stop,
+    /// The final checkpoint of a stop-with-savepoint did not give its
+    /// savepoint: the job goes on, so read on (Flink leaves a job whose
+    /// stop-with-savepoint failed running).
+    Resume,
 }
 
 /// A report from a task to the coordinator.
@@ -72,6 +76,49 @@ pub(crate) enum JobCommand {
     Stop,
 }
 
+/// A savepoint request: its target directory and where its answer goes.
+type SavepointRequest = (PathBuf, oneshot::Sender<Result<PathBuf>>);
+
+/// What the user asked of the job through its handle, kept across
+/// attempts by the executor: a stop received by an attempt that then fails
+/// is carried out by the next one, and a savepoint pending when an attempt
+/// fails is answered with the failure (the job goes on).
+#[derive(Default)]
+pub(crate) struct Requests {
+    /// `JobHandle::stop` was received.
+    pub(crate) stop: bool,
+    /// Savepoints waiting for a checkpoint, in order.
+    queued: VecDeque<SavepointRequest>,
+    /// The stop-with-savepoint waiting for the final checkpoint, which
+    /// alone takes it.
+    stop_with_savepoint: Option<SavepointRequest>,
+    /// The answer of the savepoint the checkpoint in flight takes.
+    in_flight: Option<oneshot::Sender<Result<PathBuf>>>,
+}
+
+impl Requests {
+    /// Every savepoint answer still owed.
+    fn replies(&mut self) -> impl Iterator<Item = oneshot::Sender<Result<PathBuf>>> + '_ {
+        self.queued
+            .drain(..)
+            .chain(self.stop_with_savepoint.take())
+            .map(|(_, reply)| reply)
+            .chain(self.in_flight.take())
+    }
+
+    /// The attempt failed with `cause`: every savepoint it owed fails with
+    /// it, and the job restarts without them (a stop-with-savepoint among
+    /// them does not stop it).
+    pub(crate) fn attempt_failed(&mut self, cause: &Error) {
+        for reply in self.replies() {
+            let _ = reply.send(Err(SavepointError::AttemptFailed {
+                cause: cause.to_string(),
+            }
+            .into()));
+        }
+    }
+}
+
 /// What every task of an attempt shares with the coordinator.
 #[derive(Clone)]
 pub(crate) struct TaskLink {
@@ -101,7 +148,9 @@ struct InFlight {
     acked: HashSet<(usize, usize)>,
     handles: Vec<TaskStateHandle>,
     is_final: bool,
-    savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)>,
+    /// Where its savepoint goes, if it takes one; the answer waits in
+    /// [`Requests::in_flight`].
+    savepoint: Option<PathBuf>,
 }
 
 /// The coordinator of one attempt.
@@ -133,33 +182,38 @@ impl Coordinator {
         self.faults.check(point, None, self.attempt)
     }
 
-    /// Runs until every task has finished (all event senders are gone).
-    /// Runs one attempt's checkpoints. `stop_requested` outlives the
-    /// attempt: a stop received by an attempt that then fails is carried
-    /// out by the next one.
+    /// Runs one attempt's checkpoints until every task has finished (all
+    /// event senders are gone). `requests` outlive the attempt: a stop
+    /// received by an attempt that then fails is carried out by the next
+    /// one.
+    ///
+    /// A stop-with-savepoint makes the next checkpoint the final one, but
+    /// stops the job only once its savepoint is written: when the
+    /// checkpoint expires or the savepoint cannot be exported, the sources
+    /// read on and the job keeps running (unless a plain stop or the end
+    /// of every source also asked for the final checkpoint).
     pub(crate) async fn run(
         mut self,
         commands: &mut UnboundedReceiver<JobCommand>,
-        stop_requested: &mut bool,
+        requests: &mut Requests,
     ) -> Result<()> {
         let mut in_flight: Option<InFlight> = None;
         let mut last_trigger = Instant::now();
         let mut last_done = Instant::now();
-        let mut finishing = *stop_requested;
         let mut final_done = false;
         let mut sources_finished = 0;
-        let mut savepoints: VecDeque<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = VecDeque::new();
-        // The savepoint of a stop-with-savepoint: only the final checkpoint
-        // takes it.
-        let mut final_savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)> = None;
         let mut commands_open = true;
 
         loop {
+            // A plain stop, or the end of every source: the job stops
+            // whatever becomes of a savepoint.
+            let stopping = requests.stop || sources_finished == self.sources.len();
+            let finishing = stopping || requests.stop_with_savepoint.is_some();
             let deadline = if final_done {
                 None
             } else if let Some(flight) = &in_flight {
                 Some(flight.started + self.plan.timeout)
-            } else if finishing || !savepoints.is_empty() {
+            } else if finishing || !requests.queued.is_empty() {
                 Some(Instant::now())
             } else {
                 self.plan
@@ -175,17 +229,12 @@ impl Coordinator {
             tokio::select! {
                 event = self.events.recv() => match event {
                     None => {
-                        for (_, reply) in savepoints.drain(..).chain(final_savepoint.take()) {
+                        for reply in requests.replies() {
                             let _ = reply.send(Err(SavepointError::EndedBeforeSavepoint.into()));
                         }
                         return Ok(());
                     }
-                    Some(TaskEvent::SourceFinished) => {
-                        sources_finished += 1;
-                        if sources_finished == self.sources.len() {
-                            finishing = true;
-                        }
-                    }
+                    Some(TaskEvent::SourceFinished) => sources_finished += 1,
                     Some(TaskEvent::Ack { checkpoint, stage, subtask, handle }) => {
                         let Some(flight) = in_flight.as_mut().filter(|f| f.id == checkpoint) else {
                             continue;
@@ -198,63 +247,70 @@ impl Coordinator {
                         if flight.acked.len() == self.expected_acks {
                             let flight = in_flight.take().expect("checked above");
                             let is_final = flight.is_final;
-                            self.complete(flight).await?;
+                            let saved = self.complete(flight, requests).await?;
                             last_done = Instant::now();
-                            if is_final {
+                            if is_final && (saved || stopping) {
                                 final_done = true;
-                                for source in &self.sources {
-                                    let _ = source.send(SourceCommand::Stop);
-                                }
+                                self.tell_sources(|| SourceCommand::Stop);
+                            } else if is_final {
+                                self.tell_sources(|| SourceCommand::Resume);
                             }
                         }
                     }
                 },
                 command = commands.recv(), if commands_open => match command {
                     None => commands_open = false,
-                    Some(JobCommand::Stop) => {
-                        finishing = true;
-                        *stop_requested = true;
-                    }
+                    Some(JobCommand::Stop) => requests.stop = true,
                     Some(JobCommand::Savepoint { target, reply, stop }) => {
                         if self.storage.is_none() {
                             let _ = reply.send(Err(Error::config(
                                 "checkpoint_dir",
                                 "savepoints need checkpoint storage: call JobConfig::checkpoint_dir(path)",
                             )));
-                        } else if final_done {
+                        } else if final_done || (stop && requests.stop_with_savepoint.is_some()) {
                             let _ = reply.send(Err(SavepointError::Stopping.into()));
                         } else if stop {
-                            final_savepoint = Some((target, reply));
-                            finishing = true;
-                            *stop_requested = true;
+                            requests.stop_with_savepoint = Some((target, reply));
                         } else {
-                            savepoints.push_back((target, reply));
+                            requests.queued.push_back((target, reply));
                         }
                     }
                 },
                 () = sleep => {
                     if let Some(flight) = in_flight.take() {
-                        self.expire(flight).await;
+                        let is_final = flight.is_final;
+                        self.expire(flight, requests).await;
                         last_done = Instant::now();
+                        if is_final && !stopping {
+                            self.tell_sources(|| SourceCommand::Resume);
+                        }
                     } else {
                         let savepoint = if finishing {
-                            final_savepoint.take().or_else(|| savepoints.pop_front())
+                            requests.stop_with_savepoint.take().or_else(|| requests.queued.pop_front())
                         } else {
-                            savepoints.pop_front()
+                            requests.queued.pop_front()
                         };
+                        let target = savepoint.map(|(target, reply)| {
+                            requests.in_flight = Some(reply);
+                            target
+                        });
                         last_trigger = Instant::now();
-                        in_flight = Some(self.trigger(finishing, savepoint).await?);
+                        in_flight = Some(self.trigger(finishing, target).await?);
                     }
                 }
             }
         }
     }
 
-    async fn trigger(
-        &mut self,
-        is_final: bool,
-        savepoint: Option<(PathBuf, oneshot::Sender<Result<PathBuf>>)>,
-    ) -> Result<InFlight> {
+    /// Sends `command` to every source subtask. A source that is gone has
+    /// failed; its task reports the error.
+    fn tell_sources(&self, command: impl Fn() -> SourceCommand) {
+        for source in &self.sources {
+            let _ = source.send(command());
+        }
+    }
+
+    async fn trigger(&mut self, is_final: bool, savepoint: Option<PathBuf>) -> Result<InFlight> {
         let id = self.next_id;
         self.next_id += 1;
         self.fault(FaultPoint::CheckpointTriggered { checkpoint: id })?;
@@ -265,13 +321,10 @@ impl Coordinator {
         }
         tracing::debug!(job = %self.job, checkpoint = id, is_final, "triggering checkpoint");
         let barrier = Barrier { checkpoint_id: id };
-        for source in &self.sources {
-            // A source that is gone has failed; its task reports the error.
-            let _ = source.send(SourceCommand::Trigger {
-                barrier,
-                pause_after: is_final,
-            });
-        }
+        self.tell_sources(|| SourceCommand::Trigger {
+            barrier,
+            pause_after: is_final,
+        });
         Ok(InFlight {
             id,
             started: Instant::now(),
@@ -283,7 +336,7 @@ impl Coordinator {
         })
     }
 
-    async fn expire(&mut self, flight: InFlight) {
+    async fn expire(&mut self, flight: InFlight, requests: &mut Requests) {
         tracing::warn!(
             job = %self.job,
             checkpoint = flight.id,
@@ -293,7 +346,7 @@ impl Coordinator {
             self.expected_acks
         );
         JobMetrics::add(&self.metrics.checkpoints_expired, 1);
-        if let Some((_, reply)) = flight.savepoint {
+        if let Some(reply) = flight.savepoint.and(requests.in_flight.take()) {
             let _ = reply.send(Err(SavepointError::Expired {
                 checkpoint: flight.id,
                 timeout: self.plan.timeout,
@@ -315,7 +368,10 @@ impl Coordinator {
         }
     }
 
-    async fn complete(&mut self, flight: InFlight) -> Result<()> {
+    /// Completes checkpoint `flight` and exports its savepoint, if it
+    /// takes one. Returns `false` when that savepoint could not be written
+    /// (the error went to its requester).
+    async fn complete(&mut self, flight: InFlight, requests: &mut Requests) -> Result<bool> {
         let id = flight.id;
         self.fault(FaultPoint::BeforeCheckpointComplete { checkpoint: id })?;
         let bytes: u64 = flight.handles.iter().map(|h| h.bytes).sum();
@@ -352,31 +408,36 @@ impl Coordinator {
         JobMetrics::set(&self.metrics.last_checkpoint_bytes, bytes);
         tracing::debug!(job = %self.job, checkpoint = id, ?took, bytes, "checkpoint complete");
 
+        let mut saved = true;
         if let (Some(storage), Some(done)) = (self.storage.clone(), completed) {
             let retained = self.plan.retained;
             let savepoint = flight.savepoint;
-            let result = self
+            let (retain, exported) = self
                 .blocking
                 .run("retain and export checkpoints", move || {
-                    let exported = savepoint.map(|(target, reply)| {
-                        let result = storage
+                    let exported = savepoint.map(|target| {
+                        storage
                             .export_savepoint(&done, &target)
                             .map(|sp| sp.path)
-                            .map_err(Error::from);
-                        (result, reply)
+                            .map_err(|source| SavepointError::Export { target, source })
                     });
                     (storage.retain(retained), exported)
                 })
                 .await?;
-            let (retain, exported) = result;
             if let Err(e) = retain {
                 tracing::warn!(job = %self.job, "could not delete old checkpoints: {e}");
             }
-            if let Some((result, reply)) = exported {
-                let _ = reply.send(result);
+            if let Some(result) = exported {
+                saved = result.is_ok();
+                if let Err(e) = &result {
+                    tracing::warn!(job = %self.job, checkpoint = id, "{e}");
+                }
+                if let Some(reply) = requests.in_flight.take() {
+                    let _ = reply.send(result.map_err(Error::from));
+                }
             }
         }
-        Ok(())
+        Ok(saved)
     }
 }
 
@@ -422,7 +483,11 @@ mod tests {
             metrics: Arc::clone(&metrics),
             blocking: BlockingCalls::default(),
         };
-        let task = tokio::spawn(async move { coordinator.run(&mut commands, &mut false).await });
+        let task = tokio::spawn(async move {
+            coordinator
+                .run(&mut commands, &mut Requests::default())
+                .await
+        });
         Harness {
             source,
             events,
@@ -544,6 +609,18 @@ mod tests {
         h.task.await.unwrap().unwrap();
     }
 
+    /// A coordinator on local storage in a new directory, with one source
+    /// subtask, once its first checkpoint is complete.
+    async fn past_a_first_checkpoint(plan: CheckpointPlan) -> (tempfile::TempDir, Harness) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
+        let mut h = start(plan, 1, Some(storage));
+        assert_eq!(next_trigger(&mut h).await, (1, false));
+        ack(&h, 1, 0);
+        h.completed.changed().await.unwrap();
+        (dir, h)
+    }
+
     /// Stop-with-savepoint while a regular checkpoint is due: the savepoint
     /// is the final checkpoint, the one that pauses the sources. The handle
     /// used to send a savepoint request and then a stop request; when its
@@ -555,22 +632,10 @@ mod tests {
     /// apart gets `(2, false)`: the savepoint on a regular checkpoint.
     #[tokio::test]
     async fn a_stop_with_savepoint_is_taken_by_the_final_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
-        let mut h = start(plan(1, 60_000, 0), 1, Some(storage));
-        assert_eq!(next_trigger(&mut h).await, (1, false));
-        ack(&h, 1, 0);
-        h.completed.changed().await.unwrap();
+        let (dir, mut h) = past_a_first_checkpoint(plan(1, 60_000, 0)).await;
         // No checkpoint in flight, the next regular one due in 1 ms.
-        let (reply, answer) = tokio::sync::oneshot::channel();
         let target = dir.path().join("savepoint");
-        h._commands
-            .send(JobCommand::Savepoint {
-                target: target.clone(),
-                reply,
-                stop: true,
-            })
-            .unwrap();
+        let answer = stop_with_savepoint(&h, target.clone());
         assert_eq!(
             next_trigger(&mut h).await,
             (2, true),
@@ -580,5 +645,61 @@ mod tests {
         assert_eq!(answer.await.unwrap().unwrap(), target);
         let saved = LocalStorage::open_checkpoint(&target).unwrap();
         assert_eq!(saved.id(), 2, "the savepoint is the final checkpoint");
+    }
+
+    /// Sends a stop-with-savepoint into `target` and returns its answer.
+    fn stop_with_savepoint(h: &Harness, target: PathBuf) -> oneshot::Receiver<Result<PathBuf>> {
+        let (reply, answer) = oneshot::channel();
+        h._commands
+            .send(JobCommand::Savepoint {
+                target,
+                reply,
+                stop: true,
+            })
+            .unwrap();
+        answer
+    }
+
+    /// A stop-with-savepoint whose savepoint cannot be written (its target
+    /// is under a regular file), or whose checkpoint expires, tells the
+    /// sources to read on, and the regular checkpoints go on; only a
+    /// savepoint that was written stops them.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_stop_with_savepoint_resumes_the_sources() {
+        let (dir, mut h) = past_a_first_checkpoint(plan(100, 300, 0)).await;
+
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let answer = stop_with_savepoint(&h, dir.path().join("file/savepoint"));
+        assert_eq!(next_trigger(&mut h).await, (2, true));
+        ack(&h, 2, 0);
+        let err = answer.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::Savepoint(SavepointError::Export { .. })),
+            "{err:?}"
+        );
+        assert!(matches!(h.source.recv().await, Some(SourceCommand::Resume)));
+        assert_eq!(next_trigger(&mut h).await, (3, false), "checkpoints go on");
+        ack(&h, 3, 0);
+
+        let answer = stop_with_savepoint(&h, dir.path().join("never"));
+        assert_eq!(next_trigger(&mut h).await, (4, true));
+        let err = answer.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Savepoint(SavepointError::Expired { checkpoint: 4, .. })
+            ),
+            "{err:?}"
+        );
+        assert!(matches!(h.source.recv().await, Some(SourceCommand::Resume)));
+        assert_eq!(next_trigger(&mut h).await, (5, false), "checkpoints go on");
+        ack(&h, 5, 0);
+
+        let good = dir.path().join("savepoint");
+        let answer = stop_with_savepoint(&h, good.clone());
+        assert_eq!(next_trigger(&mut h).await, (6, true));
+        ack(&h, 6, 0);
+        assert_eq!(answer.await.unwrap().unwrap(), good);
+        assert!(matches!(h.source.recv().await, Some(SourceCommand::Stop)));
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::instrument::WithSubscriber;
 
 use super::blocking::{self, BlockingCalls};
-use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, TaskLink};
+use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, Requests, TaskLink};
 use super::element::{BoxFuture, RestoredStage};
 use super::env::SubtaskEnv;
 use super::exchange::DownstreamStopped;
@@ -63,7 +63,7 @@ pub(crate) fn start(
         config,
         metrics: Arc::clone(&metrics),
         commands: commands_rx,
-        stop_requested: false,
+        requests: Requests::default(),
     };
     let reporter_metrics = Arc::clone(&metrics);
     let job = async move {
@@ -90,8 +90,9 @@ struct Executor {
     config: JobConfig,
     metrics: Arc<JobMetrics>,
     commands: UnboundedReceiver<JobCommand>,
-    /// Whether `JobHandle::stop` was received, by any attempt.
-    stop_requested: bool,
+    /// The stop and savepoints asked for through the handle, kept across
+    /// attempts.
+    requests: Requests,
 }
 
 /// Whether a failure may be retried.
@@ -347,7 +348,7 @@ impl Executor {
         };
 
         let outcome = {
-            let coordinator = coordinator.run(&mut self.commands, &mut self.stop_requested);
+            let coordinator = coordinator.run(&mut self.commands, &mut self.requests);
             tokio::pin!(coordinator);
             let mut coordinator_done = false;
             loop {
@@ -393,6 +394,9 @@ impl Executor {
                 Err(cause)
             }
         };
+        if let Err(cause) = &outcome {
+            self.requests.attempt_failed(cause);
+        }
         blocking.wait_idle().await;
         outcome.map_err(|e| {
             if e.is_unrecoverable() {

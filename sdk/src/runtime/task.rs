@@ -87,8 +87,11 @@ enum SourceMode {
     Reading,
     /// The input is exhausted; barriers are still answered.
     Finished,
-    /// The final checkpoint's barrier was emitted; waiting for the stop.
-    Draining,
+    /// The final checkpoint's barrier was emitted; waiting for the stop, or
+    /// for the order to read on (`finished`: the input had ended before).
+    Draining {
+        finished: bool,
+    },
     Stopped,
 }
 
@@ -142,7 +145,20 @@ pub(crate) async fn run_source<S: Source>(
                 pipe.barrier(barrier, &mut snapshot).await?;
                 acknowledge(env, barrier, snapshot).await?;
                 if pause_after {
-                    *mode = SourceMode::Draining;
+                    let finished = matches!(
+                        *mode,
+                        SourceMode::Finished | SourceMode::Draining { finished: true }
+                    );
+                    *mode = SourceMode::Draining { finished };
+                }
+            }
+            SourceCommand::Resume => {
+                if let SourceMode::Draining { finished } = *mode {
+                    *mode = if finished {
+                        SourceMode::Finished
+                    } else {
+                        SourceMode::Reading
+                    };
                 }
             }
             SourceCommand::Stop => {
@@ -211,7 +227,7 @@ pub(crate) async fn run_source<S: Source>(
                     }
                 }
             }
-            SourceMode::Finished | SourceMode::Draining => Some(Duration::MAX),
+            SourceMode::Finished | SourceMode::Draining { .. } => Some(Duration::MAX),
             SourceMode::Stopped => return Ok(()),
         };
         if let Some(wait) = wait {
