@@ -105,7 +105,7 @@ impl Default for JobConfig {
         JobConfig {
             parallelism: 1,
             checkpoint_interval: None,
-            checkpoint_timeout: Duration::from_secs(600),
+            checkpoint_timeout: Duration::from_secs(300),
             min_pause: Duration::ZERO,
             retained: 3,
             storage: None,
@@ -148,8 +148,12 @@ impl JobConfig {
         self
     }
 
-    /// A checkpoint not complete after this long is abandoned (default 10
-    /// minutes, as in Flink).
+    /// A checkpoint not complete after this long is abandoned (default 5
+    /// minutes; Flink's is 10). A transactional sink's transaction can live
+    /// up to about two checkpoint timeouts
+    /// ([`JobSettings::longest_transaction_lifetime`](crate::preflight::JobSettings::longest_transaction_lifetime)),
+    /// and 5 minutes keeps that, plus a restart, within Kafka's default
+    /// 15-minute transaction timeout.
     #[must_use]
     pub fn checkpoint_timeout(mut self, timeout: Duration) -> Self {
         self.checkpoint_timeout = timeout;

@@ -24,8 +24,41 @@ pub struct JobSettings {
     pub checkpoint_interval: Option<Duration>,
     /// The checkpoint timeout.
     pub checkpoint_timeout: Duration,
+    /// The least pause between the end of one checkpoint and the start of
+    /// the next.
+    pub min_pause: Duration,
     /// The restart strategy.
     pub restart: RestartStrategy,
+}
+
+impl JobSettings {
+    /// The longest a two-phase-commit sink's transaction can live, from
+    /// its beginning to the completion of the checkpoint that commits it,
+    /// in a run where every checkpoint completes within the checkpoint
+    /// timeout; `None` without periodic checkpoints.
+    ///
+    /// A transaction begins when the barrier of the checkpoint before
+    /// reaches the sink, no earlier than that checkpoint's trigger, and is
+    /// committed when its own checkpoint completes, no later than that
+    /// checkpoint's trigger plus the timeout. Checkpoints are triggered
+    /// one interval apart, or, after one that took up to the whole
+    /// timeout, the minimum pause after it ended: so the bound is
+    /// `max(interval, timeout + min pause) + timeout`. The runtime fails an
+    /// attempt rather than let a transaction outlive its sink's
+    /// [`transaction_timeout`](crate::sink::TwoPhaseCommitSink::transaction_timeout),
+    /// and it does so in such a run exactly when this bound reaches it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use exactly::preflight::JobSettings;
+    /// # fn bound(settings: &JobSettings) -> Option<Duration> {
+    /// settings.longest_transaction_lifetime()
+    /// # }
+    /// ```
+    pub fn longest_transaction_lifetime(&self) -> Option<Duration> {
+        let interval = self.checkpoint_interval?;
+        Some(interval.max(self.checkpoint_timeout + self.min_pause) + self.checkpoint_timeout)
+    }
 }
 
 /// What a preflight check found.
@@ -104,6 +137,7 @@ mod tests {
             job: "j".into(),
             checkpoint_interval: interval.map(Duration::from_millis),
             checkpoint_timeout: Duration::from_secs(60),
+            min_pause: Duration::ZERO,
             restart: RestartStrategy::default(),
         }
     }
@@ -112,6 +146,27 @@ mod tests {
         f: impl Fn(&JobSettings) -> Result<PreflightReport, BoxError> + Send + Sync + 'static,
     ) -> PreflightCheck {
         Box::new(f)
+    }
+
+    #[test]
+    fn the_longest_transaction_lifetime_follows_a_slow_checkpoint_with_another() {
+        let mut job = settings(Some(1_000));
+        assert_eq!(
+            job.longest_transaction_lifetime(),
+            Some(Duration::from_secs(120)),
+            "a 60 s checkpoint, then another"
+        );
+        job.min_pause = Duration::from_secs(5);
+        assert_eq!(
+            job.longest_transaction_lifetime(),
+            Some(Duration::from_secs(125))
+        );
+        let slow_interval = settings(Some(100_000));
+        assert_eq!(
+            slow_interval.longest_transaction_lifetime(),
+            Some(Duration::from_secs(160))
+        );
+        assert_eq!(settings(None).longest_transaction_lifetime(), None);
     }
 
     #[test]

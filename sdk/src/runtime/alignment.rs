@@ -155,7 +155,7 @@ mod tests {
     }
 
     fn barrier(id: u64) -> Message<u32> {
-        Message::Barrier(Barrier { checkpoint_id: id })
+        Message::Barrier(Barrier::new(id))
     }
 
     async fn events(gate: &mut InputGate<u32>, count: usize) -> Vec<String> {

@@ -320,14 +320,17 @@ impl Coordinator {
                 .await??;
         }
         tracing::debug!(job = %self.job, checkpoint = id, is_final, "triggering checkpoint");
-        let barrier = Barrier { checkpoint_id: id };
+        // The expiry is measured from `started`; the barrier's own time,
+        // which sinks count from, is no earlier.
+        let started = Instant::now();
+        let barrier = Barrier::new(id);
         self.tell_sources(|| SourceCommand::Trigger {
             barrier,
             pause_after: is_final,
         });
         Ok(InFlight {
             id,
-            started: Instant::now(),
+            started,
             triggered_unix_ms: unix_ms(),
             acked: HashSet::new(),
             handles: Vec::new(),

@@ -328,9 +328,8 @@ mod tests {
             ExchangePipe::new(channels.senders(0, 0), Partitioner::Hash(hash), "t".into());
         pipe.push(&mut (0..30).collect()).await.unwrap();
         let mut snap = SnapshotWriter::new(crate::codec::Codec::Bincode);
-        pipe.barrier(Barrier { checkpoint_id: 1 }, &mut snap)
-            .await
-            .unwrap();
+        let barrier = Barrier::new(1);
+        pipe.barrier(barrier, &mut snap).await.unwrap();
         for d in 0..3 {
             let (mut rx, _) = channels.take_receivers(d).pop().unwrap();
             let Some(Message::Batch(batch)) = rx.recv().await else {
@@ -339,7 +338,7 @@ mod tests {
             assert!(batch.iter().all(|k| key_subtask(k, 3) == d));
             assert!(matches!(
                 rx.recv().await,
-                Some(Message::Barrier(Barrier { checkpoint_id: 1 }))
+                Some(Message::Barrier(forwarded)) if forwarded == barrier
             ));
         }
     }

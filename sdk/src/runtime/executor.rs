@@ -219,6 +219,7 @@ impl Executor {
             job: self.name.clone(),
             checkpoint_interval: self.config.checkpoint_interval,
             checkpoint_timeout: self.config.checkpoint_timeout,
+            min_pause: self.config.min_pause,
             restart: self.config.restart,
         };
         let checks = std::mem::take(&mut self.graph.preflight);

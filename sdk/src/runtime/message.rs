@@ -4,11 +4,27 @@
 //! Owns: [`Barrier`] and [`Message`]. Does not own the queues
 //! ([`super::exchange`]) or what a task does on a barrier ([`super::task`]).
 
+use std::time::Instant;
+
 /// A checkpoint barrier: every record before it belongs to checkpoint
 /// `checkpoint_id`, every record after it to the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Barrier {
     pub(crate) checkpoint_id: u64,
+    /// When the coordinator triggered the checkpoint: it expires at this
+    /// plus the checkpoint timeout, so a sink knows by when the
+    /// checkpoint that commits its transaction completes, if it does.
+    pub(crate) triggered: Instant,
+}
+
+impl Barrier {
+    /// The barrier of checkpoint `checkpoint_id`, triggered now.
+    pub(crate) fn new(checkpoint_id: u64) -> Self {
+        Barrier {
+            checkpoint_id,
+            triggered: Instant::now(),
+        }
+    }
 }
 
 /// One item on an inter-task queue.

@@ -97,10 +97,16 @@ pub trait TwoPhaseCommitSink: Clone + Send + 'static {
         Ok(PreflightReport::new())
     }
 
-    /// How long the external system keeps a transaction open before it
-    /// aborts it on its own (Kafka's `transaction.timeout.ms`), if it does.
-    /// The runtime then fails the attempt, to replay from the last complete
-    /// checkpoint, before a transaction could outlive it uncommitted.
+    /// How long after it begins a transaction must be committed, if the
+    /// external system aborts transactions on its own: Kafka's
+    /// `transaction.timeout.ms`, less the time a restart may take to
+    /// recover it. At every barrier the runtime checks when the checkpoint
+    /// that would commit the sink's transactions expires, at the latest;
+    /// if a transaction could outlive this by then, it fails the attempt
+    /// to replay from the last complete checkpoint, before the checkpoint
+    /// completes. A job whose
+    /// [`JobSettings::longest_transaction_lifetime`](crate::preflight::JobSettings::longest_transaction_lifetime)
+    /// stays below this is never failed so while its checkpoints complete.
     fn transaction_timeout(&self) -> Option<std::time::Duration> {
         None
     }

@@ -41,7 +41,7 @@ mod preflight;
 mod producer;
 mod recovery;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,7 @@ use std::time::Duration;
 use exactly::preflight::{JobSettings, PreflightReport};
 use exactly::sink::{SinkContext, TwoPhaseCommitSink};
 use exactly::{BoxError, Unrecoverable};
+use exactly_kafka_wire::transactions::{ListError, Listed};
 use serde::{Deserialize, Serialize};
 
 use self::error::{failed, kafka_failed};
@@ -193,6 +194,10 @@ pub struct KafkaSink<T> {
     trust_checkpoint: bool,
     /// Transactions recovery trusted, over every clone of the prototype.
     trusted: Arc<AtomicU64>,
+    /// The transactional-id prefixes of the transactions restored from the
+    /// checkpoint (an earlier run's, if the prefix changed since): the
+    /// start-up cleanup lists those too.
+    restored_prefixes: BTreeSet<String>,
     /// A record [`TwoPhaseCommitSink::try_write`] serialized but found no
     /// room for in the producer's queue; the `write` that follows sends it
     /// first.
@@ -233,6 +238,7 @@ impl<T> Clone for KafkaSink<T> {
             began: RdClock::now(),
             trust_checkpoint: self.trust_checkpoint,
             trusted: Arc::clone(&self.trusted),
+            restored_prefixes: BTreeSet::new(),
             unsent: None,
         }
     }
@@ -342,6 +348,7 @@ impl<T: Send + 'static> KafkaSink<T> {
                 began: RdClock::now(),
                 trust_checkpoint: false,
                 trusted: Arc::default(),
+                restored_prefixes: BTreeSet::new(),
                 unsent: None,
             },
         }
@@ -376,9 +383,10 @@ impl<T> KafkaSinkBuilder<T> {
     }
 
     /// `transaction.timeout.ms` (default 15 minutes, Kafka's default
-    /// broker maximum). It must outlast a checkpoint interval plus the
-    /// checkpoint timeout plus the restart budget, or transactions can be
-    /// aborted by the broker before they are committed; and it must not
+    /// broker maximum). It must outlast the longest a transaction can live
+    /// while checkpoints complete, `max(interval, checkpoint timeout + min
+    /// pause) + checkpoint timeout`, plus the restart budget, or the broker
+    /// could abort a transaction before it is committed; and it must not
     /// exceed the broker's `transaction.max.timeout.ms`, which the
     /// preflight reads with DescribeConfigs.
     #[must_use]
@@ -467,6 +475,42 @@ impl<T> KafkaSinkBuilder<T> {
     }
 }
 
+/// The prefix of a pool's transactional id `{prefix}-{subtask}-{slot}`.
+fn id_prefix(id: &str) -> Option<&str> {
+    let (rest, slot) = id.rsplit_once('-')?;
+    let (prefix, subtask) = rest.rsplit_once('-')?;
+    (slot.parse::<usize>().is_ok() && subtask.parse::<usize>().is_ok()).then_some(prefix)
+}
+
+/// What the start-up cleanup does with a listing of open transactions:
+/// a cluster without ListTransactions (Kafka before 3.0) leaves them to
+/// their timeout, with a warning; any other failure is an error, so that
+/// the restart strategy tries again rather than leave read_committed
+/// readers stalled behind them for up to the transaction timeout.
+fn listed_or_retry(
+    prefix: &str,
+    listed: Result<Vec<Listed>, ListError>,
+) -> Result<Vec<Listed>, BoxError> {
+    match listed {
+        Ok(listed) => Ok(listed),
+        Err(ListError::Unsupported(why)) => {
+            tracing::warn!(
+                %why,
+                prefix = %prefix,
+                "the cluster cannot list open transactions, so transactions left open under the prefix by subtasks \
+                 that no longer run are aborted only by their transaction.timeout.ms"
+            );
+            Ok(Vec::new())
+        }
+        Err(error) => Err(format!(
+            "listing the open transactions under `{prefix}` to abort those left by an earlier run: {error}; the \
+             restart strategy tries again (check that every broker is reachable and that the principal may \
+             Describe the transactional ids)"
+        )
+        .into()),
+    }
+}
+
 /// The subtask and slot of a transactional id `{prefix}{subtask}-{slot}`
 /// (with `prefix` ending in `-`), or `None` for another id that merely
 /// starts with the prefix.
@@ -525,25 +569,26 @@ impl<T> KafkaSink<T> {
     /// a broker that cannot list them leaves them to their timeout, with a
     /// warning.
     fn abort_lingering(&mut self) -> Result<(), BoxError> {
-        let prefix = format!("{}-", self.prefix.as_deref().unwrap_or_default());
-        let listed = match recovery::open_transactions_under(&self.settings, &prefix) {
-            Ok(Ok(listed)) => listed,
-            Ok(Err(error)) => {
-                tracing::warn!(
-                    %error,
-                    prefix = %prefix,
-                    "cannot list open transactions, so transactions left open under the prefix by subtasks that no \
-                     longer run are aborted only by their transaction.timeout.ms"
-                );
-                return Ok(());
-            }
-            Err(error) => return Err(failed("listing open transactions", None, error)),
-        };
-        for lingering in listed {
+        let current = self.prefix.clone().unwrap_or_default();
+        let mut prefixes = self.restored_prefixes.clone();
+        prefixes.insert(current.clone());
+        for prefix in prefixes {
+            self.abort_lingering_under(&prefix, prefix == current)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::abort_lingering`] for one prefix; `current` when it is the
+    /// pool's own, whose ids the pool covers.
+    fn abort_lingering_under(&mut self, prefix: &str, current: bool) -> Result<(), BoxError> {
+        let prefix = format!("{prefix}-");
+        let listed = recovery::open_transactions_under(&self.settings, &prefix)
+            .map_err(|error| failed("listing open transactions", None, error))?;
+        for lingering in listed_or_retry(&prefix, listed)? {
             let Some((subtask, slot)) = pool_position(&prefix, &lingering.transactional_id) else {
                 continue;
             };
-            let covered = subtask == self.subtask && slot < self.pool_size;
+            let covered = current && subtask == self.subtask && slot < self.pool_size;
             if subtask % self.parallelism != self.subtask || covered {
                 continue;
             }
@@ -568,6 +613,13 @@ impl<T> KafkaSink<T> {
             );
         }
         Ok(())
+    }
+
+    /// Keeps the prefix of a restored transaction for the start-up cleanup.
+    fn remember_prefix(&mut self, transaction: &KafkaTransaction) {
+        if let Some(prefix) = transaction.transactional_id.as_deref().and_then(id_prefix) {
+            self.restored_prefixes.insert(prefix.to_owned());
+        }
     }
 
     fn plain(&mut self) -> Result<&SinkProducer, BoxError> {
@@ -610,8 +662,11 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
         preflight::check(self, settings)
     }
 
+    /// `transaction.timeout.ms` less the restart budget: a transaction
+    /// committed by recovery after a restart must still be open then.
     fn transaction_timeout(&self) -> Option<Duration> {
-        (self.guarantee == DeliveryGuarantee::ExactlyOnce).then_some(self.transaction_timeout)
+        (self.guarantee == DeliveryGuarantee::ExactlyOnce)
+            .then(|| self.transaction_timeout.saturating_sub(self.restart_budget))
     }
 
     fn open(&mut self, ctx: &SinkContext) -> Result<(), BoxError> {
@@ -798,6 +853,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
     }
 
     fn recover_and_commit(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        self.remember_prefix(&transaction);
         if transaction.transactional_id.is_none() || transaction.records == 0 {
             return Ok(());
         }
@@ -866,6 +922,7 @@ impl<T: Send + 'static> TwoPhaseCommitSink for KafkaSink<T> {
     }
 
     fn recover_and_abort(&mut self, transaction: KafkaTransaction) -> Result<(), BoxError> {
+        self.remember_prefix(&transaction);
         let Some(id) = &transaction.transactional_id else {
             return Ok(());
         };
@@ -908,6 +965,35 @@ mod tests {
             assert!(error.contains(&format!("`{key}`")), "{error}");
             assert!(error.contains(method), "{error}");
         }
+    }
+
+    #[test]
+    fn a_restored_transactions_prefix_is_found_in_its_id() {
+        assert_eq!(id_prefix("orders-v1-3-4"), Some("orders-v1"));
+        assert_eq!(id_prefix("job-0-0"), Some("job"));
+        assert_eq!(id_prefix("job-x-0"), None);
+        assert_eq!(id_prefix("job-1"), None);
+    }
+
+    /// Review finding 5 of issue 19: a listing that failed was a warning,
+    /// and transactions left open stalled read_committed readers until
+    /// their timeout. Now only a cluster without ListTransactions is.
+    #[test]
+    fn a_listing_that_failed_is_an_error_for_the_restart_strategy() {
+        let error = listed_or_retry(
+            "job-",
+            Err(ListError::Failed(
+                "ListTransactions: connection refused".into(),
+            )),
+        )
+        .expect_err("a failed listing must fail the attempt");
+        let text = error.to_string();
+        assert!(
+            text.contains("`job-`") && text.contains("connection refused"),
+            "{text}"
+        );
+        let unsupported = listed_or_retry("job-", Err(ListError::Unsupported("Kafka 2.8".into())));
+        assert!(unsupported.unwrap().is_empty());
     }
 
     #[test]

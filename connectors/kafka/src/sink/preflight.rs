@@ -7,8 +7,10 @@
 //! 2. A delivery guarantee the user did not choose is reported.
 //! 3. (The source's isolation level is the source's check.)
 //! 4. `transaction.timeout.ms` must not exceed the broker's
-//!    `transaction.max.timeout.ms`, and must outlast a checkpoint interval
-//!    plus the checkpoint timeout plus the restart budget.
+//!    `transaction.max.timeout.ms`, and must outlast the longest a
+//!    transaction can live while checkpoints complete
+//!    ([`JobSettings::longest_transaction_lifetime`]) plus the restart
+//!    budget: exactly what the runtime's lifetime guard lets run.
 //!
 //! Also: the topic exists (or is created when asked), and the
 //! transactional-id prefix is claimed so that a second sink with the same
@@ -51,7 +53,7 @@ pub(super) fn check<T>(
     if sink.guarantee != DeliveryGuarantee::ExactlyOnce {
         return Ok(report);
     }
-    let Some(interval) = job.checkpoint_interval else {
+    let Some(longest) = job.longest_transaction_lifetime() else {
         return Err("DeliveryGuarantee::ExactlyOnce commits Kafka transactions when checkpoints complete, but checkpointing is off: \
                     set JobConfig::checkpoint_interval (Flink would silently fall back to no guarantee; this job does not start)"
             .into());
@@ -76,15 +78,20 @@ pub(super) fn check<T>(
         )
         .into());
     }
-    let needed = interval + job.checkpoint_timeout + sink.restart_budget;
+    let needed = longest + sink.restart_budget;
     if timeout <= needed {
         return Err(format!(
-            "transaction.timeout.ms = {} ms does not outlast checkpoint interval {} ms + checkpoint timeout {} ms + restart budget {} ms = {} ms, \
-             so the broker could abort a transaction before its checkpoint commits it; raise .transaction_timeout(..) (transaction.timeout.ms) \
-             or lower JobConfig::checkpoint_interval / checkpoint_timeout / the sink's .restart_budget(..)",
+            "transaction.timeout.ms = {} ms does not outlast the longest a transaction can live while checkpoints complete, \
+             max(checkpoint interval {} ms, checkpoint timeout {} ms + min pause {} ms) + checkpoint timeout = {} ms, \
+             plus the restart budget {} ms = {} ms, so the broker could abort a transaction before its checkpoint commits it \
+             (and the runtime would fail the job rather than let it); raise .transaction_timeout(..) (transaction.timeout.ms) \
+             or lower JobConfig::checkpoint_timeout / checkpoint_interval / min_pause_between_checkpoints / the sink's \
+             .restart_budget(..)",
             timeout.as_millis(),
-            interval.as_millis(),
+            job.checkpoint_interval.unwrap_or_default().as_millis(),
             job.checkpoint_timeout.as_millis(),
+            job.min_pause.as_millis(),
+            longest.as_millis(),
             sink.restart_budget.as_millis(),
             needed.as_millis()
         )

@@ -22,7 +22,7 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::common::{
-    RDKAFKA_TIMEOUT, broker, create_topic, read_topic, sink_context, unique_topic,
+    RDKAFKA_TIMEOUT, broker, create_topic, producer, read_topic, send, sink_context, unique_topic,
 };
 
 fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
@@ -216,6 +216,49 @@ fn a_transaction_whose_records_retention_removed_stops_recovery_unless_the_check
     let (settled, trusted) = recover(true);
     settled.unwrap();
     assert_eq!(trusted, 1);
+}
+
+/// Review finding 5 of issue 19: a job restored from a checkpoint that an
+/// earlier run wrote under another transactional-id prefix also aborts
+/// the transactions that run left open under its prefix, which the
+/// cleanup missed when it listed only the current prefix.
+#[test]
+fn the_start_up_cleanup_aborts_what_an_earlier_prefix_left_open() {
+    let broker = broker();
+    let topic = unique_topic("sink-old-prefix");
+    create_topic(&broker, &topic, 1);
+    let old = unique_topic("old");
+    let lingering = producer(&broker, Some(&format!("{old}-0-3")));
+    lingering.begin_transaction().unwrap();
+    send(&lingering, &topic, &["left-open"]);
+    let open = |what: &str| -> usize {
+        read_topic(&broker, &topic)
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .iter()
+            .map(|p| p.open_transactions.len())
+            .sum()
+    };
+    assert_eq!(open("before"), 1);
+    let restored = KafkaTransaction {
+        transactional_id: Some(format!("{old}-0-0")),
+        slot: 0,
+        producer_id: -1,
+        epoch: -1,
+        checkpoint: 1,
+        records: 0,
+        topic: topic.clone(),
+        partitions: BTreeMap::new(),
+    };
+    let mut sink = exactly_once(&broker, &topic, &unique_topic("new"));
+    sink.open(&sink_context(Some(1))).unwrap();
+    sink.recover_and_abort(restored).unwrap();
+    sink.begin_transaction(2).unwrap();
+    assert_eq!(
+        open("after"),
+        0,
+        "the old prefix's transaction is still open"
+    );
+    drop(lingering);
 }
 
 /// FLINK-8132: librdkafka keeps one producer id and epoch for every
@@ -512,7 +555,10 @@ fn preflight_stops_a_job_that_cannot_be_exactly_once() {
 
     let err = preflight_error(job_config(dir.path()), sink(Duration::from_secs(30)));
     assert!(
-        err.contains("transaction.timeout.ms = 30000 ms does not outlast checkpoint interval 200 ms + checkpoint timeout 60000 ms"),
+        err.contains("transaction.timeout.ms = 30000 ms does not outlast")
+            && err.contains(
+                "max(checkpoint interval 200 ms, checkpoint timeout 60000 ms + min pause 0 ms) + checkpoint timeout = 120000 ms"
+            ),
         "{err}"
     );
 

@@ -172,16 +172,18 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         Ok(())
     }
 
-    /// Fails the attempt when a transaction (the open one, or a pending
-    /// one) is so old that the checkpoint that would commit it may not
-    /// complete before the sink's system aborts it on its transaction
-    /// timeout. The restart then replays its records from the last complete
-    /// checkpoint; committing too late would lose them.
-    fn guard_lifetimes(&self) -> Result<()> {
+    /// Fails the attempt, at the barrier of a checkpoint triggered at
+    /// `triggered`, when a transaction that checkpoint would commit (the
+    /// open one, or a pending one) could outlive the sink's transaction
+    /// timeout: the checkpoint completes, if it does, by `triggered` plus
+    /// the checkpoint timeout. The restart then replays its records from
+    /// the last complete checkpoint; committing too late would lose them.
+    /// `JobSettings::longest_transaction_lifetime` is the same bound,
+    /// checked at start by the sink's preflight.
+    fn guard_lifetimes(&self, triggered: Instant) -> Result<()> {
         let Some(timeout) = self.transaction_timeout else {
             return Ok(());
         };
-        let limit = timeout.saturating_sub(self.checkpoint_timeout);
         let oldest = self
             .pending_began
             .iter()
@@ -189,20 +191,23 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             .chain(std::iter::once((self.current_for, self.current_began)))
             .min_by_key(|(_, began)| *began)
             .expect("the current transaction is always there");
-        let age = oldest.1.elapsed();
-        if age < limit {
+        let committed_by = triggered + self.checkpoint_timeout;
+        let lifetime = committed_by.saturating_duration_since(oldest.1);
+        if lifetime < timeout {
             return Ok(());
         }
         Err(Error::Task {
             task: self.task.clone(),
             phase: "transaction lifetime",
             source: format!(
-                "the transaction for checkpoint {} has been open for {age:.1?}; the sink's transaction timeout is {timeout:?} \
-                 and the checkpoint that would commit it may take up to the checkpoint timeout ({:?}) more, so it could be \
+                "the transaction for checkpoint {} has been open for {:.1?}; the checkpoint that would commit it expires \
+                 {:.1?} from now, so it could live {lifetime:.1?}, past the sink's transaction timeout of {timeout:?}, and be \
                  aborted before it is committed (checkpoints are expiring or stalled). Failing this attempt now: the restart \
                  replays its records from the last complete checkpoint. Raise the transaction timeout, or find what delays \
                  the checkpoints",
-                oldest.0, self.checkpoint_timeout
+                oldest.0,
+                oldest.1.elapsed(),
+                committed_by.saturating_duration_since(Instant::now()),
             )
             .into(),
         })
@@ -309,7 +314,6 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         batch: Vec<S::Item>,
         write: WriteFn<S, R>,
     ) -> Result<impl FnOnce(&mut S) -> Written<S, R> + Send + 'static> {
-        self.guard_lifetimes()?;
         let mut txn = self.take_current("write")?;
         Ok(move |s: &mut S| {
             let result = write(s, &mut txn, batch);
@@ -333,7 +337,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
 
     async fn pre_commit(&mut self, barrier: Barrier, snapshot: &mut SnapshotWriter) -> Result<()> {
         let checkpoint = barrier.checkpoint_id;
-        self.guard_lifetimes()?;
+        self.guard_lifetimes(barrier.triggered)?;
         let began = self.current_began;
         let mut txn = self.take_current("pre-commit")?;
         let (txn, result) = self

@@ -224,7 +224,7 @@ mod lifecycle {
     async fn barrier(driver: &mut TwoPhaseCommitDriver<Recorder>, id: u64) -> SnapshotWriter {
         let mut snapshot = SnapshotWriter::new(Codec::Bincode);
         driver
-            .barrier(Barrier { checkpoint_id: id }, &mut snapshot)
+            .barrier(Barrier::new(id), &mut snapshot)
             .await
             .unwrap();
         snapshot
@@ -346,7 +346,7 @@ mod markers {
         driver.open().await.unwrap();
         let mut snapshot = SnapshotWriter::new(Codec::Bincode);
         driver
-            .barrier(Barrier { checkpoint_id: 1 }, &mut snapshot)
+            .barrier(Barrier::new(1), &mut snapshot)
             .await
             .unwrap();
         driver.checkpoint_complete(1).await.unwrap();
