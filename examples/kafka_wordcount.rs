@@ -77,7 +77,7 @@ fn exactly_once_sink<T: Send + 'static>(
 }
 
 fn run(lines: usize) -> Result<(), exactly::BoxError> {
-    let settings = ClientSettings::from_env();
+    let settings = ClientSettings::from_env()?;
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -176,8 +176,8 @@ fn check(
             *expected.entry(word).or_default() += 1;
         }
     }
-    let logs = oracle::read_committed(&settings.bootstrap, output)?;
-    oracle::settled(&settings.bootstrap, output)?;
+    let logs = oracle::read_committed(settings, output)?;
+    oracle::settled(settings, output)?;
     let mut updates: HashMap<String, Vec<u64>> = HashMap::new();
     for record in logs.into_iter().flat_map(|p| p.records) {
         let value =

@@ -3,6 +3,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`audit`] | the `exactly-audit` report: transactions, visibility, duplicates, gaps, stuck last stable offsets; its command line |
+//! | [`cluster`] | the tools' `--property` and `--properties-file` flags, and handing the properties to a child process |
 //! | [`logging`] | the subscriber both binaries install: `tracing` events to stderr, filtered by `RUST_LOG` |
 //! | `testing` | (feature `test-support`) helpers for tests against a real broker: its address, unique topics, rdkafka clients |
 //! | [`oracle`] | the two independent read_committed oracles (the raw committed reader and an rdkafka consumer) compared record by record, and the check that nothing is left open on a topic |
@@ -18,6 +19,7 @@
 //! `src/bin/exactly-crash-harness/`.
 
 pub mod audit;
+pub mod cluster;
 pub mod logging;
 pub mod oracle;
 #[cfg(feature = "test-support")]

@@ -19,11 +19,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use exactly_kafka::client::ClientSettings;
 use exactly_kafka_wire::connection::block_on;
-use exactly_kafka_wire::{CommittedReader, PartitionLog, ReadError, ReaderConfig, VisibleRecord};
+use exactly_kafka_wire::{CommittedReader, PartitionLog, ReadError, VisibleRecord};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// How long [`read_committed`] waits for the consumer to reach the raw
 /// reader's last stable offset, and [`settled`] for markers to land.
@@ -128,14 +129,14 @@ impl From<&VisibleRecord> for Seen {
 }
 
 /// Every partition of `topic` read raw, applying read_committed here.
-fn read_raw(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
+fn read_raw(cluster: &ClientSettings, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
     block_on(async {
-        let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+        let mut reader = CommittedReader::connect(cluster.reader_config()).await?;
         reader.read_topic(topic).await
     })
     .unwrap_or_else(|source| {
         Err(ReadError::Io {
-            address: bootstrap.to_owned(),
+            address: cluster.bootstrap.clone(),
             api: "runtime",
             source,
         })
@@ -150,13 +151,16 @@ fn read_raw(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, ReadError
 ///
 /// [`OracleError::Disagree`] names the first differing offset; the other
 /// variants say why a side could not read.
-pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, OracleError> {
-    let logs = read_raw(bootstrap, topic)?;
+pub fn read_committed(
+    cluster: &ClientSettings,
+    topic: &str,
+) -> Result<Vec<PartitionLog>, OracleError> {
+    let logs = read_raw(cluster, topic)?;
     let targets: BTreeMap<i32, i64> = logs
         .iter()
         .map(|l| (l.partition, l.last_stable_offset))
         .collect();
-    let consumed = consume(bootstrap, topic, &targets)?;
+    let consumed = consume(cluster, topic, &targets)?;
     for log in &logs {
         let raw: Vec<Seen> = log
             .records
@@ -195,17 +199,17 @@ fn first_difference(ours: &[Seen], theirs: &[Seen]) -> Option<(i64, String, Stri
 /// in `targets`, from the beginning up to (not including) its target
 /// offset.
 fn consume(
-    bootstrap: &str,
+    cluster: &ClientSettings,
     topic: &str,
     targets: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, Vec<Seen>>, OracleError> {
     let failed = |source| OracleError::Consumer {
         topic: topic.to_owned(),
-        bootstrap: bootstrap.to_owned(),
+        bootstrap: cluster.bootstrap.clone(),
         source: Box::new(source),
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = cluster
+        .rdkafka_config()
         .set("group.id", format!("exactly-oracle-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -268,10 +272,10 @@ fn consume(
 ///
 /// [`OracleError::Unsettled`] names the partitions left open and the
 /// producers that hold them.
-pub fn settled(bootstrap: &str, topic: &str) -> Result<Vec<PartitionLog>, OracleError> {
+pub fn settled(cluster: &ClientSettings, topic: &str) -> Result<Vec<PartitionLog>, OracleError> {
     let started = Instant::now();
     loop {
-        let logs = read_raw(bootstrap, topic)?;
+        let logs = read_raw(cluster, topic)?;
         let open: Vec<String> = logs
             .iter()
             .filter(|l| {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exactly_kafka::bootstrap_from_env;
+use exactly_kafka::client::ClientSettings;
 use exactly_kafka_wire::{CommittedReader, PartitionLog, ReadError, ReaderConfig};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -77,7 +78,7 @@ pub fn create_topic(broker: &str, topic: &str, partitions: i32) {
 /// exactly the same records in the same order (else the error names the
 /// first differing offset).
 pub fn read_topic(broker: &str, topic: &str) -> Result<Vec<PartitionLog>, OracleError> {
-    oracle::read_committed(broker, topic)
+    oracle::read_committed(&ClientSettings::new(broker), topic)
 }
 
 /// Runs `read` on a reader connected with `config`.

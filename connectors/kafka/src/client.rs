@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use exactly_kafka_wire::ReaderConfig;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -19,6 +20,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
 /// The bootstrap broker when [`BOOTSTRAP_ENV`] is unset.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+/// The environment variable naming a file of client properties
+/// (`key=value` lines, librdkafka's names) that
+/// [`ClientSettings::from_env`] reads: how the tools and tests reach a
+/// secured cluster.
+pub const PROPERTIES_FILE_ENV: &str = "EXACTLY_KAFKA_PROPERTIES_FILE";
 
 /// The broker address from [`BOOTSTRAP_ENV`], or [`DEFAULT_BOOTSTRAP`].
 pub fn bootstrap_from_env() -> String {
@@ -48,9 +54,86 @@ impl ClientSettings {
     }
 
     /// Settings for the cluster named by `EXACTLY_KAFKA_BOOTSTRAP` (default
-    /// `127.0.0.1:9092`).
-    pub fn from_env() -> Self {
-        Self::new(bootstrap_from_env())
+    /// `127.0.0.1:9092`), with the properties of the file named by
+    /// `EXACTLY_KAFKA_PROPERTIES_FILE`, if set.
+    ///
+    /// # Errors
+    ///
+    /// [`PropertiesFileError`] when that file cannot be read or has a
+    /// line that is not `key=value`.
+    pub fn from_env() -> Result<Self, PropertiesFileError> {
+        let settings = Self::new(bootstrap_from_env());
+        match std::env::var_os(PROPERTIES_FILE_ENV) {
+            Some(path) => settings.properties_file(path),
+            None => Ok(settings),
+        }
+    }
+
+    /// These settings with the properties of a file of `key=value` lines
+    /// (blank lines and lines starting with `#` are skipped), as Kafka's
+    /// client properties files are written; a `bootstrap.servers` line
+    /// sets the bootstrap address.
+    ///
+    /// ```
+    /// # use exactly_kafka::client::ClientSettings;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let file = dir.path().join("app.properties");
+    /// std::fs::write(&file, "# the app's identity\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n").unwrap();
+    /// let settings = ClientSettings::new("broker:9093").properties_file(&file).unwrap();
+    /// assert_eq!(settings.properties["security.protocol"], "SASL_SSL");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PropertiesFileError`] naming the file, and the line when one is
+    /// not `key=value`.
+    pub fn properties_file(
+        mut self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, PropertiesFileError> {
+        let path = path.as_ref();
+        let problem = |reason: String| PropertiesFileError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(problem(format!(
+                    "line {} is not `key=value`: {line:?}",
+                    number + 1
+                )));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            if key == "bootstrap.servers" {
+                value.clone_into(&mut self.bootstrap);
+            } else {
+                self = self.property(key, value);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The raw protocol client's reader configuration for these settings:
+    /// the same cluster, reached the same way, with the same bound on each
+    /// call (and at most 10 s to connect).
+    pub fn reader_config(&self) -> ReaderConfig {
+        ReaderConfig {
+            connect_timeout: self.timeout.min(Duration::from_secs(10)),
+            request_timeout: self.timeout,
+            ..ReaderConfig::new(self.bootstrap.clone())
+        }
+    }
+
+    /// An rdkafka configuration with the bootstrap address and the
+    /// properties, for a client of one's own (a test's consumer, a tool)
+    /// that must reach the same cluster the same way.
+    pub fn rdkafka_config(&self) -> ClientConfig {
+        self.config(&[])
     }
 
     /// The first of `controlled` (a property a connector sets itself, with
@@ -85,6 +168,16 @@ impl ClientSettings {
         }
         config
     }
+}
+
+/// A client properties file could not be used: its path, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot use the Kafka client properties file {path}: {reason}")]
+pub struct PropertiesFileError {
+    /// The file.
+    pub path: String,
+    /// Why: the I/O error, or the line that is not `key=value`.
+    pub reason: String,
 }
 
 /// A cluster call failed.

@@ -39,7 +39,7 @@
 //! use exactly_kafka::source::{KafkaRecord, KafkaSource};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let source = KafkaSource::builder(ClientSettings::from_env())
+//! let source = KafkaSource::builder(ClientSettings::from_env()?)
 //!     .topics(["orders"])
 //!     .deserializer(Utf8)
 //!     .group_id("orders-audit") // optional: commit offsets for lag monitoring

@@ -3,6 +3,7 @@
 //! `docs/kafka-broker.md`. Raw requests go through the crate's wire
 //! [`Connection`]; clients are rdkafka's.
 
+use exactly_kafka::client::ClientSettings;
 use std::time::{Duration, Instant};
 
 use exactly_kafka::sink::RECOVERY_END_TXN_MAX_VERSION;
@@ -211,8 +212,8 @@ fn open_transaction(broker: &str, topic: &str) -> OpenTransaction {
 }
 
 fn settled(broker: &str, topic: &str) -> PartitionLog {
-    let mut logs =
-        oracle::settled(broker, topic).unwrap_or_else(|e| panic!("settling {topic}: {e}"));
+    let mut logs = oracle::settled(&ClientSettings::new(broker), topic)
+        .unwrap_or_else(|e| panic!("settling {topic}: {e}"));
     assert_eq!(logs.len(), 1, "{topic} has one partition");
     logs.remove(0)
 }

@@ -2,6 +2,7 @@
 //! committed, one aborted and one open transaction among non-transactional
 //! records, compared with what an rdkafka read_committed consumer sees.
 
+use exactly_kafka::client::ClientSettings;
 use std::time::{Duration, Instant};
 
 use exactly_kafka_tools::oracle;
@@ -70,7 +71,8 @@ fn ended_transaction(broker: &str, topic: &str, suffix: &str, values: &[&str], e
         End::Abort => transactional.abort_transaction(RDKAFKA_TIMEOUT),
     }
     .unwrap_or_else(|e| panic!("ending the transaction of {values:?}: {e}"));
-    oracle::settled(broker, topic).unwrap_or_else(|e| panic!("the marker after {values:?}: {e}"));
+    oracle::settled(&ClientSettings::new(broker), topic)
+        .unwrap_or_else(|e| panic!("the marker after {values:?}: {e}"));
 }
 
 fn values(log: &PartitionLog) -> Vec<&str> {

@@ -45,7 +45,7 @@ fn records(n: usize, tag: &str) -> Vec<String> {
 /// COMMIT markers reach the partitions after that, so reading at once can
 /// find a committed transaction still open on some partition.
 fn visible(broker: &str, topic: &str) -> Vec<String> {
-    exactly_kafka_tools::oracle::settled(broker, topic).unwrap();
+    exactly_kafka_tools::oracle::settled(&ClientSettings::new(broker), topic).unwrap();
     visible_now(broker, topic)
 }
 

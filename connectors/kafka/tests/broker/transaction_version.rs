@@ -264,7 +264,7 @@ fn pre_committed_by_a_dead_sink(
 /// read_committed oracles see exactly `expected` (in any order), each
 /// value once.
 fn assert_visible_once(broker: &str, topic: &str, expected: &[String]) {
-    oracle::settled(broker, topic).unwrap();
+    oracle::settled(&ClientSettings::new(broker), topic).unwrap();
     let mut seen: Vec<String> = read_topic(broker, topic)
         .unwrap()
         .into_iter()

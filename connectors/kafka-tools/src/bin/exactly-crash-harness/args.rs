@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use exactly_kafka_tools::cluster::ClusterArgs;
 
 /// Kill an exactly-once Kafka pipeline at every phase of the checkpoint
 /// protocol and check that its output holds every record exactly once.
@@ -57,6 +58,8 @@ pub(crate) struct RunArgs {
     /// job goes through its restart strategy and recovery instead.
     #[arg(long, default_value_t = 30_000)]
     pub(crate) outage_client_timeout_ms: u64,
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]

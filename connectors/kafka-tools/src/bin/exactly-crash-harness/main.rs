@@ -49,7 +49,7 @@ mod workload;
 use std::process::ExitCode;
 
 use clap::Parser;
-use exactly_kafka::bootstrap_from_env;
+use exactly_kafka::client::ClientSettings;
 
 use crate::args::{Cli, Step};
 use crate::pipeline::child;
@@ -60,7 +60,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.step {
         None => run(&cli.run),
-        Some(Step::Input(args)) => input(args).map(|()| ExitCode::SUCCESS),
+        Some(Step::Input(args)) => ClientSettings::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|settings| input(&settings, args))
+            .map(|()| ExitCode::SUCCESS),
         Some(Step::Child(args)) => {
             // Restarts and recoveries are logged with tracing: warnings and
             // errors by default, more with RUST_LOG.
@@ -73,8 +76,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Step::Check(args)) => {
-            check(&bootstrap_from_env(), &args.output, args.records).map(|v| {
+        Some(Step::Check(args)) => ClientSettings::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|settings| check(&settings, &args.output, args.records))
+            .map(|v| {
                 for problem in &v.problems {
                     println!("crash-harness: {problem}");
                 }
@@ -87,8 +92,7 @@ fn main() -> ExitCode {
                 } else {
                     ExitCode::FAILURE
                 }
-            })
-        }
+            }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("crash-harness: {e}");

@@ -12,7 +12,7 @@ use exactly_kafka::client::ClientSettings;
 use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
 use exactly_kafka::source::{KafkaRecord, KafkaSource};
-use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig};
+use exactly_kafka_wire::{CommittedReader, ReadError};
 
 use crate::args::ChildArgs;
 
@@ -66,8 +66,11 @@ pub(crate) fn crash_hook(spec: &str) -> Option<FaultHook> {
 }
 
 /// Counts the output records visible (raw reader) on `topic`.
-pub(crate) async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64, ReadError> {
-    let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+pub(crate) async fn visible_records(
+    settings: &ClientSettings,
+    topic: &str,
+) -> Result<u64, ReadError> {
+    let mut reader = CommittedReader::connect(settings.reader_config()).await?;
     let logs = reader.read_topic(topic).await?;
     Ok(logs.iter().map(|p| p.records.len() as u64).sum())
 }
@@ -75,11 +78,11 @@ pub(crate) async fn visible_records(bootstrap: &str, topic: &str) -> Result<u64,
 /// The child: runs the pipeline until `records` updates are visible in the
 /// output, then stops gracefully.
 pub(crate) fn child(args: &ChildArgs) -> Result<(), exactly::BoxError> {
+    let runtime_error = |e: &dyn std::fmt::Display| exactly::BoxError::from(e.to_string());
     let settings = ClientSettings {
         timeout: Duration::from_millis(args.client_timeout_ms),
-        ..ClientSettings::from_env()
+        ..ClientSettings::from_env().map_err(|e| runtime_error(&e))?
     };
-    let runtime_error = |e: &dyn std::fmt::Display| exactly::BoxError::from(e.to_string());
     let source = KafkaSource::builder(settings.clone())
         .topic(&args.input)
         .deserializer(Utf8)
@@ -138,7 +141,7 @@ pub(crate) fn child(args: &ChildArgs) -> Result<(), exactly::BoxError> {
                 return handle.join().await.map(drop);
             }
             // The broker may be restarting: count again on the next tick.
-            if visible_records(&settings.bootstrap, &args.output)
+            if visible_records(&settings, &args.output)
                 .await
                 .is_ok_and(|n| n >= args.records)
             {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use exactly::fault::FaultPoint;
 use exactly::storage::{CheckpointStorage, LocalStorage};
-use exactly_kafka::bootstrap_from_env;
+use exactly_kafka::client::ClientSettings;
+use exactly_kafka_tools::cluster::hand_to_child;
 
 use crate::args::{ChildArgs, InputArgs, RunArgs};
 use crate::pipeline::{CRASH_AT, visible_records};
@@ -124,7 +125,9 @@ pub(crate) enum Cycle {
 pub(crate) struct Harness {
     exe: PathBuf,
     child: ChildArgs,
-    bootstrap: String,
+    settings: ClientSettings,
+    /// The environment variable and file that hand `settings` to a child.
+    settings_file: (&'static str, PathBuf),
     rng: Rng,
 }
 
@@ -150,6 +153,7 @@ impl Harness {
         if let Some(savepoint) = &args.restore_from {
             command.arg("--restore-from").arg(savepoint);
         }
+        command.env(self.settings_file.0, &self.settings_file.1);
         match crash_at {
             Some(spec) => command.env(CRASH_AT, spec),
             None => command.env_remove(CRASH_AT),
@@ -160,7 +164,7 @@ impl Harness {
     fn visible(&self) -> Option<u64> {
         let runtime = tokio::runtime::Runtime::new().ok()?;
         runtime
-            .block_on(visible_records(&self.bootstrap, &self.child.output))
+            .block_on(visible_records(&self.settings, &self.child.output))
             .ok()
     }
 
@@ -271,7 +275,8 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let bootstrap = bootstrap_from_env();
+    let settings = args.cluster.settings().map_err(|e| e.to_string())?;
+    let bootstrap = settings.bootstrap.clone();
     let run = format!("{}-{}", std::process::id(), seed % 1_000_000);
     let work = std::env::temp_dir().join(format!("exactly-crash-harness-{run}"));
     let child_args = ChildArgs {
@@ -295,15 +300,20 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
         "crash-harness: seed {seed}, {records} records, {cycles} kill cycles, {} broker restarts, broker {bootstrap}",
         args.broker_restarts
     );
-    input(&InputArgs {
-        input: child_args.input.clone(),
-        output: child_args.output.clone(),
-        records,
-    })?;
+    input(
+        &settings,
+        &InputArgs {
+            input: child_args.input.clone(),
+            output: child_args.output.clone(),
+            records,
+        },
+    )?;
     let mut harness = Harness {
         exe: std::env::current_exe().map_err(|e| format!("cannot find my executable: {e}"))?,
         child: child_args,
-        bootstrap: bootstrap.clone(),
+        settings_file: hand_to_child(&settings, &work.join("client.properties"))
+            .map_err(|e| format!("cannot write the client properties for the child: {e}"))?,
+        settings: settings.clone(),
         rng: Rng(seed),
     };
 
@@ -456,7 +466,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
             return Err("the final run did not finish within 600 s".to_owned());
         }
     }
-    let verdict = check(&bootstrap, &harness.child.output, records)
+    let verdict = check(&settings, &harness.child.output, records)
         .map_err(|e| format!("cannot check the output: {e}"))?;
     if verdict.lost == 0 && verdict.duplicated == 0 && verdict.problems.is_empty() {
         let _ = std::fs::remove_dir_all(&work);

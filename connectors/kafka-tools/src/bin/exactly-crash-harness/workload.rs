@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use exactly_kafka::bootstrap_from_env;
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
 use exactly_kafka_tools::oracle;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -15,9 +14,13 @@ use crate::args::InputArgs;
 /// Keys of the input.
 pub(crate) const KEYS: u64 = 16;
 
-pub(crate) fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Result<(), String> {
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+pub(crate) fn produce_input(
+    settings: &ClientSettings,
+    topic: &str,
+    records: u64,
+) -> Result<(), String> {
+    let producer: BaseProducer = settings
+        .rdkafka_config()
         .set("enable.idempotence", "true")
         .create()
         .map_err(|e| e.to_string())?;
@@ -45,16 +48,13 @@ pub(crate) fn produce_input(bootstrap: &str, topic: &str, records: u64) -> Resul
 
 /// Creates the topics (input: 3 partitions, output: 2) and writes the
 /// input.
-pub(crate) fn input(args: &InputArgs) -> Result<(), String> {
-    let bootstrap = bootstrap_from_env();
-    let settings = ClientSettings::new(&bootstrap);
+pub(crate) fn input(settings: &ClientSettings, args: &InputArgs) -> Result<(), String> {
     for (topic, partitions) in [(&args.input, 3), (&args.output, 2)] {
         let missing = MissingTopics::Create { partitions };
-        ensure_topics(&settings, std::slice::from_ref(topic), missing)
-            .map_err(|e| e.to_string())?;
+        ensure_topics(settings, std::slice::from_ref(topic), missing).map_err(|e| e.to_string())?;
     }
-    produce_input(&bootstrap, &args.input, args.records)
-        .map_err(|e| format!("cannot write the input to {bootstrap}: {e}"))
+    produce_input(settings, &args.input, args.records)
+        .map_err(|e| format!("cannot write the input to {}: {e}", settings.bootstrap))
 }
 
 /// What the output check found.
@@ -66,10 +66,14 @@ pub(crate) struct Verdict {
 
 /// Checks the output: both oracles agree, nothing is left open, and per
 /// key the counts 1..n appear once each, with sequence numbers in order.
-pub(crate) fn check(bootstrap: &str, output: &str, records: u64) -> Result<Verdict, String> {
-    let logs = oracle::read_committed(bootstrap, output).map_err(|e| e.to_string())?;
+pub(crate) fn check(
+    settings: &ClientSettings,
+    output: &str,
+    records: u64,
+) -> Result<Verdict, String> {
+    let logs = oracle::read_committed(settings, output).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
-    if let Err(e) = oracle::settled(bootstrap, output) {
+    if let Err(e) = oracle::settled(settings, output) {
         problems.push(e.to_string());
     }
     let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
