@@ -63,7 +63,7 @@ pub fn create_topic(broker: &str, topic: &str, partitions: i32) {
         .set("bootstrap.servers", broker)
         .create()
         .expect("an rdkafka admin client");
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let options = AdminOptions::new().operation_timeout(Some(RDKAFKA_TIMEOUT));
     let results = runtime()
         .block_on(admin.create_topics([&new_topic], &options))

@@ -15,6 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaRespErr;
 
 /// The environment variable naming the bootstrap broker, `host:port`.
 pub const BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_BOOTSTRAP";
@@ -209,6 +210,20 @@ pub enum ClientError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The cluster's ACLs do not let this client's principal see a topic.
+    #[error(
+        "the principal of this client ({principal}) may not Describe topic `{topic}` on {bootstrap} \
+         (TOPIC_AUTHORIZATION_FAILED); grant it the topic's ACLs (Describe, plus Read for a source, Write for a sink), \
+         or check sasl.username / the client certificate"
+    )]
+    TopicNotAuthorized {
+        /// The topic.
+        topic: String,
+        /// The bootstrap address.
+        bootstrap: String,
+        /// Who the client authenticates as, from its properties.
+        principal: String,
+    },
     /// Topics the job needs do not exist.
     #[error(
         "topic(s) {topics:?} do not exist on {bootstrap}; create them, or let the connector create them with .create_missing_topic(partitions)"
@@ -237,7 +252,7 @@ pub enum MissingTopics {
     /// Report them at start (the default).
     #[default]
     Fail,
-    /// Create them with this many partitions (replication factor 1).
+    /// Create them with this many partitions (and the broker's `default.replication.factor`).
     Create {
         /// Partitions of each created topic.
         partitions: i32,
@@ -265,6 +280,7 @@ pub fn ensure_topics(
     if absent.is_empty() {
         return Ok(topics.iter().map(|t| (t.clone(), found[t])).collect());
     }
+    refuse_unauthorized(settings, &absent)?;
     let MissingTopics::Create { partitions } = missing else {
         return Err(ClientError::MissingTopics {
             topics: absent,
@@ -282,7 +298,7 @@ pub fn ensure_topics(
             })?;
     let new_topics: Vec<NewTopic<'_>> = absent
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(settings.timeout));
     let results =
@@ -308,6 +324,49 @@ pub fn ensure_topics(
         found.insert(topic.clone(), partitions as usize);
     }
     Ok(topics.iter().map(|t| (t.clone(), found[t])).collect())
+}
+
+/// Who a client with `settings` authenticates as, for error messages.
+fn principal(settings: &ClientSettings) -> String {
+    let property = |key: &str| settings.properties.get(key).map(String::as_str);
+    match (
+        property("sasl.username"),
+        property("ssl.certificate.location"),
+    ) {
+        (Some(user), _) => format!("sasl.username={user}"),
+        (None, Some(cert)) => format!("the certificate in ssl.certificate.location={cert}"),
+        (None, None) => "ANONYMOUS, no SASL user or client certificate set".to_owned(),
+    }
+}
+
+/// Fails when one of `topics` (missing from the cluster-wide metadata,
+/// which leaves out the topics a principal may not Describe) is there but
+/// not authorized: asked for by name, the broker says which.
+fn refuse_unauthorized(settings: &ClientSettings, topics: &[String]) -> Result<(), ClientError> {
+    let consumer: BaseConsumer = settings
+        .config(&[("allow.auto.create.topics", "false".to_owned())])
+        .create()
+        .map_err(|source| ClientError::Create {
+            what: "metadata client",
+            bootstrap: settings.bootstrap.clone(),
+            source,
+        })?;
+    for topic in topics {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), settings.timeout) else {
+            continue;
+        };
+        let denied = metadata.topics().iter().any(|t| {
+            t.error() == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        });
+        if denied {
+            return Err(ClientError::TopicNotAuthorized {
+                topic: topic.clone(),
+                bootstrap: settings.bootstrap.clone(),
+                principal: principal(settings),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The partition count of every topic in the cluster.
