@@ -21,7 +21,7 @@ use crate::runtime::element::SnapshotWriter;
 use crate::runtime::executor::load_checkpoint;
 use crate::runtime::keyed::{self, KeyedState};
 use crate::storage::frame::{self, PayloadKind};
-use crate::storage::{LocalStorage, METADATA_FILE, io};
+use crate::storage::{CheckpointMetadata, LocalStorage, METADATA_FILE, MetadataV2, io};
 
 /// A keyed state map as the runtime keeps one for an operator after
 /// `key_by`.
@@ -106,6 +106,12 @@ pub fn copy_as_format_1(from: &Path, to: &Path, keyed: &[&str]) -> Result<()> {
         let bytes = std::fs::read(&path).map_err(io("read", &path))?;
         let read = frame::decode(&bytes, kind, &path)?;
         let mut payload = read.payload.to_vec();
+        if kind == PayloadKind::Metadata {
+            let metadata = CheckpointMetadata::decode(&read, &path)?;
+            payload = read
+                .codec
+                .encode(&MetadataV2::from(&metadata), "checkpoint metadata")?;
+        }
         if kind == PayloadKind::TaskState {
             let mut entries: Vec<(String, Bytes)> =
                 read.codec.decode(read.payload, "task state")?;

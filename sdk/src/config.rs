@@ -214,6 +214,13 @@ impl JobConfig {
 
     /// Starts from this savepoint or checkpoint directory instead of the
     /// newest checkpoint in the checkpoint directory.
+    ///
+    /// The first start from it records a new lineage in the checkpoint
+    /// directory ([`crate::storage::LineageRecord`]), and a start resumes
+    /// only checkpoints of that lineage: a later start with the same
+    /// savepoint continues from the lineage's newest checkpoint, or restores
+    /// the savepoint again while the lineage has none; checkpoints of older
+    /// runs in the directory are never resumed, whatever their ids.
     #[must_use]
     pub fn restore_from(mut self, dir: impl Into<PathBuf>) -> Self {
         self.restore_from = Some(dir.into());

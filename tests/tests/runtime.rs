@@ -1033,6 +1033,12 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
     ) -> Result<Option<exactly::storage::CompletedCheckpoint>, exactly::storage::StorageError> {
         self.inner.latest()
     }
+    fn latest_in_lineage(
+        &self,
+        lineage: Option<&str>,
+    ) -> Result<Option<exactly::storage::CompletedCheckpoint>, exactly::storage::StorageError> {
+        self.inner.latest_in_lineage(lineage)
+    }
     fn highest_id(&self) -> Result<u64, exactly::storage::StorageError> {
         self.inner.highest_id()
     }
@@ -1050,16 +1056,18 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
         &self,
         stage: usize,
         subtask: usize,
+        lineage: Option<&str>,
         id: u64,
     ) -> Result<(), exactly::storage::StorageError> {
-        self.inner.write_commit_marker(stage, subtask, id)
+        self.inner.write_commit_marker(stage, subtask, lineage, id)
     }
     fn read_commit_marker(
         &self,
         stage: usize,
         subtask: usize,
+        lineage: Option<&str>,
     ) -> Result<Option<u64>, exactly::storage::StorageError> {
-        self.inner.read_commit_marker(stage, subtask)
+        self.inner.read_commit_marker(stage, subtask, lineage)
     }
     fn claim(
         &self,
@@ -1067,11 +1075,16 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
     ) -> Result<exactly::storage::StorageClaim, exactly::storage::StorageError> {
         self.inner.claim(job)
     }
-    fn write_restore_origin(&self, origin: &str) -> Result<(), exactly::storage::StorageError> {
-        self.inner.write_restore_origin(origin)
+    fn write_lineage(
+        &self,
+        record: &exactly::storage::LineageRecord,
+    ) -> Result<(), exactly::storage::StorageError> {
+        self.inner.write_lineage(record)
     }
-    fn read_restore_origin(&self) -> Result<Option<String>, exactly::storage::StorageError> {
-        self.inner.read_restore_origin()
+    fn read_lineage(
+        &self,
+    ) -> Result<Option<exactly::storage::LineageRecord>, exactly::storage::StorageError> {
+        self.inner.read_lineage()
     }
     fn export_savepoint(
         &self,
@@ -1259,10 +1272,11 @@ fn a_job_stopped_with_a_savepoint_resumes_from_it_exactly() {
 }
 
 /// A source that never ends: it counts up from where it was restored, a
-/// few records a call.
+/// few records a call, and notes where each subtask opened.
 #[derive(Clone, Default)]
 struct Endless {
     next: u64,
+    opened_at: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl Source for Endless {
@@ -1278,6 +1292,7 @@ impl Source for Endless {
         restored: Vec<u64>,
     ) -> Result<(), BoxError> {
         self.next = restored.into_iter().max().unwrap_or(0);
+        self.opened_at.lock().unwrap().push(self.next);
         Ok(())
     }
     async fn poll_batch(
@@ -1399,4 +1414,112 @@ fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
         assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
         handle.join().await.unwrap();
     });
+}
+
+/// An endless job on `config` into `sink`, whose source notes where it
+/// opened into `opened_at`.
+fn endless(config: JobConfig, sink: CollectSink<u64>, opened_at: &Endless) -> Job {
+    let job = Job::new("endless", config);
+    job.source(opened_at.clone()).operator(slow).sink(sink);
+    job
+}
+
+/// Runs an endless job in checkpoint directory `checkpoints`, takes the
+/// savepoint `savepoint` after its first checkpoint, and stops it two
+/// checkpoints later: the directory then holds checkpoints newer than the
+/// savepoint, and commit markers past it.
+fn an_older_run_with_a_savepoint(checkpoints: &Path, savepoint: &Path) {
+    let job = endless(config(checkpoints), CollectSink::new(), &Endless::default());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        completes_more_checkpoints(&handle, 0, 1).await;
+        handle.savepoint(savepoint).await.unwrap();
+        let completed = handle.metrics().checkpoints_completed;
+        completes_more_checkpoints(&handle, completed, 2).await;
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+}
+
+/// Starts `job`, waits for its first checkpoint, and stops it.
+fn run_one_checkpoint(job: Job) {
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        completes_more_checkpoints(&handle, 0, 1).await;
+        handle.stop();
+        handle.join().await.unwrap();
+    });
+}
+
+/// A start from a savepoint into a checkpoint directory holding newer
+/// checkpoints of an older run fails before its first checkpoint; the
+/// same start again restores the savepoint again, not the older run's
+/// newest checkpoint (which would undo the rollback the user asked for).
+#[test]
+fn a_restart_from_a_savepoint_never_resumes_an_older_runs_newer_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (checkpoints, savepoint) = (dir.path().join("checkpoints"), dir.path().join("savepoint"));
+    an_older_run_with_a_savepoint(&checkpoints, &savepoint);
+
+    let fails: exactly::fault::FaultHook = Arc::new(|event| match event.point {
+        exactly::fault::FaultPoint::CheckpointTriggered { .. } => {
+            Err("crashed before its first checkpoint".into())
+        }
+        _ => Ok(()),
+    });
+    let crashing = |config: JobConfig| {
+        config
+            .fault_hook(Arc::clone(&fails))
+            .restart_strategy(RestartStrategy::none())
+    };
+    let restored = || config(&checkpoints).restore_from(&savepoint);
+    let first = Endless::default();
+    endless(crashing(restored()), CollectSink::new(), &first)
+        .run()
+        .unwrap_err();
+    // Without restore_from, the directory's lineage still has no
+    // checkpoint: its savepoint again.
+    let unnamed = Endless::default();
+    endless(crashing(config(&checkpoints)), CollectSink::new(), &unnamed)
+        .run()
+        .unwrap_err();
+    let second = Endless::default();
+    run_one_checkpoint(endless(restored(), CollectSink::new(), &second));
+    let opened_at = |source: &Endless| source.opened_at.lock().unwrap().clone();
+    let (first, unnamed, second) = (opened_at(&first), opened_at(&unnamed), opened_at(&second));
+    assert_eq!(
+        second, first,
+        "the second start did not restore the savepoint (it opened at {second:?}, the savepoint at {first:?})"
+    );
+    assert_eq!(
+        unnamed, first,
+        "a start without restore_from did not restore the lineage's savepoint"
+    );
+}
+
+/// A savepoint restored into a checkpoint directory whose commit markers
+/// come from an older run (past the savepoint's checkpoint) still commits
+/// the savepoint's pending transaction: the markers are of another
+/// lineage.
+#[test]
+fn a_savepoint_restored_over_an_older_runs_commit_markers_commits_its_pending_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (checkpoints, savepoint) = (dir.path().join("checkpoints"), dir.path().join("savepoint"));
+    an_older_run_with_a_savepoint(&checkpoints, &savepoint);
+
+    let sink = CollectSink::new();
+    let source = Endless::default();
+    run_one_checkpoint(endless(
+        config(&checkpoints).restore_from(&savepoint),
+        sink.clone(),
+        &source,
+    ));
+    let opened_at = source.opened_at.lock().unwrap()[0];
+    // The savepoint's own transaction holds the records read since the
+    // checkpoint before it (the source reads between any two barriers).
+    assert!(
+        sink.committed().contains(&(opened_at - 1)),
+        "record {} of the savepoint's pending transaction was not committed",
+        opened_at - 1
+    );
 }

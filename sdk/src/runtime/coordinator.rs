@@ -106,6 +106,13 @@ impl Requests {
             .chain(self.in_flight.take())
     }
 
+    /// The job ended: every savepoint still owed was not taken.
+    pub(crate) fn job_ended(&mut self) {
+        for reply in self.replies() {
+            let _ = reply.send(Err(SavepointError::EndedBeforeSavepoint.into()));
+        }
+    }
+
     /// The attempt failed with `cause`: every savepoint it owed fails with
     /// it, and the job restarts without them (a stop-with-savepoint among
     /// them does not stop it).
@@ -129,6 +136,9 @@ pub(crate) struct TaskLink {
     pub(crate) first_checkpoint: u64,
     /// How long a checkpoint may take before it expires.
     pub(crate) checkpoint_timeout: Duration,
+    /// The job's lineage (`None`: the default lineage), which sinks tag
+    /// their commit markers with.
+    pub(crate) lineage: Option<String>,
 }
 
 /// The checkpoint settings the coordinator follows.
@@ -160,6 +170,8 @@ pub(crate) struct Coordinator {
     pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
     pub(crate) codec: Codec,
     pub(crate) stages: Vec<StageMetadata>,
+    /// The lineage every checkpoint records (`None`: the default lineage).
+    pub(crate) lineage: Option<String>,
     pub(crate) sources: Vec<UnboundedSender<SourceCommand>>,
     pub(crate) events: UnboundedReceiver<TaskEvent>,
     pub(crate) completed: watch::Sender<u64>,
@@ -228,12 +240,10 @@ impl Coordinator {
             };
             tokio::select! {
                 event = self.events.recv() => match event {
-                    None => {
-                        for reply in requests.replies() {
-                            let _ = reply.send(Err(SavepointError::EndedBeforeSavepoint.into()));
-                        }
-                        return Ok(());
-                    }
+                    // The savepoints still owed stay in `requests`: the
+                    // executor answers them once it knows whether the
+                    // attempt failed (and the job goes on) or the job ended.
+                    None => return Ok(()),
                     Some(TaskEvent::SourceFinished) => sources_finished += 1,
                     Some(TaskEvent::Ack { checkpoint, stage, subtask, handle }) => {
                         let Some(flight) = in_flight.as_mut().filter(|f| f.id == checkpoint) else {
@@ -386,6 +396,7 @@ impl Coordinator {
                 triggered_unix_ms: flight.triggered_unix_ms,
                 stages: self.stages.clone(),
                 task_states: flight.handles,
+                lineage: self.lineage.clone(),
             };
             let payload = self.codec.encode(&metadata, "checkpoint metadata")?;
             let framed = frame::encode(PayloadKind::Metadata, self.codec, &payload);
@@ -476,6 +487,7 @@ mod tests {
             storage,
             codec: Codec::Bincode,
             stages: Vec::new(),
+            lineage: None,
             sources: vec![source_tx],
             events: events_rx,
             completed: completed_tx,

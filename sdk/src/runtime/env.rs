@@ -83,6 +83,7 @@ impl SubtaskEnv {
                 storage: None,
                 first_checkpoint,
                 checkpoint_timeout: std::time::Duration::from_secs(60),
+                lineage: None,
             },
             commands: None,
         }

@@ -1,9 +1,11 @@
 //! Running a job: attempts, restore, and the restart strategy.
 //!
 //! Owns: starting a job (its driver task, with the progress reporter and
-//! the log subscriber every task inherits), choosing the checkpoint an
-//! attempt restores (the newest complete one, or the savepoint the user
-//! named), checking it belongs to this job, loading its state, building
+//! the log subscriber every task inherits), choosing the lineage a run
+//! continues or begins (a savepoint given with `restore_from` begins one)
+//! and the checkpoint an attempt restores (the newest complete one of that
+//! lineage, or else the savepoint it started from), checking it belongs to
+//! this job, loading its state, building
 //! every subtask from the job graph, running them with the coordinator, and
 //! on a failure stopping them all, waiting for their blocking calls to
 //! return, and restarting after the configured delay. Does not own the
@@ -33,7 +35,9 @@ use crate::fault::Faults;
 use crate::metrics::JobMetrics;
 use crate::preflight::{self, JobSettings};
 use crate::storage::frame::{self, PayloadKind};
-use crate::storage::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StageMetadata};
+use crate::storage::{
+    CheckpointStorage, CompletedCheckpoint, LineageRecord, LocalStorage, StageMetadata,
+};
 
 /// A job started by [`start`]: what its handle needs.
 pub(crate) struct Started {
@@ -95,6 +99,27 @@ struct Executor {
     requests: Requests,
 }
 
+/// The lineage a run continues or begins ([`LineageRecord`]).
+struct Lineage {
+    /// The id its checkpoints record (`None`: the default lineage).
+    id: Option<String>,
+    /// What to restore while the lineage has no complete checkpoint: the
+    /// savepoint it started from.
+    savepoint: Option<CompletedCheckpoint>,
+}
+
+/// A fresh lineage id: the time in milliseconds and 64 random bits, in hex.
+fn new_lineage_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{ms:x}-{random:016x}")
+}
+
 /// Whether a failure may be retried.
 enum Failure {
     /// A restart cannot help (for example a corrupt checkpoint, or an error
@@ -124,28 +149,28 @@ impl Executor {
             }
             None => None,
         };
-        let explicit = match (&storage, explicit) {
-            (Some(storage), Some(savepoint)) => self.savepoint_or_newer(storage, savepoint).await?,
-            (_, explicit) => explicit,
+        let lineage = match &storage {
+            Some(storage) => self.lineage(storage, explicit).await?,
+            None => Lineage {
+                id: None,
+                savepoint: explicit,
+            },
         };
-        let run_first_id = highest_id(&storage)
-            .await?
-            .max(explicit.as_ref().map_or(0, |c| c.id()))
-            + 1;
         let mut failures = 0u32;
         loop {
-            let restore = match (&storage, &explicit) {
-                (Some(storage), explicit) => {
-                    let latest = latest(storage).await?;
-                    match (latest, explicit) {
-                        (Some(latest), Some(_)) if latest.id() >= run_first_id => Some(latest),
-                        (_, Some(explicit)) => Some(explicit.clone()),
-                        (latest, None) => latest,
-                    }
-                }
-                (None, explicit) => explicit.clone(),
+            // The newest checkpoint of this run's lineage, or else the
+            // savepoint the lineage started from: never a checkpoint of
+            // another lineage, whatever its id.
+            let restore = match &storage {
+                Some(storage) => latest_in_lineage(storage, lineage.id.clone())
+                    .await?
+                    .or_else(|| lineage.savepoint.clone()),
+                None => lineage.savepoint.clone(),
             };
-            match self.attempt(failures, restore, &stages).await {
+            match self
+                .attempt(failures, restore, lineage.id.clone(), &stages)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(e)) => {
@@ -172,44 +197,91 @@ impl Executor {
         }
     }
 
-    /// Flink's rule for an explicit savepoint: it is restored only when the
-    /// checkpoint directory holds no newer complete checkpoint that
-    /// continues it (a job restarted unchanged by its supervisor must not
-    /// go back to the savepoint and write again what it committed since).
-    /// Returns the savepoint to restore, or `None` to resume from the
-    /// newest checkpoint; records the savepoint as the directory's origin.
-    async fn savepoint_or_newer(
+    /// Chooses the lineage this start continues or begins
+    /// ([`LineageRecord`]), given the savepoint of `JobConfig::restore_from`:
+    ///
+    /// - the savepoint the directory's lineage started from: that lineage
+    ///   goes on (Flink's rule for a job its supervisor starts again
+    ///   unchanged: it must not go back to the savepoint and write again
+    ///   what it committed since), from its newest checkpoint, or from the
+    ///   savepoint while it has completed none;
+    /// - another savepoint: a new lineage, recorded before anything else,
+    ///   so that no checkpoint of an older run is ever resumed (Flink gives
+    ///   a job restored from a savepoint a new job id and checkpoint
+    ///   directory);
+    /// - none: the recorded lineage goes on, from the savepoint it started
+    ///   from while it has no checkpoint; without a record, the default
+    ///   lineage.
+    async fn lineage(
         &self,
         storage: &Arc<dyn CheckpointStorage>,
-        savepoint: CompletedCheckpoint,
-    ) -> Result<Option<CompletedCheckpoint>> {
-        let origin = savepoint.origin();
-        let continues = {
+        savepoint: Option<CompletedCheckpoint>,
+    ) -> Result<Lineage> {
+        let recorded = {
             let storage = Arc::clone(storage);
-            blocking::call("reading the restore origin", move || {
-                storage.read_restore_origin()
-            })
-            .await??
+            blocking::call("reading the lineage", move || storage.read_lineage()).await??
         };
-        if continues.as_deref() == Some(origin.as_str())
-            && let Some(newest) = latest(storage).await?
-            && newest.id() > savepoint.id()
-        {
-            tracing::info!(
-                job = %self.name,
-                savepoint = %savepoint.path.display(),
-                checkpoint = newest.id(),
-                "resuming from the newest checkpoint, which continues the savepoint given with restore_from \
-                 (start with an empty checkpoint directory to replay the savepoint)"
-            );
-            return Ok(None);
+        match (savepoint, recorded) {
+            (Some(savepoint), Some(record)) if record.origin == savepoint.origin() => {
+                tracing::info!(
+                    job = %self.name,
+                    savepoint = %savepoint.path.display(),
+                    lineage = record.lineage.as_deref().unwrap_or("default"),
+                    "continuing the lineage of the savepoint given with restore_from: resuming its newest \
+                     checkpoint, if it has one (start with an empty checkpoint directory to replay the savepoint)"
+                );
+                Ok(Lineage {
+                    id: record.lineage,
+                    savepoint: Some(savepoint),
+                })
+            }
+            (Some(savepoint), _) => {
+                // Absolute, so that a later start from another working
+                // directory still finds it.
+                let path = std::path::absolute(&savepoint.path).unwrap_or(savepoint.path.clone());
+                let record = LineageRecord {
+                    lineage: Some(new_lineage_id()),
+                    origin: savepoint.origin(),
+                    savepoint: Some(path),
+                };
+                tracing::info!(
+                    job = %self.name,
+                    savepoint = %savepoint.path.display(),
+                    lineage = record.lineage.as_deref().unwrap_or_default(),
+                    "starting a new lineage from the savepoint given with restore_from"
+                );
+                let id = record.lineage.clone();
+                let storage = Arc::clone(storage);
+                blocking::call("recording the lineage", move || {
+                    storage.write_lineage(&record)
+                })
+                .await??;
+                Ok(Lineage {
+                    id,
+                    savepoint: Some(savepoint),
+                })
+            }
+            (None, Some(record)) => {
+                let savepoint = match &record.savepoint {
+                    Some(path)
+                        if latest_in_lineage(storage, record.lineage.clone())
+                            .await?
+                            .is_none() =>
+                    {
+                        Some(LocalStorage::open_checkpoint(path)?)
+                    }
+                    _ => None,
+                };
+                Ok(Lineage {
+                    id: record.lineage,
+                    savepoint,
+                })
+            }
+            (None, None) => Ok(Lineage {
+                id: None,
+                savepoint: None,
+            }),
         }
-        let storage = Arc::clone(storage);
-        blocking::call("recording the restore origin", move || {
-            storage.write_restore_origin(&origin)
-        })
-        .await??;
-        Ok(Some(savepoint))
     }
 
     /// Runs every source's and sink's start-up check and logs their
@@ -237,6 +309,7 @@ impl Executor {
         &mut self,
         attempt: u32,
         restore: Option<CompletedCheckpoint>,
+        lineage: Option<String>,
         stages: &[StageMetadata],
     ) -> Result<(), Failure> {
         let codec = self.config.codec;
@@ -274,6 +347,7 @@ impl Executor {
             storage: storage.clone(),
             first_checkpoint,
             checkpoint_timeout: self.config.checkpoint_timeout,
+            lineage: lineage.clone(),
         };
         let blocking = BlockingCalls::default();
         let faults = Faults(self.config.fault_hook.clone());
@@ -337,6 +411,7 @@ impl Executor {
             storage,
             codec,
             stages: stages.to_vec(),
+            lineage,
             sources,
             events: events_rx,
             completed: completed_tx,
@@ -395,8 +470,9 @@ impl Executor {
                 Err(cause)
             }
         };
-        if let Err(cause) = &outcome {
-            self.requests.attempt_failed(cause);
+        match &outcome {
+            Err(cause) => self.requests.attempt_failed(cause),
+            Ok(()) => self.requests.job_ended(),
         }
         blocking.wait_idle().await;
         outcome.map_err(|e| {
@@ -428,9 +504,16 @@ async fn highest_id(storage: &Option<Arc<dyn CheckpointStorage>>) -> Result<u64>
     Ok(blocking::call("reading checkpoint storage", move || storage.highest_id()).await??)
 }
 
-async fn latest(storage: &Arc<dyn CheckpointStorage>) -> Result<Option<CompletedCheckpoint>> {
+/// The newest complete checkpoint of `lineage`.
+async fn latest_in_lineage(
+    storage: &Arc<dyn CheckpointStorage>,
+    lineage: Option<String>,
+) -> Result<Option<CompletedCheckpoint>> {
     let storage = Arc::clone(storage);
-    Ok(blocking::call("reading checkpoint storage", move || storage.latest()).await??)
+    Ok(blocking::call("reading checkpoint storage", move || {
+        storage.latest_in_lineage(lineage.as_deref())
+    })
+    .await??)
 }
 
 /// Checks that `checkpoint` was taken by a job with these stages, and reads

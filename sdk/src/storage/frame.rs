@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic  b"EXACTLY\0"
-//! 8       2     format version, little endian (currently 2)
+//! 8       2     format version, little endian (currently 3)
 //! 10      1     codec id (see crate::codec::Codec::id)
 //! 11      1     payload kind (1 = task state, 2 = checkpoint metadata)
 //! 12      4     CRC-32 of the payload, little endian
@@ -14,7 +14,9 @@
 //!
 //! Versions: 1 wrote keyed state maps as serde maps; 2 writes them in the
 //! layout of `runtime::keyed` (hasher keys, entry count, entries in bucket
-//! order), everything else unchanged. Both are read.
+//! order), everything else unchanged; 3 adds the lineage to the checkpoint
+//! metadata ([`super::CheckpointMetadata::lineage`]), task state unchanged.
+//! All three are read.
 //!
 //! The version and codec id let a later release read checkpoints written by
 //! this one; the length and checksum turn a truncated or corrupt file into an
@@ -32,7 +34,7 @@ use crate::codec::Codec;
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EXACTLY\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build reads.
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Size of the fixed header.

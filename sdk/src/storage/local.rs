@@ -2,10 +2,14 @@
 //!
 //! Layout: `<root>/chk-<id>/<stage>-<subtask>.state` for task states and
 //! `<root>/chk-<id>/_metadata`, written last; `<root>/commits/<stage>-<subtask>`
-//! holds the checkpoint up to which a sink subtask has committed;
-//! `<root>/restored-from` names the savepoint the directory's checkpoints
-//! continue, when the job was started with `restore_from`; `<root>/lock`
-//! is locked by the running job and names it. Every file is written to a
+//! holds the checkpoint up to which a sink subtask has committed, and in
+//! which lineage (`<id>` for the default lineage, `<id> lineage=<lineage>`
+//! otherwise); `<root>/lineage` records the current lineage and the
+//! savepoint it started from ([`LineageRecord`], a text file whose first
+//! line names its format version), when a run started with
+//! `restore_from`; `<root>/restored-from`, which older builds wrote instead,
+//! is still read, as the default lineage; `<root>/lock` is locked by the
+//! running job and names it. Every file is written to a
 //! temporary name, fsynced, renamed into place, and its directory fsynced, so
 //! a crash leaves either the old state or the new one, never half a file.
 //!
@@ -20,15 +24,25 @@ use std::time::Duration;
 
 use super::frame::{self, PayloadKind};
 use super::{
-    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, StorageClaim, StorageError,
-    TaskStateHandle,
+    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, StorageClaim,
+    StorageError, TaskStateHandle,
 };
 
 /// The name of the file that completes a checkpoint.
 pub const METADATA_FILE: &str = "_metadata";
 
-/// The file naming the savepoint a checkpoint directory continues.
+/// The file naming the savepoint a checkpoint directory continues, as
+/// builds before lineages wrote it: read as the default lineage.
 const RESTORE_ORIGIN_FILE: &str = "restored-from";
+
+/// The file recording the directory's current lineage.
+const LINEAGE_FILE: &str = "lineage";
+
+/// The first line of [`LINEAGE_FILE`]: its format and version.
+const LINEAGE_HEADER: &str = "exactly lineage 1";
+
+/// What follows a checkpoint id in a commit marker of a lineage.
+const MARKER_LINEAGE: &str = " lineage=";
 
 /// The file a running job locks, and names itself in.
 const LOCK_FILE: &str = "lock";
@@ -107,13 +121,7 @@ impl LocalStorage {
             Err(e) => return Err(io("read", &meta_path)(e)),
         };
         let frame = frame::decode(&bytes, PayloadKind::Metadata, &meta_path)?;
-        let metadata: CheckpointMetadata = frame
-            .codec
-            .decode(frame.payload, "checkpoint metadata")
-            .map_err(|e| StorageError::Corrupt {
-                path: meta_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let metadata = CheckpointMetadata::decode(&frame, &meta_path)?;
         Ok(CompletedCheckpoint {
             path: path.to_path_buf(),
             metadata,
@@ -145,6 +153,22 @@ impl LocalStorage {
 
     fn is_complete(&self, id: u64) -> bool {
         self.checkpoint_dir(id).join(METADATA_FILE).exists()
+    }
+
+    /// The newest complete checkpoint that `wanted` accepts.
+    fn newest_complete(
+        &self,
+        wanted: impl Fn(&CompletedCheckpoint) -> bool,
+    ) -> Result<Option<CompletedCheckpoint>, StorageError> {
+        for id in self.checkpoint_ids()?.into_iter().rev() {
+            if self.is_complete(id) {
+                let checkpoint = Self::open_checkpoint(&self.checkpoint_dir(id))?;
+                if wanted(&checkpoint) {
+                    return Ok(Some(checkpoint));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -233,12 +257,14 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn latest(&self) -> Result<Option<CompletedCheckpoint>, StorageError> {
-        for id in self.checkpoint_ids()?.into_iter().rev() {
-            if self.is_complete(id) {
-                return Self::open_checkpoint(&self.checkpoint_dir(id)).map(Some);
-            }
-        }
-        Ok(None)
+        self.newest_complete(|_| true)
+    }
+
+    fn latest_in_lineage(
+        &self,
+        lineage: Option<&str>,
+    ) -> Result<Option<CompletedCheckpoint>, StorageError> {
+        self.newest_complete(|c| c.metadata.lineage.as_deref() == lineage)
     }
 
     fn highest_id(&self) -> Result<u64, StorageError> {
@@ -279,34 +305,40 @@ impl CheckpointStorage for LocalStorage {
         &self,
         stage: usize,
         subtask: usize,
+        lineage: Option<&str>,
         checkpoint_id: u64,
     ) -> Result<(), StorageError> {
         let dir = self.root.join("commits");
         fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        write_atomically(
-            &dir.join(format!("{stage}-{subtask}")),
-            format!("{checkpoint_id}\n").as_bytes(),
-        )
+        let text = match lineage {
+            Some(lineage) => format!("{checkpoint_id}{MARKER_LINEAGE}{lineage}\n"),
+            None => format!("{checkpoint_id}\n"),
+        };
+        write_atomically(&dir.join(format!("{stage}-{subtask}")), text.as_bytes())
     }
 
     fn read_commit_marker(
         &self,
         stage: usize,
         subtask: usize,
+        lineage: Option<&str>,
     ) -> Result<Option<u64>, StorageError> {
         let path = self.root.join("commits").join(format!("{stage}-{subtask}"));
-        match fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| StorageError::Corrupt {
-                    path,
-                    reason: format!("expected a checkpoint id, found {text:?}"),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("read", &path)(e)),
-        }
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &path)(e)),
+        };
+        let line = text.trim_end_matches('\n');
+        let (id, written_in) = match line.split_once(MARKER_LINEAGE) {
+            Some((id, lineage)) => (id, Some(lineage)),
+            None => (line, None),
+        };
+        let id: u64 = id.parse().map_err(|_| StorageError::Corrupt {
+            path,
+            reason: format!("expected a checkpoint id, optionally followed by{MARKER_LINEAGE}<id>, found {text:?}"),
+        })?;
+        Ok((written_in == lineage).then_some(id))
     }
 
     /// Locks `<root>/lock` (an advisory `flock`, released when the process
@@ -351,18 +383,37 @@ impl CheckpointStorage for LocalStorage {
         Ok(StorageClaim::new(file))
     }
 
-    fn write_restore_origin(&self, origin: &str) -> Result<(), StorageError> {
+    /// Writes `<root>/lineage`: its format line, then `id`, `origin` and
+    /// `savepoint` lines (`key: value`).
+    fn write_lineage(&self, record: &LineageRecord) -> Result<(), StorageError> {
         fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
-        write_atomically(
-            &self.root.join(RESTORE_ORIGIN_FILE),
-            format!("{origin}\n").as_bytes(),
-        )
+        let mut text = format!("{LINEAGE_HEADER}\n");
+        if let Some(id) = &record.lineage {
+            text.push_str(&format!("id: {id}\n"));
+        }
+        text.push_str(&format!("origin: {}\n", record.origin));
+        if let Some(savepoint) = &record.savepoint {
+            text.push_str(&format!("savepoint: {}\n", savepoint.display()));
+        }
+        write_atomically(&self.root.join(LINEAGE_FILE), text.as_bytes())
     }
 
-    fn read_restore_origin(&self) -> Result<Option<String>, StorageError> {
+    /// Reads `<root>/lineage`, or else the `<root>/restored-from` of an
+    /// older build (the default lineage).
+    fn read_lineage(&self) -> Result<Option<LineageRecord>, StorageError> {
+        let path = self.root.join(LINEAGE_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => return parse_lineage(&text, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &path)(e)),
+        }
         let path = self.root.join(RESTORE_ORIGIN_FILE);
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim_end().to_owned())),
+            Ok(text) => Ok(Some(LineageRecord {
+                lineage: None,
+                origin: text.trim_end().to_owned(),
+                savepoint: None,
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("read", &path)(e)),
         }
@@ -410,6 +461,39 @@ impl CheckpointStorage for LocalStorage {
     }
 }
 
+/// Parses the text of a lineage file read from `path`.
+fn parse_lineage(text: &str, path: &Path) -> Result<LineageRecord, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(LINEAGE_HEADER) => {}
+        first => {
+            return Err(corrupt(format!(
+                "expected the first line {LINEAGE_HEADER:?}, found {first:?} (a lineage file of a newer build?)"
+            )));
+        }
+    }
+    let mut record = LineageRecord {
+        lineage: None,
+        origin: String::new(),
+        savepoint: None,
+    };
+    let mut origin = None;
+    for line in lines {
+        match line.split_once(": ") {
+            Some(("id", id)) => record.lineage = Some(id.to_owned()),
+            Some(("origin", value)) => origin = Some(value.to_owned()),
+            Some(("savepoint", value)) => record.savepoint = Some(PathBuf::from(value)),
+            _ => return Err(corrupt(format!("unexpected line {line:?}"))),
+        }
+    }
+    record.origin = origin.ok_or_else(|| corrupt("it names no origin".into()))?;
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,14 +511,28 @@ mod tests {
                 parallelism: 1,
             }],
             task_states: handles,
+            lineage: None,
         }
     }
 
     fn complete(storage: &LocalStorage, id: u64, state: &[u8]) -> CompletedCheckpoint {
+        complete_in(storage, id, state, None)
+    }
+
+    /// Completes checkpoint `id` of lineage `lineage`.
+    fn complete_in(
+        storage: &LocalStorage,
+        id: u64,
+        state: &[u8],
+        lineage: Option<&str>,
+    ) -> CompletedCheckpoint {
         let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, state);
         storage.begin_checkpoint(id).unwrap();
         let handle = storage.write_task_state(id, 0, 0, &framed).unwrap();
-        let meta = metadata(id, vec![handle]);
+        let meta = CheckpointMetadata {
+            lineage: lineage.map(str::to_owned),
+            ..metadata(id, vec![handle])
+        };
         let bytes = frame::encode(
             PayloadKind::Metadata,
             Codec::Bincode,
@@ -528,14 +626,105 @@ mod tests {
     fn commit_markers_round_trip_and_corruption_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::new(dir.path());
-        assert_eq!(storage.read_commit_marker(1, 0).unwrap(), None);
-        storage.write_commit_marker(1, 0, 7).unwrap();
-        storage.write_commit_marker(1, 0, 9).unwrap();
-        assert_eq!(storage.read_commit_marker(1, 0).unwrap(), Some(9));
-        assert_eq!(storage.read_commit_marker(1, 1).unwrap(), None);
+        assert_eq!(storage.read_commit_marker(1, 0, None).unwrap(), None);
+        storage.write_commit_marker(1, 0, None, 7).unwrap();
+        storage.write_commit_marker(1, 0, None, 9).unwrap();
+        assert_eq!(storage.read_commit_marker(1, 0, None).unwrap(), Some(9));
+        assert_eq!(storage.read_commit_marker(1, 1, None).unwrap(), None);
         fs::write(dir.path().join("commits/1-0"), "nine").unwrap();
-        let err = storage.read_commit_marker(1, 0).unwrap_err().to_string();
+        let err = storage
+            .read_commit_marker(1, 0, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("commits/1-0") && err.contains("nine"), "{err}");
+    }
+
+    /// A marker counts only in the lineage that wrote it; a marker without
+    /// a lineage (as older builds wrote them) is of the default lineage.
+    #[test]
+    fn commit_markers_of_another_lineage_count_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        storage.write_commit_marker(0, 0, None, 20).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("commits/0-0")).unwrap(),
+            "20\n"
+        );
+        assert_eq!(storage.read_commit_marker(0, 0, Some("b")).unwrap(), None);
+        storage.write_commit_marker(0, 0, Some("b"), 5).unwrap();
+        assert_eq!(
+            storage.read_commit_marker(0, 0, Some("b")).unwrap(),
+            Some(5)
+        );
+        assert_eq!(storage.read_commit_marker(0, 0, Some("c")).unwrap(), None);
+        assert_eq!(storage.read_commit_marker(0, 0, None).unwrap(), None);
+    }
+
+    /// The lineage record round-trips; without one, an older build's
+    /// `restored-from` reads as the default lineage; checkpoints are found
+    /// by lineage.
+    #[test]
+    fn lineages_are_recorded_and_checkpoints_found_by_lineage() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        assert_eq!(storage.read_lineage().unwrap(), None);
+        fs::write(
+            dir.path().join(RESTORE_ORIGIN_FILE),
+            "job checkpoint 3 triggered at 9 ms\n",
+        )
+        .unwrap();
+        let legacy = storage.read_lineage().unwrap().unwrap();
+        assert_eq!(
+            (legacy.lineage, legacy.origin.as_str()),
+            (None, "job checkpoint 3 triggered at 9 ms")
+        );
+        let record = LineageRecord {
+            lineage: Some("18c-2f".into()),
+            origin: "job checkpoint 3 triggered at 9 ms".into(),
+            savepoint: Some(dir.path().join("sp")),
+        };
+        storage.write_lineage(&record).unwrap();
+        assert_eq!(storage.read_lineage().unwrap(), Some(record));
+
+        complete(&storage, 1, b"old");
+        complete_in(&storage, 2, b"new", Some("18c-2f"));
+        complete(&storage, 3, b"old");
+        assert_eq!(storage.latest_in_lineage(None).unwrap().unwrap().id(), 3);
+        assert_eq!(
+            storage
+                .latest_in_lineage(Some("18c-2f"))
+                .unwrap()
+                .unwrap()
+                .id(),
+            2
+        );
+        assert!(storage.latest_in_lineage(Some("other")).unwrap().is_none());
+
+        fs::write(dir.path().join(LINEAGE_FILE), "exactly lineage 7\n").unwrap();
+        let err = storage.read_lineage().unwrap_err().to_string();
+        assert!(
+            err.contains("lineage") && err.contains("newer build"),
+            "{err}"
+        );
+    }
+
+    /// Metadata of format version 2 (no lineage) reads as the default
+    /// lineage.
+    #[test]
+    fn version_2_metadata_is_of_the_default_lineage() {
+        let dir = tempfile::tempdir().unwrap();
+        let chk = dir.path().join("chk-0000000004");
+        fs::create_dir_all(&chk).unwrap();
+        let old = crate::storage::MetadataV2::from(&CheckpointMetadata {
+            lineage: Some("dropped".into()),
+            ..metadata(4, Vec::new())
+        });
+        let payload = Codec::Bincode.encode(&old, "m").unwrap();
+        let framed = frame::encode_version(2, PayloadKind::Metadata, Codec::Bincode, &payload);
+        fs::write(chk.join(METADATA_FILE), framed).unwrap();
+        let storage = LocalStorage::new(dir.path());
+        let read = storage.latest_in_lineage(None).unwrap().unwrap();
+        assert_eq!((read.id(), read.metadata.lineage), (4, None));
     }
 
     #[test]

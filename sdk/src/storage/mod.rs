@@ -1,7 +1,8 @@
 //! Checkpoint storage: where snapshots live and what makes a checkpoint
 //! complete.
 //!
-//! Owns: the [`CheckpointStorage`] trait, the checkpoint metadata format, the
+//! Owns: the [`CheckpointStorage`] trait, the checkpoint metadata format
+//! (with the lineage a checkpoint belongs to, [`LineageRecord`]), the
 //! snapshot [`frame`] and the embedded default, [`LocalStorage`] (a local
 //! directory). Does not own when checkpoints are taken or what goes into
 //! them: that is `runtime::coordinator`.
@@ -110,6 +111,95 @@ pub struct CheckpointMetadata {
     pub stages: Vec<StageMetadata>,
     /// One state file per subtask.
     pub task_states: Vec<TaskStateHandle>,
+    /// The lineage the checkpoint belongs to ([`LineageRecord`]): a start
+    /// resumes only checkpoints of its directory's current lineage. `None`
+    /// is the default lineage: checkpoints of runs never started from a
+    /// savepoint, and every checkpoint of format version 2 or older.
+    pub lineage: Option<String>,
+}
+
+/// [`CheckpointMetadata`] as format versions 1 and 2 wrote it: without a
+/// lineage.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MetadataV2 {
+    job: String,
+    checkpoint_id: u64,
+    triggered_unix_ms: u64,
+    stages: Vec<StageMetadata>,
+    task_states: Vec<TaskStateHandle>,
+}
+
+impl From<&CheckpointMetadata> for MetadataV2 {
+    /// The metadata as format version 2 wrote it, for tests and benches
+    /// that write what an older build wrote: its lineage is dropped.
+    fn from(metadata: &CheckpointMetadata) -> Self {
+        MetadataV2 {
+            job: metadata.job.clone(),
+            checkpoint_id: metadata.checkpoint_id,
+            triggered_unix_ms: metadata.triggered_unix_ms,
+            stages: metadata.stages.clone(),
+            task_states: metadata.task_states.clone(),
+        }
+    }
+}
+
+impl CheckpointMetadata {
+    /// Decodes the metadata payload of `frame`, read from `path`, in the
+    /// layout of its format version: before version 3 it has no lineage
+    /// (the default lineage).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Corrupt`] when the payload does not decode.
+    pub fn decode(frame: &frame::Frame<'_>, path: &std::path::Path) -> Result<Self, StorageError> {
+        let corrupt = |e: crate::codec::CodecError| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        if frame.version >= 3 {
+            return frame
+                .codec
+                .decode(frame.payload, "checkpoint metadata")
+                .map_err(corrupt);
+        }
+        let old: MetadataV2 = frame
+            .codec
+            .decode(frame.payload, "checkpoint metadata")
+            .map_err(corrupt)?;
+        Ok(CheckpointMetadata {
+            job: old.job,
+            checkpoint_id: old.checkpoint_id,
+            triggered_unix_ms: old.triggered_unix_ms,
+            stages: old.stages,
+            task_states: old.task_states,
+            lineage: None,
+        })
+    }
+}
+
+/// What a checkpoint directory records when a run starts from a savepoint
+/// (`JobConfig::restore_from`), before anything else: a fresh lineage id,
+/// which every checkpoint of that run records in its metadata, and the
+/// savepoint it started from.
+///
+/// Flink's anchor: a job restored from a savepoint gets a new job id, and
+/// its checkpoints live under that id's directory, so the checkpoints of
+/// older runs are never picked up. Here one directory holds several runs,
+/// and the lineage tells them apart: a start resumes only the newest
+/// checkpoint of the current lineage, and while that lineage has completed
+/// none, restores its savepoint again. Sink commit markers carry the
+/// lineage too, and a restore ignores those of another lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageRecord {
+    /// The lineage id, or `None` for the default lineage (a directory an
+    /// older build recorded a savepoint origin in, whose checkpoints carry
+    /// no lineage).
+    pub lineage: Option<String>,
+    /// What identifies the savepoint ([`CompletedCheckpoint::origin`]).
+    pub origin: String,
+    /// Where the savepoint was restored from, if recorded (older builds did
+    /// not).
+    pub savepoint: Option<PathBuf>,
 }
 
 /// Holds a claim on checkpoint storage ([`CheckpointStorage::claim`])
@@ -194,8 +284,15 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// Removes whatever an abandoned checkpoint wrote.
     fn discard(&self, checkpoint_id: u64) -> Result<(), StorageError>;
 
-    /// The newest complete checkpoint, if any.
+    /// The newest complete checkpoint, if any, of any lineage.
     fn latest(&self) -> Result<Option<CompletedCheckpoint>, StorageError>;
+
+    /// The newest complete checkpoint of lineage `lineage` (`None`: the
+    /// default lineage), if any: the one a start of that lineage resumes.
+    fn latest_in_lineage(
+        &self,
+        lineage: Option<&str>,
+    ) -> Result<Option<CompletedCheckpoint>, StorageError>;
 
     /// The highest checkpoint id ever started here, complete or not, so that
     /// a restarted job never reuses an id.
@@ -212,21 +309,29 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// incomplete ones older than the newest complete checkpoint.
     fn retain(&self, keep: usize) -> Result<(), StorageError>;
 
-    /// Records that subtask `subtask` of stage `stage` has committed every
-    /// sink transaction of checkpoint `checkpoint_id` and earlier. Written
-    /// after the commits, so a crash before it only means that a restore
-    /// commits those transactions again (commits are idempotent).
+    /// Records that subtask `subtask` of stage `stage`, in lineage
+    /// `lineage` (`None`: the default lineage), has committed every sink
+    /// transaction of checkpoint `checkpoint_id` and earlier. Written after
+    /// the commits, so a crash before it only means that a restore commits
+    /// those transactions again (commits are idempotent).
     fn write_commit_marker(
         &self,
         stage: usize,
         subtask: usize,
+        lineage: Option<&str>,
         checkpoint_id: u64,
     ) -> Result<(), StorageError>;
 
     /// The checkpoint up to which subtask `subtask` of stage `stage` is
-    /// known to have committed its sink transactions, if recorded.
-    fn read_commit_marker(&self, stage: usize, subtask: usize)
-    -> Result<Option<u64>, StorageError>;
+    /// known to have committed its sink transactions in lineage `lineage`,
+    /// if recorded. A marker of another lineage counts as none: its
+    /// checkpoint ids say nothing about this lineage's transactions.
+    fn read_commit_marker(
+        &self,
+        stage: usize,
+        subtask: usize,
+        lineage: Option<&str>,
+    ) -> Result<Option<u64>, StorageError>;
 
     /// Claims the storage for one running job until the returned guard is
     /// dropped (or the process dies). A second claim fails with
@@ -235,13 +340,14 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// guard that holds nothing.
     fn claim(&self, job: &str) -> Result<StorageClaim, StorageError>;
 
-    /// Records that the checkpoints of this directory continue the savepoint
-    /// `origin` (its [`CompletedCheckpoint::origin`]), restored with
-    /// `JobConfig::restore_from`.
-    fn write_restore_origin(&self, origin: &str) -> Result<(), StorageError>;
+    /// Records, durably, that the checkpoints written from now on belong to
+    /// `record`'s lineage, which starts from its savepoint. Replaces any
+    /// earlier record.
+    fn write_lineage(&self, record: &LineageRecord) -> Result<(), StorageError>;
 
-    /// The savepoint this directory's checkpoints continue, if recorded.
-    fn read_restore_origin(&self) -> Result<Option<String>, StorageError>;
+    /// The current lineage of this storage, if one was recorded; `None`: the
+    /// default lineage.
+    fn read_lineage(&self) -> Result<Option<LineageRecord>, StorageError>;
 
     /// Copies complete checkpoint `checkpoint` to `target`, a directory that
     /// must not exist yet, as a self-contained savepoint. Storage never

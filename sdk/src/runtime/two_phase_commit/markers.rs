@@ -5,8 +5,12 @@
 //! does not commit again what a marker covers: between that commit and the
 //! restore, the sink may have reused the transaction's id (a Kafka producer
 //! id with a newer epoch), and committing the old handle would be refused
-//! as fenced although nothing was lost. Does not own the file format: that
-//! is [`crate::storage`].
+//! as fenced although nothing was lost. A marker belongs to the lineage
+//! of the run that wrote it ([`crate::storage::LineageRecord`]): a run
+//! restored from a savepoint into a directory an older run used does not
+//! take that run's markers, whose checkpoint ids say nothing about the
+//! savepoint's transactions. Does not own the file format: that is
+//! [`crate::storage`].
 
 use std::sync::Arc;
 
@@ -19,6 +23,8 @@ pub(super) struct CommitMarkers {
     pub(super) storage: Option<Arc<dyn CheckpointStorage>>,
     pub(super) blocking: BlockingCalls,
     pub(super) stage: usize,
+    /// The lineage of the running job (`None`: the default lineage).
+    pub(super) lineage: Option<String>,
 }
 
 impl CommitMarkers {
@@ -27,10 +33,10 @@ impl CommitMarkers {
         let Some(storage) = self.storage else {
             return Ok(None);
         };
-        let stage = self.stage;
+        let (stage, lineage) = (self.stage, self.lineage);
         self.blocking
             .run("read commit marker", move || {
-                storage.read_commit_marker(stage, subtask)
+                storage.read_commit_marker(stage, subtask, lineage.as_deref())
             })
             .await?
             .map_err(Error::from)
@@ -41,10 +47,10 @@ impl CommitMarkers {
         let Some(storage) = self.storage else {
             return Ok(());
         };
-        let stage = self.stage;
+        let (stage, lineage) = (self.stage, self.lineage);
         self.blocking
             .run("write commit marker", move || {
-                storage.write_commit_marker(stage, subtask, checkpoint)
+                storage.write_commit_marker(stage, subtask, lineage.as_deref(), checkpoint)
             })
             .await?
             .map_err(Error::from)

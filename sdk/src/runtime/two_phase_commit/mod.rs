@@ -83,6 +83,8 @@ pub(crate) struct TwoPhaseCommitDriver<S: TwoPhaseCommitSink> {
     first_checkpoint: u64,
     stage: usize,
     subtask: usize,
+    /// The job's lineage, which the commit markers carry.
+    lineage: Option<String>,
     storage: Option<Arc<dyn CheckpointStorage>>,
     blocking: BlockingCalls,
     faults: Faults,
@@ -123,6 +125,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             first_checkpoint: env.link.first_checkpoint,
             stage: env.stage,
             subtask: env.ctx.index,
+            lineage: env.link.lineage.clone(),
             storage: env.link.storage.clone(),
             blocking: env.blocking.clone(),
             faults: env.faults.clone(),
@@ -365,6 +368,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
             storage: self.storage.clone(),
             blocking: self.blocking.clone(),
             stage: self.stage,
+            lineage: self.lineage.clone(),
         }
     }
 

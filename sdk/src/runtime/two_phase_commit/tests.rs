@@ -350,7 +350,7 @@ mod markers {
             .await
             .unwrap();
         driver.checkpoint_complete(1).await.unwrap();
-        assert_eq!(storage.read_commit_marker(0, 0).unwrap(), Some(1));
+        assert_eq!(storage.read_commit_marker(0, 0, None).unwrap(), Some(1));
         sink.take();
 
         let restored = restored_from(snapshot, 1);
@@ -363,6 +363,49 @@ mod markers {
             sink.take(),
             ["recover-abort 2", "begin 3"],
             "transaction 1 was committed twice"
+        );
+    }
+
+    /// A savepoint restored into a directory whose commit marker comes from
+    /// an older run (another lineage) naming a later checkpoint: the
+    /// savepoint's pending transaction is committed, not skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_marker_of_another_lineage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalStorage::new(dir.path()));
+        let sink = Recorder::default();
+        let driver = TwoPhaseCommitDriver::new(
+            sink.clone(),
+            "0:recorder".into(),
+            &SubtaskEnv::for_tests(None, 5),
+        );
+        let mut driver = driver.unwrap();
+        driver.open().await.unwrap();
+        let mut snapshot = SnapshotWriter::new(Codec::Bincode);
+        driver
+            .barrier(Barrier::new(5), &mut snapshot)
+            .await
+            .unwrap();
+        // The older run, of the default lineage, committed up to 20 here.
+        storage.write_commit_marker(0, 0, None, 20).unwrap();
+        sink.take();
+
+        let mut env = SubtaskEnv::for_tests(Some(restored_from(snapshot, 5)), 21);
+        env.link.storage = Some(Arc::clone(&storage));
+        env.link.lineage = Some("from-the-savepoint".into());
+        let mut recovered =
+            TwoPhaseCommitDriver::new(sink.clone(), "0:recorder".into(), &env).unwrap();
+        recovered.open().await.unwrap();
+        assert_eq!(
+            sink.take(),
+            ["recover-commit 5", "recover-abort 6", "begin 21"],
+            "the savepoint's transaction was skipped as committed"
+        );
+        assert_eq!(
+            storage
+                .read_commit_marker(0, 0, Some("from-the-savepoint"))
+                .unwrap(),
+            Some(5)
         );
     }
 }
