@@ -58,8 +58,24 @@ pub(crate) struct RunArgs {
     /// job goes through its restart strategy and recovery instead.
     #[arg(long, default_value_t = 30_000)]
     pub(crate) outage_client_timeout_ms: u64,
+    /// Broker faults on a multi-broker cluster: SIGKILL and restart, one
+    /// broker at a time, the leader of an output partition, the
+    /// transaction coordinator of the job's transactional ids, and the
+    /// coordinator while a restarted child recovers, in turn.
+    #[arg(long)]
+    pub(crate) cluster: bool,
+    /// Broker kills with --cluster.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) cluster_faults: u64,
+    /// The shell command that SIGKILLs broker `{node}` (a node id).
+    #[arg(long, default_value = "scripts/kafka-up --cluster --kill {node}")]
+    pub(crate) kill_broker: String,
+    /// The shell command that starts broker `{node}` again and returns
+    /// once it answers.
+    #[arg(long, default_value = "scripts/kafka-up --cluster --start {node}")]
+    pub(crate) start_broker: String,
     #[command(flatten)]
-    pub(crate) cluster: ClusterArgs,
+    pub(crate) cluster_args: ClusterArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,6 +42,7 @@
 //! Imports run one way: `main` → `run` → `pipeline`, `workload` → `args`.
 
 mod args;
+mod broker_faults;
 mod pipeline;
 mod run;
 mod workload;

@@ -14,6 +14,7 @@ use exactly_kafka::client::ClientSettings;
 use exactly_kafka_tools::cluster::hand_to_child;
 
 use crate::args::{ChildArgs, InputArgs, RunArgs};
+use crate::broker_faults::{Victim, run_for_node, victim_node};
 use crate::pipeline::{CRASH_AT, visible_records};
 use crate::workload::{check, input};
 
@@ -120,6 +121,9 @@ pub(crate) enum Cycle {
     KillAfterSavepointRestore,
     /// SIGKILL a child running at another parallelism.
     Rescale(usize),
+    /// SIGKILL one broker of the cluster and start it again, under a
+    /// running child (`--cluster`).
+    ClusterFault(Victim),
 }
 
 pub(crate) struct Harness {
@@ -229,6 +233,69 @@ impl Harness {
         }
     }
 
+    /// A broker fault on the cluster under `running`: SIGKILLs the broker
+    /// `victim` names, starts it again, waits until the child has made
+    /// progress, and SIGKILLs the child. For a kill during recovery,
+    /// `running` is the child that aborts at `after-checkpoint-complete`;
+    /// the broker dies while the child started after it recovers.
+    fn cluster_fault(
+        &mut self,
+        running: &mut Child,
+        victim: Victim,
+        args: &RunArgs,
+    ) -> Result<Death, String> {
+        let how = victim.name();
+        let mut recovering;
+        let running = if victim == Victim::CoordinatorDuringRecovery {
+            match wait(running, Duration::from_secs(30)) {
+                Some(status) if status.signal() == Some(6) => {}
+                Some(status) => return Ok(death(status, "random SIGKILL", "random SIGKILL")),
+                None => return Ok(death(sigkill(running), "random SIGKILL", "random SIGKILL")),
+            }
+            recovering = self
+                .spawn(None, &[])
+                .map_err(|e| format!("cannot start the child: {e}"))?;
+            // Start-up takes about a second; recovery comes first in it.
+            let into_recovery = Duration::from_millis(300 + self.rng.below(900));
+            if let Some(status) = wait(&mut recovering, into_recovery) {
+                return Ok(death(status, how, how));
+            }
+            &mut recovering
+        } else {
+            let steady = Duration::from_millis(2500 + self.rng.below(1500));
+            if let Some(status) = wait(running, steady) {
+                return Ok(death(status, "random SIGKILL", "random SIGKILL"));
+            }
+            running
+        };
+        let first_id = format!("{}-0-0", self.child.prefix);
+        let node = victim_node(&self.settings, victim, &self.child.output, &first_id)?;
+        let visible = self.visible().unwrap_or(0);
+        println!("crash-harness: SIGKILL broker {node} ({how})");
+        run_for_node(&args.kill_broker, node)?;
+        let down = Duration::from_millis(500 + self.rng.below(2500));
+        if let Some(status) = wait(running, down) {
+            run_for_node(&args.start_broker, node)?;
+            return Ok(death(status, how, how));
+        }
+        run_for_node(&args.start_broker, node)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = wait(running, Duration::from_millis(500)) {
+                return Ok(death(status, how, how));
+            }
+            if self.visible().is_some_and(|n| n > visible) {
+                return Ok(death(sigkill(running), how, how));
+            }
+            if Instant::now() >= deadline {
+                sigkill(running);
+                return Err(format!(
+                    "the pipeline made no progress within 120 s of restarting broker {node} ({how}; still {visible} records visible)"
+                ));
+            }
+        }
+    }
+
     /// Restarts the broker under a running child, then waits until the
     /// child has made progress on the restarted broker, and SIGKILLs it.
     fn broker_restart(&mut self, running: &mut Child, command: &str) -> Result<Death, String> {
@@ -275,7 +342,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let settings = args.cluster.settings().map_err(|e| e.to_string())?;
+    let settings = args.cluster_args.settings().map_err(|e| e.to_string())?;
     let bootstrap = settings.bootstrap.clone();
     let run = format!("{}-{}", std::process::id(), seed % 1_000_000);
     let work = std::env::temp_dir().join(format!("exactly-crash-harness-{run}"));
@@ -332,10 +399,16 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
         .chain(phases.iter())
         .map(|p| Cycle::Phase(p))
         .chain((0..args.broker_restarts).map(|_| Cycle::BrokerRestart))
+        .chain(
+            (0..if args.cluster { args.cluster_faults } else { 0 }).map(|i| {
+                Cycle::ClusterFault(Victim::ROTATION[i as usize % Victim::ROTATION.len()])
+            }),
+        )
         .chain(lineage)
         .collect();
     // The savepoint stop is not a kill.
-    while (plan.len() as u64) < cycles + args.broker_restarts + 1 {
+    let cluster_faults = if args.cluster { args.cluster_faults } else { 0 };
+    while (plan.len() as u64) < cycles + args.broker_restarts + cluster_faults + 1 {
         plan.push_back(Cycle::RandomKill);
     }
     let mut savepoints = 0;
@@ -349,6 +422,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
         cycle += 1;
         let crash_at = match next {
             Cycle::Phase(p) => Some(format!("{p}:{}", 1 + harness.rng.below(2))),
+            Cycle::ClusterFault(Victim::CoordinatorDuringRecovery) => {
+                Some("after-checkpoint-complete:1".to_owned())
+            }
             _ => None,
         };
         if let Cycle::Rescale(parallelism) = next {
@@ -402,6 +478,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
                 broker_restarts += 1;
                 harness.broker_restart(&mut running, &args.restart_broker)?
             }
+            Cycle::ClusterFault(victim) => harness.cluster_fault(&mut running, victim, args)?,
         };
         if let Death::StoppedWithSavepoint = ended {
             // From now on: restore the savepoint, in a new directory.
@@ -421,6 +498,9 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
                 match next {
                     Cycle::BrokerRestart => {
                         format!("the broker was restarted under it; it recovered, then {how}")
+                    }
+                    Cycle::ClusterFault(_) => {
+                        format!("{how}, restarted; the child made progress, then was SIGKILLed")
                     }
                     _ => format!(
                         "died: {how}{}",

@@ -1,0 +1,170 @@
+//! Broker faults on a multi-broker cluster (`--cluster`): which broker to
+//! SIGKILL (the leader of an output partition, or the transaction
+//! coordinator of the job's transactional ids), and the commands that
+//! kill and restart one broker by node id.
+//!
+//! Owns the choice of the victim and running the two commands. Does not
+//! own when, in a cycle, the fault happens (that is [`crate::run`]).
+//!
+//! The coordinator is found the way the broker assigns it
+//! (`TransactionStateManager.partitionFor`): the leader of the partition
+//! `abs(javaHashCode(transactional id)) % partitions` of
+//! `__transaction_state`. librdkafka offers no FindCoordinator call, and
+//! the metadata request below needs no permission beyond Describe.
+
+use std::process::Command;
+use std::time::Duration;
+
+use exactly_kafka::client::ClientSettings;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// The broker a cluster fault kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Victim {
+    /// The leader of an output partition.
+    OutputLeader,
+    /// The transaction coordinator of the sink's first transactional id.
+    Coordinator,
+    /// The transaction coordinator, killed while a restarted child
+    /// recovers the transaction a kill at `after-checkpoint-complete` left
+    /// pre-committed.
+    CoordinatorDuringRecovery,
+}
+
+impl Victim {
+    /// The victims in the order a run's cluster faults take them.
+    pub(crate) const ROTATION: [Victim; 3] = [
+        Victim::OutputLeader,
+        Victim::Coordinator,
+        Victim::CoordinatorDuringRecovery,
+    ];
+
+    /// How the report names a kill of this victim.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Victim::OutputLeader => "broker SIGKILL: output partition leader",
+            Victim::Coordinator => "broker SIGKILL: transaction coordinator",
+            Victim::CoordinatorDuringRecovery => {
+                "broker SIGKILL: transaction coordinator during recovery"
+            }
+        }
+    }
+}
+
+/// Java's `String.hashCode`, which places a transactional id on a
+/// partition of `__transaction_state`.
+fn java_hash(text: &str) -> i32 {
+    text.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
+}
+
+/// The partition of `__transaction_state` that coordinates
+/// `transactional_id` among `partitions` (Kafka's `Utils.abs` is
+/// `n & 0x7fffffff`).
+fn coordinator_partition(transactional_id: &str, partitions: usize) -> i32 {
+    let partitions = i32::try_from(partitions).unwrap_or(i32::MAX).max(1);
+    (java_hash(transactional_id) & 0x7fff_ffff) % partitions
+}
+
+/// The node id of the leader of `partition` of `topic`.
+fn leader(settings: &ClientSettings, topic: &str, partition: i32) -> Result<i32, String> {
+    let consumer: BaseConsumer = settings
+        .rdkafka_config()
+        .create()
+        .map_err(|e| format!("cannot create a metadata client: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions())
+        .unwrap_or_default();
+    partitions
+        .iter()
+        .find(|p| p.id() == partition)
+        .map(|p| p.leader())
+        .filter(|leader| *leader >= 0)
+        .ok_or_else(|| {
+            format!(
+                "partition {partition} of `{topic}` has no leader ({} partitions)",
+                partitions.len()
+            )
+        })
+}
+
+/// Kafka's transaction log topic.
+const TRANSACTION_STATE: &str = "__transaction_state";
+
+/// The node id of the broker to kill.
+pub(crate) fn victim_node(
+    settings: &ClientSettings,
+    victim: Victim,
+    output: &str,
+    transactional_id: &str,
+) -> Result<i32, String> {
+    match victim {
+        Victim::OutputLeader => leader(settings, output, 0),
+        Victim::Coordinator | Victim::CoordinatorDuringRecovery => {
+            let partitions = partition_count(settings, TRANSACTION_STATE)?;
+            leader(
+                settings,
+                TRANSACTION_STATE,
+                coordinator_partition(transactional_id, partitions),
+            )
+        }
+    }
+}
+
+/// The partition count of `topic`.
+fn partition_count(settings: &ClientSettings, topic: &str) -> Result<usize, String> {
+    let consumer: BaseConsumer = settings
+        .rdkafka_config()
+        .create()
+        .map_err(|e| format!("cannot create a metadata client: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    match metadata.topics().first().map(|t| t.partitions().len()) {
+        Some(count) if count > 0 => Ok(count),
+        _ => Err(format!(
+            "`{topic}` has no partitions in the cluster metadata"
+        )),
+    }
+}
+
+/// Runs `template` with `{node}` replaced by `node`, through `sh -c`.
+pub(crate) fn run_for_node(template: &str, node: i32) -> Result<(), String> {
+    let command = template.replace("{node}", &node.to_string());
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{command}` failed ({status})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coordinator_partition_follows_javas_string_hash() {
+        // Values of Java's "...".hashCode().
+        assert_eq!(java_hash(""), 0);
+        assert_eq!(java_hash("ab"), 3105);
+        assert_eq!(java_hash("hello"), 99_162_322);
+        assert_eq!(java_hash("Hello World"), -862_545_276);
+        // A negative hash: Utils.abs masks the sign bit off.
+        assert_eq!(
+            coordinator_partition("Hello World", 50),
+            (-862_545_276_i32 & 0x7fff_ffff) % 50
+        );
+        assert_eq!(coordinator_partition("hello", 50), 99_162_322 % 50);
+    }
+}
