@@ -333,7 +333,7 @@ impl Coordinator {
         // The expiry is measured from `started`; the barrier's own time,
         // which sinks count from, is no earlier.
         let started = Instant::now();
-        let barrier = Barrier::new(id);
+        let barrier = Barrier::after(id, *self.completed.borrow());
         self.tell_sources(|| SourceCommand::Trigger {
             barrier,
             pause_after: is_final,

@@ -15,14 +15,27 @@ pub(crate) struct Barrier {
     /// plus the checkpoint timeout, so a sink knows by when the
     /// checkpoint that commits its transaction completes, if it does.
     pub(crate) triggered: Instant,
+    /// The newest checkpoint complete when this one was triggered: a sink
+    /// may see this barrier before the notice that commits that
+    /// checkpoint's transactions, which it must not count as waiting for
+    /// this one.
+    pub(crate) completed: u64,
 }
 
 impl Barrier {
-    /// The barrier of checkpoint `checkpoint_id`, triggered now.
+    /// The barrier of checkpoint `checkpoint_id`, triggered now, after
+    /// every earlier checkpoint completed.
     pub(crate) fn new(checkpoint_id: u64) -> Self {
+        Self::after(checkpoint_id, checkpoint_id.saturating_sub(1))
+    }
+
+    /// The barrier of checkpoint `checkpoint_id`, triggered now, when
+    /// `completed` was the newest complete checkpoint.
+    pub(crate) fn after(checkpoint_id: u64, completed: u64) -> Self {
         Barrier {
             checkpoint_id,
             triggered: Instant::now(),
+            completed,
         }
     }
 }

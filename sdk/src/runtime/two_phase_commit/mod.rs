@@ -175,26 +175,26 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
         Ok(())
     }
 
-    /// Fails the attempt, at the barrier of a checkpoint triggered at
-    /// `triggered`, when a transaction that checkpoint would commit (the
-    /// open one, or a pending one) could outlive the sink's transaction
-    /// timeout: the checkpoint completes, if it does, by `triggered` plus
-    /// the checkpoint timeout. The restart then replays its records from
+    /// Fails the attempt, at `barrier`, when a transaction its checkpoint
+    /// would commit (the open one, or a pending one whose checkpoint had
+    /// not completed when this one was triggered) could outlive the sink's
+    /// transaction timeout: the checkpoint completes, if it does, by its
+    /// trigger time plus the checkpoint timeout. The restart then replays its records from
     /// the last complete checkpoint; committing too late would lose them.
     /// `JobSettings::longest_transaction_lifetime` is the same bound,
     /// checked at start by the sink's preflight.
-    fn guard_lifetimes(&self, triggered: Instant) -> Result<()> {
+    fn guard_lifetimes(&self, barrier: Barrier) -> Result<()> {
         let Some(timeout) = self.transaction_timeout else {
             return Ok(());
         };
         let oldest = self
             .pending_began
-            .iter()
+            .range(barrier.completed + 1..)
             .map(|(id, began)| (*id, *began))
             .chain(std::iter::once((self.current_for, self.current_began)))
             .min_by_key(|(_, began)| *began)
             .expect("the current transaction is always there");
-        let committed_by = triggered + self.checkpoint_timeout;
+        let committed_by = barrier.triggered + self.checkpoint_timeout;
         let lifetime = committed_by.saturating_duration_since(oldest.1);
         if lifetime < timeout {
             return Ok(());
@@ -340,7 +340,7 @@ impl<S: TwoPhaseCommitSink> TwoPhaseCommitDriver<S> {
 
     async fn pre_commit(&mut self, barrier: Barrier, snapshot: &mut SnapshotWriter) -> Result<()> {
         let checkpoint = barrier.checkpoint_id;
-        self.guard_lifetimes(barrier.triggered)?;
+        self.guard_lifetimes(barrier)?;
         let began = self.current_began;
         let mut txn = self.take_current("pre-commit")?;
         let (txn, result) = self
