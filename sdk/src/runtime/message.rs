@@ -24,7 +24,8 @@ pub(crate) struct Barrier {
 
 impl Barrier {
     /// The barrier of checkpoint `checkpoint_id`, triggered now, after
-    /// every earlier checkpoint completed.
+    /// every earlier checkpoint completed: for tests.
+    #[cfg(test)]
     pub(crate) fn new(checkpoint_id: u64) -> Self {
         Self::after(checkpoint_id, checkpoint_id.saturating_sub(1))
     }
