@@ -347,9 +347,11 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
     let run = format!("{}-{}", std::process::id(), seed % 1_000_000);
     let work = std::env::temp_dir().join(format!("exactly-crash-harness-{run}"));
     let child_args = ChildArgs {
-        input: format!("crash-harness-in-{run}"),
-        output: format!("crash-harness-out-{run}"),
-        prefix: format!("crash-harness-{run}"),
+        // Under `exactly-`, the prefix the secured test broker's ACLs
+        // allow its application user (scripts/kafka-up --secure).
+        input: format!("exactly-crash-harness-in-{run}"),
+        output: format!("exactly-crash-harness-out-{run}"),
+        prefix: format!("exactly-crash-harness-{run}"),
         checkpoints: work.join("checkpoints"),
         records,
         parallelism: 2,
