@@ -81,6 +81,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|settings| check(&settings, &args.output, args.records))
             .map(|v| {
+                println!("crash-harness: {}", v.oracles);
                 for problem in &v.problems {
                     println!("crash-harness: {problem}");
                 }

@@ -550,6 +550,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
     }
     let verdict = check(&settings, &harness.child.output, records)
         .map_err(|e| format!("cannot check the output: {e}"))?;
+    println!("crash-harness: {}", verdict.oracles);
     if verdict.lost == 0 && verdict.duplicated == 0 && verdict.problems.is_empty() {
         let _ = std::fs::remove_dir_all(&work);
     } else {

@@ -62,6 +62,8 @@ pub(crate) struct Verdict {
     pub(crate) lost: u64,
     pub(crate) duplicated: u64,
     pub(crate) problems: Vec<String>,
+    /// What the two oracles and the open-transaction check said.
+    pub(crate) oracles: String,
 }
 
 /// Checks the output: both oracles agree, nothing is left open, and per
@@ -73,9 +75,19 @@ pub(crate) fn check(
 ) -> Result<Verdict, String> {
     let logs = oracle::read_committed(settings, output).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
-    if let Err(e) = oracle::settled(settings, output) {
-        problems.push(e.to_string());
-    }
+    let visible: usize = logs.iter().map(|p| p.records.len()).sum();
+    let open = match oracle::settled(settings, output) {
+        Ok(_) => "no transaction left open".to_owned(),
+        Err(e) => {
+            problems.push(e.to_string());
+            "a transaction is left open".to_owned()
+        }
+    };
+    let oracles = format!(
+        "oracles: the raw KIP-98 log reader and the rdkafka read_committed consumer agree on all {visible} visible \
+         records of {} partitions; {open}",
+        logs.len()
+    );
     let mut by_key: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for record in logs.iter().flat_map(|p| &p.records) {
         let text =
@@ -124,5 +136,6 @@ pub(crate) fn check(
         lost,
         duplicated,
         problems,
+        oracles,
     })
 }
