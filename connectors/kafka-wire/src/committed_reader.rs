@@ -28,6 +28,7 @@ use kafka_protocol::messages::{
 use crate::batch::{BatchError, DecodedBatch, decode_batch, split_batches};
 use crate::connection::{Connection, ConnectionSettings, error_name, topic_name};
 use crate::error::ReadError;
+use crate::security::Security;
 use crate::visibility::{OutcomeScan, PartitionLog, PartitionScan, TransactionOutcome};
 
 /// Kafka's `READ_UNCOMMITTED` isolation level.
@@ -56,6 +57,8 @@ pub struct ReaderConfig {
     pub client_id: String,
     /// The most bytes one Fetch asks for per partition.
     pub fetch_max_bytes: i32,
+    /// TLS and SASL (default: neither).
+    pub security: Security,
 }
 
 impl ReaderConfig {
@@ -68,6 +71,7 @@ impl ReaderConfig {
             request_timeout: Duration::from_secs(10),
             client_id: "exactly-committed-reader".to_owned(),
             fetch_max_bytes: 8 * 1024 * 1024,
+            security: Security::default(),
         }
     }
 
@@ -76,6 +80,7 @@ impl ReaderConfig {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             client_id: self.client_id.clone(),
+            security: self.security.clone(),
         }
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! Owns framing (size-prefixed request and response), request headers and
 //! correlation ids, API version negotiation (ApiVersions on connect, then
-//! the highest version both sides support within the caller's range), and
-//! the bounds on every wait: a connect timeout and a per-request timeout.
+//! the highest version both sides support within the caller's range), the
+//! TLS handshake and the SASL authentication the [`Security`] asks for
+//! (SaslHandshake, then SaslAuthenticate carrying each message of the
+//! exchange), and the bounds on every wait: a connect timeout (the TCP
+//! connect and the TLS handshake) and a per-request timeout.
 //! After any I/O error or timeout the connection is marked broken and must
 //! be replaced, since a half-read response leaves the stream unusable.
 //!
@@ -13,17 +16,24 @@
 //! `EndTxn`), with the message types of the `kafka-protocol` crate.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, FindCoordinatorRequest, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::error::ReadError;
+use crate::security::{self, Sasl, Security};
 
 /// The largest response accepted: well above any fetch this crate asks for,
 /// low enough that a garbage size prefix cannot exhaust memory.
@@ -41,13 +51,62 @@ pub struct ConnectionSettings {
     pub request_timeout: Duration,
     /// The client id sent with every request.
     pub client_id: String,
+    /// TLS and SASL (default: neither).
+    pub security: Security,
+}
+
+/// The byte stream of a connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A connection to one broker, with the API versions it supports.
 #[derive(Debug)]
 pub struct Connection {
     address: String,
-    stream: TcpStream,
+    stream: Stream,
     settings: ConnectionSettings,
     next_correlation_id: i32,
     broker_versions: HashMap<i16, (i16, i16)>,
@@ -66,6 +125,8 @@ fn api_name<R: Request>() -> &'static str {
         Ok(ApiKey::ListTransactions) => "ListTransactions",
         Ok(ApiKey::DescribeTransactions) => "DescribeTransactions",
         Ok(ApiKey::DescribeProducers) => "DescribeProducers",
+        Ok(ApiKey::SaslHandshake) => "SaslHandshake",
+        Ok(ApiKey::SaslAuthenticate) => "SaslAuthenticate",
         _ => "request",
     }
 }
@@ -76,22 +137,24 @@ pub fn topic_name(topic: &str) -> TopicName {
 }
 
 impl Connection {
-    /// Connects to `address` (`host:port`) and asks which API versions the
-    /// broker supports.
+    /// Connects to `address` (`host:port`), with TLS when the settings'
+    /// security asks for it, asks which API versions the broker supports,
+    /// and authenticates with SASL when asked.
     ///
     /// # Errors
     ///
     /// [`ReadError`] when the address is invalid, the broker cannot be
-    /// reached in time, or its ApiVersions answer is an error.
+    /// reached in time, the TLS handshake or the authentication fails, or
+    /// its ApiVersions answer is an error.
     pub async fn open(address: &str, settings: &ConnectionSettings) -> Result<Self, ReadError> {
-        match address.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+        let host = match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host,
             _ => {
                 return Err(ReadError::InvalidAddress {
                     address: address.to_owned(),
                 });
             }
-        }
+        };
         let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ReadError::ConnectTimeout {
@@ -108,6 +171,29 @@ impl Connection {
                 address: address.to_owned(),
                 source,
             })?;
+        let stream = match settings.security.tls() {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let tls_error = |reason: String| ReadError::Tls {
+                    address: address.to_owned(),
+                    reason,
+                };
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| tls_error(format!("`{host}` is not a host name ({e})")))?;
+                let handshake =
+                    TlsConnector::from(std::sync::Arc::clone(tls)).connect(name, stream);
+                let tls_stream = tokio::time::timeout(settings.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| {
+                        tls_error(format!(
+                            "no handshake within {:?}",
+                            settings.connect_timeout
+                        ))
+                    })?
+                    .map_err(|e| tls_error(e.to_string()))?;
+                Stream::Tls(Box::new(tls_stream))
+            }
+        };
         let mut connection = Self {
             address: address.to_owned(),
             stream,
@@ -135,7 +221,56 @@ impl Connection {
             .iter()
             .map(|v| (v.api_key, (v.min_version, v.max_version)))
             .collect();
+        if let Some(sasl) = settings.security.sasl() {
+            connection.authenticate(sasl).await?;
+        }
         Ok(connection)
+    }
+
+    /// Authenticates with SaslHandshake v1 and SaslAuthenticate, one
+    /// request per message of the exchange.
+    async fn authenticate(&mut self, sasl: &Sasl) -> Result<(), ReadError> {
+        let mechanism = sasl.mechanism.name();
+        let refused = |address: &str, message: String| ReadError::Authentication {
+            address: address.to_owned(),
+            mechanism,
+            message,
+        };
+        let handshake =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let (answer, _) = self.request(&handshake, 1, 1).await?;
+        if answer.error_code != 0 {
+            let enabled: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(
+                &self.address,
+                format!(
+                    "the broker answered {} to the mechanism; it enables {enabled:?} on this listener",
+                    error_name(answer.error_code)
+                ),
+            ));
+        }
+        let mut exchange =
+            security::exchange(sasl).map_err(|message| refused(&self.address, message))?;
+        let mut server = Bytes::new();
+        while let Some(message) = exchange
+            .next(&server)
+            .map_err(|message| refused(&self.address, message))?
+        {
+            let request = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+            let (answer, _) = self.request(&request, 0, 2).await?;
+            if answer.error_code != 0 {
+                let said = answer
+                    .error_message
+                    .as_ref()
+                    .map_or_else(String::new, |m| format!(": {}", m.as_str()));
+                return Err(refused(
+                    &self.address,
+                    format!("{}{said}", error_name(answer.error_code)),
+                ));
+            }
+            server = answer.auth_bytes;
+        }
+        Ok(())
     }
 
     /// Connects to the first broker of `bootstrap` (`host:port`, or several

@@ -27,6 +27,38 @@ pub enum ReadError {
         source: std::io::Error,
     },
 
+    /// The TLS handshake failed: the broker's certificate is not trusted,
+    /// names another host, or the broker does not speak TLS there.
+    #[error(
+        "TLS handshake with Kafka broker at {address} failed: {reason}; check ssl.ca.location (the CA that signed \
+         the broker's certificate), ssl.endpoint.identification.algorithm, and that the port is the SSL or SASL_SSL \
+         listener"
+    )]
+    Tls {
+        /// The broker address.
+        address: String,
+        /// What the handshake said.
+        reason: String,
+    },
+
+    /// The broker refused the SASL authentication.
+    #[error(
+        "SASL {mechanism} authentication with Kafka broker at {address} failed: {message}; check sasl.username, \
+         sasl.password and sasl.mechanism"
+    )]
+    Authentication {
+        /// The broker address.
+        address: String,
+        /// The mechanism.
+        mechanism: &'static str,
+        /// What the broker (or the exchange) said.
+        message: String,
+    },
+
+    /// The connection's TLS or SASL settings cannot be used.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+
     /// Opening the TCP connection took longer than the connect timeout.
     #[error("Kafka broker not reachable at {address}: no connection within {timeout:?}")]
     ConnectTimeout {

@@ -15,7 +15,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`connection`] | one connection to one broker: framing, version negotiation, timeouts; Kafka's error names |
+//! | [`connection`] | one connection to one broker: framing, version negotiation, TLS and SASL on connect, timeouts; Kafka's error names |
+//! | [`security`] | [`security::Security`]: librdkafka's TLS and SASL properties, validated and loaded once; the SASL exchanges (PLAIN, SCRAM) |
 //! | [`batch`] | decoding record batches (message format v2) with every header kept |
 //! | [`header`] | [`RecordHeader`], shared by the decoder and the visibility rule |
 //! | [`visibility`] | the read_committed rule (KIP-98) and the result types of a partition read |
@@ -43,6 +44,8 @@ pub mod error;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake_broker;
 pub mod header;
+mod sasl;
+pub mod security;
 pub mod transactions;
 pub mod visibility;
 

@@ -137,6 +137,7 @@ impl ClusterProbe {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             client_id: config.client_id.clone(),
+            security: config.security.clone(),
         };
         let mut bootstrap = Connection::open(&config.bootstrap, &settings).await?;
         let request = MetadataRequest::default()

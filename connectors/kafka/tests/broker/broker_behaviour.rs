@@ -55,6 +55,7 @@ fn settings() -> ConnectionSettings {
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(10),
         client_id: "exactly-broker-behaviour".to_owned(),
+        security: Default::default(),
     }
 }
 

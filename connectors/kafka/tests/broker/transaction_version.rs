@@ -105,6 +105,7 @@ fn connection_settings() -> ConnectionSettings {
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
         client_id: "exactly-kafka-tests".to_owned(),
+        security: Default::default(),
     }
 }
 
