@@ -295,6 +295,7 @@ fn wire_settings(settings: &ClientSettings, client_id: &str) -> ConnectionSettin
         connect_timeout: settings.timeout.min(Duration::from_secs(10)),
         request_timeout: settings.timeout,
         client_id: client_id.to_owned(),
+        security: Default::default(),
     }
 }
 
