@@ -174,23 +174,27 @@ impl Connection {
         let stream = match settings.security.tls() {
             None => Stream::Plain(stream),
             Some(tls) => {
-                let tls_error = |reason: String| ReadError::Tls {
+                let tls_error = |source: std::io::Error| ReadError::Tls {
                     address: address.to_owned(),
-                    reason,
+                    source,
                 };
-                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                    .map_err(|e| tls_error(format!("`{host}` is not a host name ({e})")))?;
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned()).map_err(
+                    |e| {
+                        tls_error(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("`{host}` is neither a DNS name nor an IP address ({e})"),
+                        ))
+                    },
+                )?;
                 let handshake =
                     TlsConnector::from(std::sync::Arc::clone(tls)).connect(name, stream);
                 let tls_stream = tokio::time::timeout(settings.connect_timeout, handshake)
                     .await
-                    .map_err(|_| {
-                        tls_error(format!(
-                            "no handshake within {:?}",
-                            settings.connect_timeout
-                        ))
+                    .map_err(|_| ReadError::ConnectTimeout {
+                        address: address.to_owned(),
+                        timeout: settings.connect_timeout,
                     })?
-                    .map_err(|e| tls_error(e.to_string()))?;
+                    .map_err(tls_error)?;
                 Stream::Tls(Box::new(tls_stream))
             }
         };
@@ -391,6 +395,13 @@ impl Connection {
         let result = tokio::time::timeout(timeout, self.round_trip(&frame)).await;
         let mut body = match result {
             Ok(Ok(body)) => body,
+            Ok(Err(source)) if is_tls_error(&source) => {
+                self.broken = true;
+                return Err(ReadError::Tls {
+                    address: self.address.clone(),
+                    source,
+                });
+            }
             Ok(Err(source)) => {
                 self.broken = true;
                 return Err(ReadError::Io {
@@ -458,6 +469,8 @@ impl Connection {
 
     async fn round_trip(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
         self.stream.write_all(frame).await?;
+        // TLS buffers what it encrypts: send it now.
+        self.stream.flush().await?;
         let size = self.stream.read_i32().await?;
         let size = usize::try_from(size)
             .ok()
@@ -474,6 +487,14 @@ impl Connection {
         self.stream.read_exact(&mut body).await?;
         Ok(body.freeze())
     }
+}
+
+/// Whether an I/O error is TLS failing after the handshake: TLS 1.3
+/// reports a refused client certificate with the first read, as an alert.
+fn is_tls_error(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 /// Kafka's name for an error code, for error messages.

@@ -28,17 +28,22 @@ pub enum ReadError {
     },
 
     /// The TLS handshake failed: the broker's certificate is not trusted,
-    /// names another host, or the broker does not speak TLS there.
+    /// names another host, the broker refused the client certificate, or
+    /// the broker does not speak TLS on that port.
     #[error(
-        "TLS handshake with Kafka broker at {address} failed: {reason}; check ssl.ca.location (the CA that signed \
-         the broker's certificate), ssl.endpoint.identification.algorithm, and that the port is the SSL or SASL_SSL \
-         listener"
+        "TLS handshake with Kafka broker at {address} failed: {source}; check ssl.ca.location \
+         (the CA that signed the broker's certificate), ssl.endpoint.identification.algorithm \
+         (https: the certificate must name the host connected to; none: the chain only), \
+         ssl.certificate.location and ssl.key.location (when the broker wants a client \
+         certificate), and that the port is an SSL or SASL_SSL listener"
     )]
     Tls {
         /// The broker address.
         address: String,
-        /// What the handshake said.
-        reason: String,
+        /// What the handshake said (a `rustls::Error` inside, when TLS
+        /// itself failed).
+        #[source]
+        source: std::io::Error,
     },
 
     /// The broker refused the SASL authentication.

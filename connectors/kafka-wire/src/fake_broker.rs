@@ -4,8 +4,10 @@
 //!
 //! Owns the failures a real broker will not produce on demand (silence,
 //! hang-ups, corrupt and truncated record batches, a broker without the
-//! transaction APIs) and batches built byte by byte: transactional ones,
-//! control markers, repeated header keys.
+//! transaction APIs), SASL authentication (PLAIN and the server side of
+//! SCRAM, which refuses every other request until the client has
+//! authenticated, as Kafka does) and batches built byte by byte:
+//! transactional ones, control markers, repeated header keys.
 //!
 //! Why here and not in a dev-only crate of its own: the fake broker speaks
 //! the protocol this crate owns, and this crate's unit tests (the batch
@@ -32,14 +34,19 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, DescribeTransactionsResponse, FetchResponse,
     ListOffsetsRequest, ListOffsetsResponse, ListTransactionsResponse, MetadataResponse,
-    ResponseHeader, TopicName,
+    ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, decode_request_header_from_buffer};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 use crate::batch::{ATTR_CONTROL, ATTR_TRANSACTIONAL};
+use crate::sasl::{ScramHash, attribute, escape_username};
 
 /// The APIs every fake broker offers: (key, min version, max version) for
 /// Fetch, Metadata, ListOffsets and ApiVersions.
@@ -47,6 +54,15 @@ const APIS: [(i16, i16, i16); 4] = [(18, 0, 3), (3, 1, 12), (2, 1, 10), (1, 4, 1
 /// What a broker with transactions adds: ListTransactions and
 /// DescribeTransactions.
 const TRANSACTION_APIS: [(i16, i16, i16); 2] = [(66, 0, 1), (65, 0, 0)];
+/// What a broker with SASL adds: SaslHandshake and SaslAuthenticate.
+const SASL_APIS: [(i16, i16, i16); 2] = [(17, 0, 1), (36, 0, 2)];
+/// Kafka's `UNSUPPORTED_SASL_MECHANISM` error code.
+const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+/// Kafka's `SASL_AUTHENTICATION_FAILED` error code.
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
+/// The salt and iteration count of the fake broker's SCRAM credentials.
+const SCRAM_SALT: &[u8] = b"fake-broker-salt";
+const SCRAM_ITERATIONS: u32 = 4096;
 
 /// How a fake broker treats its connections.
 pub enum Behaviour {
@@ -72,6 +88,21 @@ pub struct Served {
     /// The answers to ListTransactions and DescribeTransactions; `None`
     /// for a broker that does not offer them.
     pub transactions: Option<Box<(ListTransactionsResponse, DescribeTransactionsResponse)>>,
+    /// The one user every connection must authenticate as, with SASL,
+    /// before any request but ApiVersions; `None` for no SASL.
+    pub sasl: Option<FakeSasl>,
+}
+
+/// The SASL side of a fake broker: the mechanisms it enables and its one
+/// user.
+#[derive(Debug, Clone)]
+pub struct FakeSasl {
+    /// The enabled mechanisms, of PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512.
+    pub mechanisms: Vec<String>,
+    /// The user's name.
+    pub username: String,
+    /// The user's password.
+    pub password: String,
 }
 
 impl Served {
@@ -84,6 +115,7 @@ impl Served {
             high_watermark,
             last_stable_offset: high_watermark,
             transactions: None,
+            sasl: None,
         }
     }
 }
@@ -147,6 +179,7 @@ pub fn batch(base_offset: i64, values: &[&str]) -> Bytes {
 
 fn serve(mut stream: TcpStream, port: u16, served: &Served) {
     let name = || TopicName(StrBytes::from_string(served.topic.clone()));
+    let mut sasl = served.sasl.as_ref().map(SaslServer::new);
     loop {
         let mut size = [0; 4];
         if stream.read_exact(&mut size).is_err() {
@@ -160,16 +193,28 @@ fn serve(mut stream: TcpStream, port: u16, served: &Served) {
         let header = decode_request_header_from_buffer(&mut frame).expect("a request header");
         let version = header.request_api_version;
         let key = ApiKey::try_from(header.request_api_key).expect("a known API");
+        let unauthenticated = sasl.as_ref().is_some_and(|sasl| !sasl.authenticated);
+        if unauthenticated
+            && !matches!(
+                key,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            )
+        {
+            // Kafka closes the connection of a client that skips SASL.
+            return;
+        }
         let body = match key {
             ApiKey::ApiVersions => {
                 let extra = served
                     .transactions
                     .as_ref()
                     .map_or(&[][..], |_| &TRANSACTION_APIS);
+                let sasl_apis = served.sasl.as_ref().map_or(&[][..], |_| &SASL_APIS);
                 encode_body(
                     ApiVersionsResponse::default().with_api_keys(
                         APIS.iter()
                             .chain(extra)
+                            .chain(sasl_apis)
                             .map(|&(key, min, max)| {
                                 ApiVersion::default()
                                     .with_api_key(key)
@@ -240,6 +285,16 @@ fn serve(mut stream: TcpStream, port: u16, served: &Served) {
                     encode_body(described.clone(), version)
                 }
             }
+            ApiKey::SaslHandshake if let Some(sasl) = &mut sasl => {
+                let request =
+                    SaslHandshakeRequest::decode(&mut frame, version).expect("SaslHandshake");
+                encode_body(sasl.handshake(request.mechanism.as_str()), version)
+            }
+            ApiKey::SaslAuthenticate if let Some(sasl) = &mut sasl => {
+                let request =
+                    SaslAuthenticateRequest::decode(&mut frame, version).expect("SaslAuthenticate");
+                encode_body(sasl.authenticate(&request.auth_bytes), version)
+            }
             other => panic!("the fake broker does not serve {other:?}"),
         };
         let mut response = BytesMut::new();
@@ -254,6 +309,121 @@ fn serve(mut stream: TcpStream, port: u16, served: &Served) {
         if stream.write_all(&response).is_err() {
             return;
         }
+    }
+}
+
+/// One connection's SASL state: the server side of PLAIN and SCRAM.
+struct SaslServer<'a> {
+    config: &'a FakeSasl,
+    mechanism: Option<String>,
+    /// SCRAM after the client-first message: the client-first-bare and
+    /// server-first messages.
+    scram_first: Option<(String, String)>,
+    authenticated: bool,
+}
+
+impl<'a> SaslServer<'a> {
+    fn new(config: &'a FakeSasl) -> Self {
+        Self {
+            config,
+            mechanism: None,
+            scram_first: None,
+            authenticated: false,
+        }
+    }
+
+    fn handshake(&mut self, mechanism: &str) -> SaslHandshakeResponse {
+        let enabled = self.config.mechanisms.iter().any(|m| m == mechanism);
+        if enabled {
+            self.mechanism = Some(mechanism.to_owned());
+        }
+        SaslHandshakeResponse::default()
+            .with_error_code(if enabled {
+                0
+            } else {
+                UNSUPPORTED_SASL_MECHANISM
+            })
+            .with_mechanisms(
+                self.config
+                    .mechanisms
+                    .iter()
+                    .map(|m| StrBytes::from_string(m.clone()))
+                    .collect(),
+            )
+    }
+
+    fn authenticate(&mut self, message: &[u8]) -> SaslAuthenticateResponse {
+        let mechanism = self.mechanism.clone().expect("SaslHandshake first");
+        let hash = match mechanism.as_str() {
+            "SCRAM-SHA-256" => ScramHash::Sha256,
+            "SCRAM-SHA-512" => ScramHash::Sha512,
+            _ => {
+                let expected = format!("\0{}\0{}", self.config.username, self.config.password);
+                return self.outcome(message == expected.as_bytes(), &mechanism, Bytes::new());
+            }
+        };
+        let text = std::str::from_utf8(message).expect("SCRAM messages are UTF-8");
+        let salted = hash.salted_password(
+            self.config.password.as_bytes(),
+            SCRAM_SALT,
+            SCRAM_ITERATIONS,
+        );
+        match self.scram_first.take() {
+            None => {
+                let bare = text
+                    .strip_prefix("n,,")
+                    .expect("a gs2 header without binding");
+                let nonce = attribute(bare, 'r').expect("a client nonce");
+                let server_first = format!(
+                    "r={nonce}fake-server-nonce,s={},i={SCRAM_ITERATIONS}",
+                    BASE64.encode(SCRAM_SALT)
+                );
+                let user_ok = attribute(bare, 'n') == Some(&escape_username(&self.config.username));
+                self.scram_first = Some((bare.to_owned(), server_first.clone()));
+                if !user_ok {
+                    return self.outcome(false, &mechanism, Bytes::new());
+                }
+                SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(server_first))
+            }
+            Some((bare, server_first)) => {
+                // RFC 5802's server side: recover the client key from the
+                // proof and compare its hash with the stored key.
+                let (without_proof, proof) = text.rsplit_once(",p=").expect("a proof");
+                let proof = BASE64.decode(proof).expect("a base64 proof");
+                let auth_message = format!("{bare},{server_first},{without_proof}");
+                let stored_key = hash.digest(&hash.hmac(&salted, b"Client Key"));
+                let client_signature = hash.hmac(&stored_key, auth_message.as_bytes());
+                let client_key: Vec<u8> = proof
+                    .iter()
+                    .zip(&client_signature)
+                    .map(|(p, s)| p ^ s)
+                    .collect();
+                let server_key = hash.hmac(&salted, b"Server Key");
+                let server_final = format!(
+                    "v={}",
+                    BASE64.encode(hash.hmac(&server_key, auth_message.as_bytes()))
+                );
+                self.outcome(
+                    hash.digest(&client_key) == stored_key,
+                    &mechanism,
+                    Bytes::from(server_final),
+                )
+            }
+        }
+    }
+
+    /// Success with `message`, or Kafka's answer to bad credentials.
+    fn outcome(&mut self, ok: bool, mechanism: &str, message: Bytes) -> SaslAuthenticateResponse {
+        if ok {
+            self.authenticated = true;
+            return SaslAuthenticateResponse::default().with_auth_bytes(message);
+        }
+        SaslAuthenticateResponse::default()
+            .with_error_code(SASL_AUTHENTICATION_FAILED)
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Authentication failed during authentication due to invalid credentials with \
+                 SASL mechanism {mechanism}"
+            ))))
     }
 }
 

@@ -758,3 +758,6 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;
