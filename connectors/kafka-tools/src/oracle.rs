@@ -131,7 +131,7 @@ impl From<&VisibleRecord> for Seen {
 /// Every partition of `topic` read raw, applying read_committed here.
 fn read_raw(cluster: &ClientSettings, topic: &str) -> Result<Vec<PartitionLog>, ReadError> {
     block_on(async {
-        let mut reader = CommittedReader::connect(cluster.reader_config()).await?;
+        let mut reader = CommittedReader::connect(cluster.reader_config()?).await?;
         reader.read_topic(topic).await
     })
     .unwrap_or_else(|source| {

@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use exactly_kafka_wire::ReadError;
 use exactly_kafka_wire::ReaderConfig;
+use exactly_kafka_wire::connection::{Connection, ConnectionSettings};
+use exactly_kafka_wire::security::{Security, SecurityError, SecurityProtocol};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -119,15 +122,60 @@ impl ClientSettings {
         Ok(self)
     }
 
+    /// The TLS and SASL of these settings, as the raw protocol client
+    /// (recovery, the lingering-transaction cleanup, the oracles) honours
+    /// them: librdkafka's `security.protocol`, `ssl.*` and `sasl.*`
+    /// properties, every file read now.
+    ///
+    /// ```
+    /// # use exactly_kafka::client::ClientSettings;
+    /// let kerberos = ClientSettings::new("broker:9093")
+    ///     .property("security.protocol", "SASL_SSL")
+    ///     .property("sasl.mechanism", "GSSAPI");
+    /// let error = kerberos.security().unwrap_err().to_string();
+    /// assert!(error.contains("sasl.mechanism") && error.contains("GSSAPI"), "{error}");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError`] naming a property it cannot honour, or a file it
+    /// cannot use.
+    pub fn security(&self) -> Result<Security, SecurityError> {
+        Security::from_properties(&self.properties)
+    }
+
     /// The raw protocol client's reader configuration for these settings:
     /// the same cluster, reached the same way, with the same bound on each
     /// call (and at most 10 s to connect).
-    pub fn reader_config(&self) -> ReaderConfig {
-        ReaderConfig {
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError`], as [`Self::security`].
+    pub fn reader_config(&self) -> Result<ReaderConfig, SecurityError> {
+        Ok(ReaderConfig {
             connect_timeout: self.timeout.min(Duration::from_secs(10)),
             request_timeout: self.timeout,
+            security: self.security()?,
             ..ReaderConfig::new(self.bootstrap.clone())
-        }
+        })
+    }
+
+    /// Settings for one raw protocol connection, as
+    /// [`Self::reader_config`], sending `client_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`SecurityError`], as [`Self::security`].
+    pub fn connection_settings(
+        &self,
+        client_id: &str,
+    ) -> Result<ConnectionSettings, SecurityError> {
+        Ok(ConnectionSettings {
+            connect_timeout: self.timeout.min(Duration::from_secs(10)),
+            request_timeout: self.timeout,
+            client_id: client_id.to_owned(),
+            security: self.security()?,
+        })
     }
 
     /// An rdkafka configuration with the bootstrap address and the
@@ -210,6 +258,17 @@ pub enum ClientError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The security properties cannot be honoured, or the cluster refused
+    /// them: the TLS handshake or the SASL authentication failed. The
+    /// message names the properties to check.
+    #[error("cannot reach the Kafka cluster at {bootstrap} securely: {source}")]
+    Secure {
+        /// The bootstrap address.
+        bootstrap: String,
+        /// What failed, from the raw protocol client.
+        #[source]
+        source: Box<ReadError>,
+    },
     /// The cluster's ACLs do not let this client's principal see a topic.
     #[error(
         "the principal of this client ({principal}) may not Describe topic `{topic}` on {bootstrap} \
@@ -271,6 +330,7 @@ pub fn ensure_topics(
     topics: &[String],
     missing: MissingTopics,
 ) -> Result<HashMap<String, usize>, ClientError> {
+    check_security(settings)?;
     let mut found = partition_counts(settings)?;
     let absent: Vec<String> = topics
         .iter()
@@ -324,6 +384,34 @@ pub fn ensure_topics(
         found.insert(topic.clone(), partitions as usize);
     }
     Ok(topics.iter().map(|t| (t.clone(), found[t])).collect())
+}
+
+/// With TLS or SASL, one raw protocol connection to the cluster, so that a
+/// setting that cannot be honoured, an untrusted certificate or refused
+/// credentials stop the job at start with an error naming the properties
+/// to check. librdkafka reports them only as log lines while it retries,
+/// and its calls then time out without saying why.
+fn check_security(settings: &ClientSettings) -> Result<(), ClientError> {
+    let secure = |source: ReadError| ClientError::Secure {
+        bootstrap: settings.bootstrap.clone(),
+        source: Box::new(source),
+    };
+    let connection = settings
+        .connection_settings("exactly-kafka-start")
+        .map_err(|e| secure(e.into()))?;
+    if connection.security.protocol() == SecurityProtocol::Plaintext {
+        return Ok(());
+    }
+    exactly_kafka_wire::connection::block_on(Connection::open_any(&settings.bootstrap, &connection))
+        .map_err(|source| {
+            secure(ReadError::Io {
+                address: settings.bootstrap.clone(),
+                api: "runtime",
+                source,
+            })
+        })?
+        .map(drop)
+        .map_err(secure)
 }
 
 /// Who a client with `settings` authenticates as, for error messages.

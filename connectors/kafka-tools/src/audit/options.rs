@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use exactly_kafka_wire::ReaderConfig;
+use exactly_kafka_wire::security::Security;
+
+use crate::cluster::ClusterArgs;
 use serde_json::Value;
 
 /// The default bound on connecting and on each request, in milliseconds.
@@ -109,6 +112,8 @@ pub struct AuditOptions {
     pub fail_on_open: bool,
     /// The bound on connecting and on each request.
     pub timeout: Duration,
+    /// TLS and SASL of the connections (default: neither).
+    pub security: Security,
 }
 
 impl AuditOptions {
@@ -124,6 +129,7 @@ impl AuditOptions {
             transactional_id_prefix: None,
             fail_on_open: false,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            security: Security::default(),
         }
     }
 
@@ -132,6 +138,7 @@ impl AuditOptions {
             connect_timeout: self.timeout,
             request_timeout: self.timeout,
             client_id: "exactly-audit".to_owned(),
+            security: self.security.clone(),
             ..ReaderConfig::new(self.bootstrap.clone())
         }
     }
@@ -180,6 +187,9 @@ pub struct AuditArgs {
     /// Audit partition N only; repeatable [default: all partitions].
     #[arg(long = "partition", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     pub partitions: Vec<i32>,
+    /// TLS and SASL: Kafka client properties, as the jobs take them.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Bound on connecting and on each request, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
@@ -251,7 +261,18 @@ pub struct CliOptions {
 impl AuditArgs {
     /// The options these arguments ask for; `default_bootstrap` when
     /// `--bootstrap` is absent. Partitions are sorted and deduplicated.
-    pub fn options(self, default_bootstrap: String) -> CliOptions {
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the client properties: a file that cannot be
+    /// read, or a security setting the reader cannot honour.
+    pub fn options(self, default_bootstrap: String) -> Result<CliOptions, String> {
+        let security = self
+            .cluster
+            .settings()
+            .map_err(|e| e.to_string())?
+            .security()
+            .map_err(|e| e.to_string())?;
         let key = match (self.key_field, self.key_from_record_key) {
             (Some(path), _) => KeySource::Field(path),
             (None, true) => KeySource::RecordKey,
@@ -270,7 +291,7 @@ impl AuditArgs {
         let mut partitions = self.partitions;
         partitions.sort_unstable();
         partitions.dedup();
-        CliOptions {
+        Ok(CliOptions {
             audit: AuditOptions {
                 bootstrap: self.bootstrap.unwrap_or(default_bootstrap),
                 topic: self.topic,
@@ -280,10 +301,11 @@ impl AuditArgs {
                 transactional_id_prefix: self.prefix,
                 fail_on_open: self.fail_on_open,
                 timeout: Duration::from_millis(self.timeout_ms),
+                security,
             },
             json: self.json,
             max_listed: self.max_listed,
-        }
+        })
     }
 }
 
@@ -305,7 +327,7 @@ pub fn usage_line(error: &clap::Error) -> String {
 #[cfg(test)]
 pub(crate) fn args(line: &str) -> Result<CliOptions, clap::Error> {
     AuditArgs::try_parse_from(std::iter::once("exactly-audit").chain(line.split_whitespace()))
-        .map(|args| args.options("default:9092".to_owned()))
+        .map(|args| args.options("default:9092".to_owned()).unwrap())
 }
 
 /// The options of a valid command line.

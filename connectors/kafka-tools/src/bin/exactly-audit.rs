@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     // Warnings of the clients it uses; the report itself goes to stdout.
     exactly_kafka_tools::logging::init("warn");
     let cli = match AuditArgs::try_parse() {
-        Ok(args) => args.options(bootstrap_from_env()),
+        Ok(args) => match args.options(bootstrap_from_env()) {
+            Ok(options) => options,
+            Err(error) => return fail(&error),
+        },
         Err(help) if help.exit_code() == 0 => return print(&help.render().to_string(), 0),
         Err(error) => return fail(&audit::usage_line(&error)),
     };

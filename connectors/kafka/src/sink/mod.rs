@@ -277,6 +277,16 @@ pub enum SinkConfigError {
         /// What to do instead.
         advice: String,
     },
+    /// A TLS or SASL setting that the raw protocol client, which recovers
+    /// pre-committed transactions, cannot honour: a job could write
+    /// transactions it could never recover.
+    #[error("KafkaSink to `{topic}`: {message}")]
+    Security {
+        /// The topic.
+        topic: String,
+        /// What cannot be honoured, naming the property, and what to do.
+        message: String,
+    },
 }
 
 /// librdkafka properties the sink sets itself; [`KafkaSinkBuilder::build`]
@@ -463,6 +473,12 @@ impl<T> KafkaSinkBuilder<T> {
         }
         if sink.pool_size == 0 {
             return Err(SinkConfigError::EmptyPool { topic: sink.topic });
+        }
+        if let Err(error) = sink.settings.security() {
+            return Err(SinkConfigError::Security {
+                topic: sink.topic,
+                message: error.to_string(),
+            });
         }
         if let Some((key, advice)) = sink.settings.overridden(CONTROLLED_PROPERTIES) {
             return Err(SinkConfigError::ControlledProperty {

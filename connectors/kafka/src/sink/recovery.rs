@@ -34,7 +34,7 @@ use exactly_kafka_wire::connection::{self, Connection, ConnectionSettings, error
 use exactly_kafka_wire::transactions::{
     ListError, Listed, list_open_in_cluster, open_transaction_starts,
 };
-use exactly_kafka_wire::{CommittedReader, ReadError, ReaderConfig, TransactionOutcome};
+use exactly_kafka_wire::{CommittedReader, ReadError, TransactionOutcome};
 use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::{EndTxnRequest, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
@@ -269,10 +269,10 @@ async fn end_transaction(
 /// How the transaction ended in each partition it wrote, from the log,
 /// read from its recorded first offsets only.
 async fn read_outcomes(
-    bootstrap: &str,
+    settings: &ClientSettings,
     transaction: &KafkaTransaction,
 ) -> Result<BTreeMap<i32, TransactionOutcome>, ReadError> {
-    let mut reader = CommittedReader::connect(ReaderConfig::new(bootstrap)).await?;
+    let mut reader = CommittedReader::connect(settings.reader_config()?).await?;
     let mut outcomes = BTreeMap::new();
     for (&partition, &first) in &transaction.partitions {
         let outcome = reader
@@ -288,17 +288,6 @@ async fn read_outcomes(
     Ok(outcomes)
 }
 
-/// Settings for a raw protocol connection with the same bound on each call
-/// as `settings` (and at most 10 s to connect).
-fn wire_settings(settings: &ClientSettings, client_id: &str) -> ConnectionSettings {
-    ConnectionSettings {
-        connect_timeout: settings.timeout.min(Duration::from_secs(10)),
-        request_timeout: settings.timeout,
-        client_id: client_id.to_owned(),
-        security: Default::default(),
-    }
-}
-
 /// The open transactions under `prefix` in the cluster (ListTransactions
 /// on every broker): what the sink's start-up cleanup aborts when its pool
 /// no longer covers them. The outer error is a failure to run the request
@@ -307,9 +296,13 @@ pub(super) fn open_transactions_under(
     settings: &ClientSettings,
     prefix: &str,
 ) -> std::io::Result<Result<Vec<Listed>, ListError>> {
+    let connection = match settings.connection_settings("exactly-kafka-sink") {
+        Ok(connection) => connection,
+        Err(error) => return Ok(Err(ListError::Failed(error.to_string()))),
+    };
     connection::block_on(list_open_in_cluster(
         &settings.bootstrap,
-        &wire_settings(settings, "exactly-kafka-sink"),
+        &connection,
         prefix,
     ))
 }
@@ -354,9 +347,11 @@ pub fn recover_transaction(
         source,
     };
     let bootstrap = settings.bootstrap.as_str();
-    let conn_settings = wire_settings(settings, "exactly-kafka-recovery");
+    let conn_settings = settings
+        .connection_settings("exactly-kafka-recovery")
+        .map_err(|e| connection_error(e.into()))?;
     let settle = |answer: String| -> Result<bool, RecoveryError> {
-        let outcomes = block_on(read_outcomes(bootstrap, transaction)).map_err(connection_error)?;
+        let outcomes = block_on(read_outcomes(settings, transaction)).map_err(connection_error)?;
         match fate(transaction, &outcomes) {
             Fate::Committed => {
                 tracing::info!(transaction = %name, %answer, "the transaction was already committed");

@@ -7,6 +7,7 @@ mod broker_behaviour;
 mod common;
 mod errors;
 mod read_committed;
+mod secured;
 mod sink;
 mod source;
 mod transaction_version;

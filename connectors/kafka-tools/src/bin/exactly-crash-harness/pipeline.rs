@@ -70,7 +70,7 @@ pub(crate) async fn visible_records(
     settings: &ClientSettings,
     topic: &str,
 ) -> Result<u64, ReadError> {
-    let mut reader = CommittedReader::connect(settings.reader_config()).await?;
+    let mut reader = CommittedReader::connect(settings.reader_config()?).await?;
     let logs = reader.read_topic(topic).await?;
     Ok(logs.iter().map(|p| p.records.len() as u64).sum())
 }
