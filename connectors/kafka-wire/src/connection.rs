@@ -33,7 +33,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::ReadError;
-use crate::security::{self, Sasl, Security};
+
+use crate::security::{Sasl, Security};
 
 /// The largest response accepted: well above any fetch this crate asks for,
 /// low enough that a garbage size prefix cannot exhaust memory.
@@ -254,7 +255,7 @@ impl Connection {
             ));
         }
         let mut exchange =
-            security::exchange(sasl).map_err(|message| refused(&self.address, message))?;
+            crate::sasl::exchange(sasl).map_err(|message| refused(&self.address, message))?;
         let mut server = Bytes::new();
         while let Some(message) = exchange
             .next(&server)

@@ -16,7 +16,8 @@
 //! | module | owns |
 //! |---|---|
 //! | [`connection`] | one connection to one broker: framing, version negotiation, TLS and SASL on connect, timeouts; Kafka's error names |
-//! | [`security`] | [`security::Security`]: librdkafka's TLS and SASL properties, validated and loaded once; the SASL exchanges (PLAIN, SCRAM) |
+//! | [`security`] | [`security::Security`]: librdkafka's TLS and SASL properties (`security.protocol`, `ssl.*`, `sasl.*`), validated and loaded once, the TLS configuration built from them; [`security::SecurityError`] |
+//! | `sasl` | (private) the client messages of SASL PLAIN and SCRAM-SHA-256/512, the server's signature checked |
 //! | [`batch`] | decoding record batches (message format v2) with every header kept |
 //! | [`header`] | [`RecordHeader`], shared by the decoder and the visibility rule |
 //! | [`visibility`] | the read_committed rule (KIP-98) and the result types of a partition read |
@@ -33,7 +34,8 @@
 //! `exactly-kafka`, and `exactly-kafka-tools`.
 //!
 //! Within the crate the modules import downwards only: `committed_reader`
-//! and `transactions` use `connection`; `committed_reader` uses
+//! and `transactions` use `connection`, which uses `security` and `sasl`;
+//! `sasl` uses `security`'s credential types; `committed_reader` uses
 //! `visibility`, which uses `batch`; `batch` and `visibility` share
 //! `header`; everything uses `error`.
 

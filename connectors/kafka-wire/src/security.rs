@@ -12,8 +12,7 @@
 //! ApiVersions, then SaslHandshake and SaslAuthenticate (SASL_PLAINTEXT,
 //! SASL_SSL).
 //!
-//! Does not own: the SASL messages (`sasl`, re-exported here as
-//! `exchange` for the connection), the
+//! Does not own: the SASL messages (the private module `sasl`), the
 //! connection and its errors ([`crate::connection`], [`crate::ReadError`]),
 //! or where the properties come from (`exactly-kafka`'s `ClientSettings`).
 //!
@@ -50,7 +49,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) use crate::sasl::exchange;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
