@@ -28,7 +28,7 @@ use exactly_kafka::deserialize::Utf8;
 use exactly_kafka::sink::{DeliveryGuarantee, KafkaSink, OutputRecord};
 use exactly_kafka::source::{FETCH_QUEUE_BACKOFF, KafkaRecord, KafkaSource};
 
-use crate::workload::send;
+use crate::workload::{client_config, cluster, send};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
@@ -129,8 +129,7 @@ fn split_pairs<'a>(pairs: &'a [String], flag: &str) -> Result<Vec<(&'a str, &'a 
 impl JobArgs {
     /// A producer configuration for the broker, with the extra properties.
     fn producer_config(&self) -> Result<ClientConfig, String> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
+        let mut config = client_config(&self.bootstrap)?;
         for (key, value) in self.properties.producer()? {
             config.set(key, value);
         }
@@ -155,9 +154,8 @@ impl Counts {
 }
 
 fn consumer(args: &JobArgs, transactional: bool) -> Result<BaseConsumer, String> {
-    let mut config = ClientConfig::new();
+    let mut config = client_config(&args.bootstrap)?;
     config
-        .set("bootstrap.servers", &args.bootstrap)
         .set("group.id", &args.id)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", (!transactional).to_string())
@@ -299,7 +297,7 @@ fn with_properties(settings: &ClientSettings, properties: Vec<(&str, &str)>) -> 
 /// The `exactly` job with `guarantee`; checkpoints go to a temporary
 /// directory.
 pub fn exactly_job(args: &JobArgs, guarantee: DeliveryGuarantee) -> Result<(), String> {
-    let settings = ClientSettings::new(&args.bootstrap);
+    let settings = cluster(&args.bootstrap)?;
     let source = KafkaSource::builder(with_properties(&settings, args.properties.consumer()?))
         .topic(&args.input)
         .group_id(&args.id)

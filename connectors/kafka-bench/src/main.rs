@@ -239,7 +239,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
         bounds.to * 100.0,
         args.rounds,
     );
-    let input = format!("bench-input-{}-{}", args.records, args.keys);
+    let input = format!("exactly-bench-input-{}-{}", args.records, args.keys);
     workload::preload(&args.bootstrap, &input, args.records, args.keys)?;
     let logs = log_dir()?;
     let mut report = Report::new(&contenders);
@@ -310,8 +310,8 @@ fn throughput_phase(
     tag: &str,
     logs: &Path,
 ) -> Result<Throughput, String> {
-    let output = format!("bench-output-{tag}");
-    let id = format!("bench-{tag}");
+    let output = format!("exactly-bench-output-{tag}");
+    let id = format!("exactly-bench-{tag}");
     workload::create_topics(&args.bootstrap, std::slice::from_ref(&output))?;
     let mut running = contender.spawn(
         setup,
@@ -348,15 +348,15 @@ fn latency_phase(
     logs: &Path,
 ) -> Result<Outcome, String> {
     let (input, output) = (
-        format!("bench-live-{tag}"),
-        format!("bench-live-output-{tag}"),
+        format!("exactly-bench-live-{tag}"),
+        format!("exactly-bench-live-output-{tag}"),
     );
     workload::create_topics(&args.bootstrap, &[input.clone(), output.clone()])?;
     let mut running = contender.spawn(
         setup,
         &input,
         &output,
-        &format!("bench-live-{tag}"),
+        &format!("exactly-bench-live-{tag}"),
         &logs.join(format!("{tag}-latency.log")),
     )?;
     let expected = Arc::new(AtomicU64::new(UNKNOWN));

@@ -29,7 +29,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::procfs::ThreadCpu;
 use crate::workload::PARTITIONS;
@@ -101,8 +101,7 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling `topic` on `bootstrap`.
     pub fn start(bootstrap: &str, topic: &str, clocks: Arc<dyn Clocks>) -> Result<Self, String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: BaseConsumer = crate::workload::client_config(bootstrap)?
             .set("isolation.level", "read_committed")
             .create()
             .map_err(|e| format!("a read_committed client for {bootstrap}: {e}"))?;

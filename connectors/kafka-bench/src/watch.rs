@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -188,8 +187,7 @@ pub fn watch(spec: &Watch<'_>, probe: &mut dyn Probe) -> Result<Outcome, String>
         None => None,
     };
     let reader_started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", spec.bootstrap)
+    let consumer: BaseConsumer = crate::workload::client_config(spec.bootstrap)?
         .set("group.id", format!("{}-watch", spec.topic))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

@@ -37,7 +37,7 @@ pub fn now_micros() -> i64 {
 /// Creates `topics` with [`PARTITIONS`] partitions each, unless they exist.
 pub fn create_topics(bootstrap: &str, topics: &[String]) -> Result<(), String> {
     let counts = ensure_topics(
-        &ClientSettings::new(bootstrap),
+        &cluster(bootstrap)?,
         topics,
         MissingTopics::Create {
             partitions: PARTITIONS,
@@ -52,13 +52,30 @@ pub fn create_topics(bootstrap: &str, topics: &[String]) -> Result<(), String> {
     }
 }
 
+/// The run's settings for the cluster at `bootstrap`: with the client
+/// properties (TLS, SASL) of the file `EXACTLY_KAFKA_PROPERTIES_FILE`
+/// names, which every client of the run uses, the contenders' included
+/// (they inherit the variable).
+pub fn cluster(bootstrap: &str) -> Result<ClientSettings, String> {
+    let settings = ClientSettings::from_env().map_err(|e| e.to_string())?;
+    Ok(ClientSettings {
+        bootstrap: bootstrap.to_owned(),
+        ..settings
+    })
+}
+
+/// An rdkafka configuration for the cluster at `bootstrap`, as
+/// [`cluster`].
+pub fn client_config(bootstrap: &str) -> Result<ClientConfig, String> {
+    Ok(cluster(bootstrap)?.rdkafka_config())
+}
+
 /// Deletes every topic whose name contains `-{tag}`: a contender run's
 /// output and live topics, and the internal topics Kafka Streams made for
 /// it. Without this the broker keeps every run's topics, and after a few
 /// full runs it holds thousands of partitions and starts slowly.
 pub fn delete_topics_of(bootstrap: &str, tag: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)?
         .create()
         .map_err(|e| format!("an admin client for {bootstrap}: {e}"))?;
     let metadata = admin
@@ -96,8 +113,7 @@ pub fn delete_topics_of(bootstrap: &str, tag: &str) -> Result<(), String> {
 /// transactions, that is the number of records; for a transactional
 /// topic it counts the commit markers too.
 pub fn offsets_in(bootstrap: &str, topic: &str) -> Result<i64, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client_config(bootstrap)?
         .create()
         .map_err(|e| format!("a consumer for {bootstrap}: {e}"))?;
     let metadata = consumer
@@ -117,8 +133,7 @@ pub fn offsets_in(bootstrap: &str, topic: &str) -> Result<i64, String> {
 /// keep librdkafka's defaults (5 ms linger), as a contender's own
 /// producer would.
 fn producer(bootstrap: &str, bulk: bool) -> Result<BaseProducer, String> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
+    let mut config = client_config(bootstrap)?;
     if bulk {
         config.set("linger.ms", "20").set("batch.size", "1000000");
     }
