@@ -12,6 +12,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::CodecError;
@@ -209,17 +210,25 @@ pub enum SavepointError {
     },
     /// The job failed (a task failed to snapshot, a sink's pre-commit
     /// failed, ...) while the savepoint was pending. The job restarts from
-    /// its last complete checkpoint as its restart strategy allows and, even
-    /// after a stop-with-savepoint, keeps running.
+    /// its last complete checkpoint and, even after a stop-with-savepoint,
+    /// keeps running.
     #[error(
         "the job failed before the savepoint was taken ({cause}); it restarts from its last complete checkpoint \
          and keeps running: remove the cause and ask for the savepoint again"
     )]
     AttemptFailed {
-        /// The failure, as the job reported it (the job keeps the error
-        /// itself to restart from it).
-        cause: String,
+        /// The failure, shared with the job's own log of it.
+        #[source]
+        cause: Arc<Error>,
     },
+    /// The job failed for good while the savepoint was pending: an
+    /// unrecoverable error, or more failures than its restart strategy
+    /// allows. The job has ended.
+    #[error(
+        "the job failed for good before the savepoint was taken; JobHandle::join returns why: remove the cause, \
+         then start the job again (it resumes from its last complete checkpoint)"
+    )]
+    JobFailed,
 }
 
 /// A call the runtime ran on a thread of its own (storage I/O, a preflight

@@ -1310,13 +1310,44 @@ impl Source for Endless {
     }
 }
 
+/// Waits until `condition` holds of the running job, failing if the job
+/// ends first. Every wait of the tests below is on a condition the job
+/// must reach, never on a length of time.
+async fn while_running_until(
+    handle: &exactly::JobHandle,
+    what: &str,
+    condition: impl Fn(&exactly::MetricsSnapshot) -> bool,
+) {
+    while !condition(&handle.metrics()) {
+        assert!(!handle.is_finished(), "the job ended before {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until the job has completed `more` checkpoints beyond `from`,
 /// failing if it ends first.
 async fn completes_more_checkpoints(handle: &exactly::JobHandle, from: u64, more: u64) {
-    while handle.metrics().checkpoints_completed < from + more {
+    while_running_until(handle, "it completed more checkpoints", |m| {
+        m.checkpoints_completed >= from + more
+    })
+    .await;
+}
+
+/// Waits until the job has read more records than it had when called,
+/// failing if it ends first.
+async fn reads_more(handle: &exactly::JobHandle) {
+    let read = handle.metrics().records_in;
+    while_running_until(handle, "it read more records", |m| m.records_in > read).await;
+}
+
+/// Waits until `sink` holds more than `committed` records, failing if the
+/// job ends first (a commit follows its checkpoint's completion on the
+/// sink's task, so the counters cannot tell when it happened).
+async fn commits_more(handle: &exactly::JobHandle, sink: &CollectSink<u64>, committed: usize) {
+    while sink.committed().len() <= committed {
         assert!(
             !handle.is_finished(),
-            "the job ended although its stop-with-savepoint failed"
+            "the job ended before it committed more records"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -1324,7 +1355,8 @@ async fn completes_more_checkpoints(handle: &exactly::JobHandle, from: u64, more
 
 /// A stop-with-savepoint whose savepoint cannot be written (its target is
 /// under a regular file) returns the error and leaves the job running, as
-/// Flink does; a second one into a good directory stops the job.
+/// Flink does: records keep reaching the sink and checkpoints keep
+/// completing; a second one into a good directory stops the job.
 #[test]
 fn a_failed_stop_with_savepoint_leaves_the_job_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -1344,24 +1376,20 @@ fn a_failed_stop_with_savepoint_leaves_the_job_running() {
             .unwrap_err();
         let message = err.to_string();
         assert!(
-            message.contains("a-regular-file/savepoint"),
-            "the error does not name the target: {message}"
+            message.contains("a-regular-file/savepoint") && message.contains("keeps running"),
+            "the error does not name the target and what became of the job: {message}"
         );
+        let Error::Savepoint(exactly::SavepointError::Export { source, .. }) = &err else {
+            panic!("expected SavepointError::Export, got {err:?}");
+        };
+        let exactly::storage::StorageError::Io { source: io, .. } = source else {
+            panic!("expected the I/O error as the source, got {source:?}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{io:?}");
         let completed = handle.metrics().checkpoints_completed;
         let committed = sink.committed().len();
         completes_more_checkpoints(&handle, completed, 2).await;
-        assert!(
-            sink.committed().len() > committed,
-            "no record reached the sink after the failed savepoint"
-        );
-        assert!(
-            matches!(
-                err,
-                Error::Savepoint(exactly::SavepointError::Export { .. })
-            ),
-            "{err:?}"
-        );
-        assert!(message.contains("keeps running"), "{message}");
+        commits_more(&handle, &sink, committed).await;
         let good = dir.path().join("savepoint");
         assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
         handle.join().await.unwrap();
@@ -1369,12 +1397,14 @@ fn a_failed_stop_with_savepoint_leaves_the_job_running() {
     });
 }
 
-/// A stop-with-savepoint during which a sink's pre-commit fails returns
-/// the failure; the job restarts from its last checkpoint and keeps
-/// running, and a second stop-with-savepoint stops it.
-#[test]
-fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
-    let dir = tempfile::tempdir().unwrap();
+/// An endless job in `dir` whose sink's next pre-commit fails once the
+/// returned flag is set, with no periodic checkpoints (the interval is an
+/// hour): the only checkpoint triggered while the fault is armed is the
+/// one a savepoint request asks for.
+fn with_a_pre_commit_fault(
+    dir: &Path,
+    restart: RestartStrategy,
+) -> (Job, Arc<AtomicBool>, CollectSink<u64>) {
     let armed = Arc::new(AtomicBool::new(false));
     let hook_armed = Arc::clone(&armed);
     let hook: exactly::fault::FaultHook = Arc::new(move |event| {
@@ -1388,31 +1418,86 @@ fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
         Ok(())
     });
     let sink = CollectSink::new();
-    let job = Job::new(
-        "endless",
-        config(&dir.path().join("checkpoints")).fault_hook(hook),
-    );
-    job.source(Endless::default())
-        .operator(slow)
-        .sink(sink.clone());
+    let config = config(&dir.join("checkpoints"))
+        .checkpoint_interval(Duration::from_secs(3600))
+        .restart_strategy(restart)
+        .fault_hook(hook);
+    let job = endless(config, sink.clone(), &Endless::default());
+    (job, armed, sink)
+}
+
+/// A stop-with-savepoint during which a sink's pre-commit fails returns
+/// that failure, typed; the job restarts from its last checkpoint and keeps
+/// running, and a second stop-with-savepoint stops it.
+#[test]
+fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, armed, sink) =
+        with_a_pre_commit_fault(dir.path(), RestartStrategy::fixed_delay(2, Duration::ZERO));
     runtime().block_on(async {
         let handle = job.spawn().unwrap();
-        completes_more_checkpoints(&handle, 0, 1).await;
+        reads_more(&handle).await;
+        handle.savepoint(dir.path().join("before")).await.unwrap();
+        armed.store(true, Ordering::SeqCst);
+        let failed = dir.path().join("failed");
+        let err = handle.stop_with_savepoint(&failed).await.unwrap_err();
+        assert!(
+            err.to_string().contains("the sink's pre-commit failed")
+                && err.to_string().contains("keeps running"),
+            "the error does not give the cause and what became of the job: {err}"
+        );
+        let Error::Savepoint(exactly::SavepointError::AttemptFailed { cause }) = &err else {
+            panic!("expected SavepointError::AttemptFailed, got {err:?}");
+        };
+        assert!(
+            matches!(
+                **cause,
+                Error::Task {
+                    phase: "after-pre-commit",
+                    ..
+                }
+            ),
+            "{cause:?}"
+        );
+        assert!(!failed.exists(), "a failed savepoint was written");
+        assert!(!armed.load(Ordering::SeqCst), "the fault never fired");
+        // The job restarted from the first savepoint's checkpoint, reads
+        // on, and its next checkpoint commits what it read.
+        reads_more(&handle).await;
+        let committed = sink.committed().len();
+        handle.savepoint(dir.path().join("after")).await.unwrap();
+        commits_more(&handle, &sink, committed).await;
+        assert_eq!(handle.metrics().restarts, 1);
+        let good = dir.path().join("savepoint");
+        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
+        handle.join().await.unwrap();
+    });
+}
+
+/// A stop-with-savepoint during which the job fails for good (here: no
+/// restarts allowed) does not claim that the job keeps running: it
+/// returns `SavepointError::JobFailed`, and `join` returns the failure.
+#[test]
+fn a_stop_with_savepoint_of_a_job_that_fails_for_good_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, armed, _) = with_a_pre_commit_fault(dir.path(), RestartStrategy::none());
+    runtime().block_on(async {
+        let handle = job.spawn().unwrap();
+        reads_more(&handle).await;
         armed.store(true, Ordering::SeqCst);
         let err = handle
             .stop_with_savepoint(dir.path().join("failed"))
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("the sink's pre-commit failed"),
-            "the error does not give the cause: {err}"
+            matches!(err, Error::Savepoint(exactly::SavepointError::JobFailed)),
+            "{err:?}"
         );
-        let completed = handle.metrics().checkpoints_completed;
-        completes_more_checkpoints(&handle, completed, 2).await;
-        assert_eq!(handle.metrics().restarts, 1);
-        let good = dir.path().join("savepoint");
-        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
-        handle.join().await.unwrap();
+        let ended = handle.join().await.unwrap_err();
+        assert!(
+            ended.to_string().contains("the sink's pre-commit failed"),
+            "{ended}"
+        );
     });
 }
 
@@ -1427,13 +1512,18 @@ fn endless(config: JobConfig, sink: CollectSink<u64>, opened_at: &Endless) -> Jo
 /// Runs an endless job in checkpoint directory `checkpoints`, takes the
 /// savepoint `savepoint` after its first checkpoint, and stops it two
 /// checkpoints later: the directory then holds checkpoints newer than the
-/// savepoint, and commit markers past it.
+/// savepoint, and commit markers past it. The job reads records between
+/// its first checkpoint and the savepoint (so the savepoint has a pending
+/// transaction with records) and after the savepoint (so its newest
+/// checkpoint's position differs from the savepoint's).
 fn an_older_run_with_a_savepoint(checkpoints: &Path, savepoint: &Path) {
     let job = endless(config(checkpoints), CollectSink::new(), &Endless::default());
     runtime().block_on(async {
         let handle = job.spawn().unwrap();
         completes_more_checkpoints(&handle, 0, 1).await;
+        reads_more(&handle).await;
         handle.savepoint(savepoint).await.unwrap();
+        reads_more(&handle).await;
         let completed = handle.metrics().checkpoints_completed;
         completes_more_checkpoints(&handle, completed, 2).await;
         handle.stop();

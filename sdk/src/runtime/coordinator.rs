@@ -82,7 +82,8 @@ type SavepointRequest = (PathBuf, oneshot::Sender<Result<PathBuf>>);
 /// What the user asked of the job through its handle, kept across
 /// attempts by the executor: a stop received by an attempt that then fails
 /// is carried out by the next one, and a savepoint pending when an attempt
-/// fails is answered with the failure (the job goes on).
+/// fails is answered with the failure (the job goes on) or, when the job
+/// does not restart, with [`SavepointError::JobFailed`].
 #[derive(Default)]
 pub(crate) struct Requests {
     /// `JobHandle::stop` was received.
@@ -113,15 +114,23 @@ impl Requests {
         }
     }
 
-    /// The attempt failed with `cause`: every savepoint it owed fails with
-    /// it, and the job restarts without them (a stop-with-savepoint among
-    /// them does not stop it).
-    pub(crate) fn attempt_failed(&mut self, cause: &Error) {
+    /// The attempt failed with `cause` and the job restarts: every
+    /// savepoint it owed fails with that cause, and the job goes on
+    /// without them (a stop-with-savepoint among them does not stop it).
+    pub(crate) fn attempt_failed(&mut self, cause: &Arc<Error>) {
         for reply in self.replies() {
             let _ = reply.send(Err(SavepointError::AttemptFailed {
-                cause: cause.to_string(),
+                cause: Arc::clone(cause),
             }
             .into()));
+        }
+    }
+
+    /// The job failed for good: every savepoint still owed was not taken,
+    /// and the job's own result says why.
+    pub(crate) fn job_failed(&mut self) {
+        for reply in self.replies() {
+            let _ = reply.send(Err(SavepointError::JobFailed.into()));
         }
     }
 }

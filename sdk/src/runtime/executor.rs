@@ -172,11 +172,15 @@ impl Executor {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Fatal(e)) => {
+                    self.requests.job_failed();
+                    return Err(e);
+                }
                 Err(Failure::Retry(e)) => {
                     failures += 1;
                     let strategy = self.config.restart;
                     if failures > strategy.max_restarts {
+                        self.requests.job_failed();
                         return Err(Error::RestartsExhausted {
                             job: self.name.clone(),
                             failures,
@@ -184,6 +188,10 @@ impl Executor {
                             last: Box::new(e),
                         });
                     }
+                    // The job restarts: the savepoints it owed fail with
+                    // this cause, and it keeps running without them.
+                    let e = Arc::new(e);
+                    self.requests.attempt_failed(&e);
                     JobMetrics::add(&self.metrics.restarts, 1);
                     tracing::warn!(
                         job = %self.name,
@@ -470,9 +478,10 @@ impl Executor {
                 Err(cause)
             }
         };
-        match &outcome {
-            Err(cause) => self.requests.attempt_failed(cause),
-            Ok(()) => self.requests.job_ended(),
+        // A failure's savepoints are answered by `run`, which knows whether
+        // the job restarts.
+        if outcome.is_ok() {
+            self.requests.job_ended();
         }
         blocking.wait_idle().await;
         outcome.map_err(|e| {
