@@ -98,6 +98,27 @@ pub enum Error {
         message: String,
     },
 
+    /// The checkpoint directory's current lineage started from a savepoint
+    /// and has completed no checkpoint of its own, so a start without
+    /// `JobConfig::restore_from` must restore that savepoint again (never an
+    /// older run's checkpoint), and it cannot be read.
+    #[error(
+        "the checkpoint directory's current lineage {lineage} started from the savepoint {} and has completed no \
+         checkpoint yet, so this start must restore that savepoint, which cannot be read: {source}; put it back, \
+         restore another savepoint with JobConfig::restore_from (which begins a new lineage), or start with an \
+         empty checkpoint directory",
+        savepoint.display()
+    )]
+    LineageSavepoint {
+        /// The lineage id, or `default` for the default lineage.
+        lineage: String,
+        /// Where the lineage record says the savepoint is.
+        savepoint: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: StorageError,
+    },
+
     /// A task failed: a user function returned an error or panicked, or a
     /// source or sink failed.
     #[error("task `{task}` failed during {phase}: {source}")]

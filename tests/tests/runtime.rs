@@ -1541,6 +1541,21 @@ fn run_one_checkpoint(job: Job) {
     });
 }
 
+/// `config` with a fault that fails the job when it triggers its first
+/// checkpoint, and no restarts: a start that crashes before its first
+/// checkpoint completes.
+fn crashing(config: JobConfig) -> JobConfig {
+    let fails: exactly::fault::FaultHook = Arc::new(|event| match event.point {
+        exactly::fault::FaultPoint::CheckpointTriggered { .. } => {
+            Err("crashed before its first checkpoint".into())
+        }
+        _ => Ok(()),
+    });
+    config
+        .fault_hook(fails)
+        .restart_strategy(RestartStrategy::none())
+}
+
 /// A start from a savepoint into a checkpoint directory holding newer
 /// checkpoints of an older run fails before its first checkpoint; the
 /// same start again restores the savepoint again, not the older run's
@@ -1551,17 +1566,6 @@ fn a_restart_from_a_savepoint_never_resumes_an_older_runs_newer_checkpoint() {
     let (checkpoints, savepoint) = (dir.path().join("checkpoints"), dir.path().join("savepoint"));
     an_older_run_with_a_savepoint(&checkpoints, &savepoint);
 
-    let fails: exactly::fault::FaultHook = Arc::new(|event| match event.point {
-        exactly::fault::FaultPoint::CheckpointTriggered { .. } => {
-            Err("crashed before its first checkpoint".into())
-        }
-        _ => Ok(()),
-    });
-    let crashing = |config: JobConfig| {
-        config
-            .fault_hook(Arc::clone(&fails))
-            .restart_strategy(RestartStrategy::none())
-    };
     let restored = || config(&checkpoints).restore_from(&savepoint);
     let first = Endless::default();
     endless(crashing(restored()), CollectSink::new(), &first)
@@ -1584,6 +1588,38 @@ fn a_restart_from_a_savepoint_never_resumes_an_older_runs_newer_checkpoint() {
     assert_eq!(
         unnamed, first,
         "a start without restore_from did not restore the lineage's savepoint"
+    );
+}
+
+/// A start without `restore_from` whose directory's lineage began from a
+/// savepoint, and has no checkpoint yet, restores that savepoint; when the
+/// savepoint is gone it fails, naming it and what to do, rather than fall
+/// back to any other checkpoint.
+#[test]
+fn a_lineage_whose_savepoint_is_gone_fails_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (checkpoints, savepoint) = (dir.path().join("checkpoints"), dir.path().join("savepoint"));
+    an_older_run_with_a_savepoint(&checkpoints, &savepoint);
+    let restored = crashing(config(&checkpoints).restore_from(&savepoint));
+    endless(restored, CollectSink::new(), &Endless::default())
+        .run()
+        .unwrap_err();
+    std::fs::remove_dir_all(&savepoint).unwrap();
+    let err = endless(
+        config(&checkpoints),
+        CollectSink::new(),
+        &Endless::default(),
+    )
+    .run()
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::LineageSavepoint { savepoint: named, .. } if *named == savepoint),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("restore another savepoint") && message.contains("no _metadata"),
+        "{message}"
     );
 }
 

@@ -276,7 +276,14 @@ impl Executor {
                             .await?
                             .is_none() =>
                     {
-                        Some(LocalStorage::open_checkpoint(path)?)
+                        let savepoint = LocalStorage::open_checkpoint(path).map_err(|source| {
+                            Error::LineageSavepoint {
+                                lineage: record.lineage.clone().unwrap_or_else(|| "default".into()),
+                                savepoint: path.clone(),
+                                source,
+                            }
+                        })?;
+                        Some(savepoint)
                     }
                     _ => None,
                 };
