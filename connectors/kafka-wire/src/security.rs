@@ -21,7 +21,9 @@
 //! names, and the errors must name those properties), and the small
 //! certificate verifier behind `ssl.endpoint.identification.algorithm=none`,
 //! which wraps `rustls`'s WebPKI verifier and forgives only its name
-//! mismatch error, so that the chain is still verified. Everything
+//! mismatch error, so that the chain is still verified (and, with
+//! `enable.ssl.certificate.verification=false`, skips the certificate check
+//! altogether while still checking the handshake's signatures). Everything
 //! cryptographic is a maintained crate: `rustls` and `tokio-rustls` for
 //! TLS, `rustls-pki-types` for PEM, `rustls-native-certs` for the system's
 //! trust store (what OpenSSL's default store is to librdkafka), and the
@@ -35,7 +37,7 @@
 //! | `ssl.key.location` | a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), or encrypted PKCS#8 | the client certificate's key; needs `ssl.certificate.location` |
 //! | `ssl.key.password` | text | decrypts an `ENCRYPTED PRIVATE KEY` (PKCS#8); a legacy OpenSSL `Proc-Type: 4,ENCRYPTED` key must be converted with `openssl pkcs8 -topk8` |
 //! | `ssl.endpoint.identification.algorithm` | `https` (default), `none` | whether the broker's certificate must name the host connected to (the chain is verified either way) |
-//! | `enable.ssl.certificate.verification` | `true` (default) | `false` is refused: this client always verifies |
+//! | `enable.ssl.certificate.verification` | `true` (default), `false` (also `t`/`f`, `1`/`0`, as librdkafka) | `false` accepts ANY certificate, so anyone between the client and the broker can read and change the traffic, SASL passwords included: for a throwaway test cluster only |
 //! | `sasl.mechanism` (or `sasl.mechanisms`) | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` | required with SASL_*: librdkafka's default, GSSAPI, is not supported |
 //! | `sasl.username`, `sasl.password` | text | required with SASL_* |
 //!
@@ -51,6 +53,7 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{
@@ -145,7 +148,18 @@ struct Tls {
     config: Arc<ClientConfig>,
     ca_location: Option<PathBuf>,
     certificate_location: Option<PathBuf>,
-    verify_hostname: bool,
+    verification: Verification,
+}
+
+/// How much of the broker's certificate is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verification {
+    /// The chain and the host name (`https`, the default).
+    Full,
+    /// The chain only (`ssl.endpoint.identification.algorithm=none`).
+    ChainOnly,
+    /// Nothing (`enable.ssl.certificate.verification=false`): dangerous.
+    Disabled,
 }
 
 /// How every connection of the raw protocol client is secured: built once
@@ -174,7 +188,7 @@ impl fmt::Debug for Security {
                 ),
             )
             .field("ssl.certificate.location", &tls.certificate_location)
-            .field("verify_hostname", &tls.verify_hostname);
+            .field("verification", &tls.verification);
         }
         if let Some(sasl) = &self.sasl {
             out.field("sasl", sasl);
@@ -342,18 +356,17 @@ impl Security {
             None => SecurityProtocol::Plaintext,
             Some(value) => parse_protocol(value)?,
         };
-        if let Some(value) = get("enable.ssl.certificate.verification")
-            && !value.eq_ignore_ascii_case("true")
-        {
-            return Err(SecurityError::UnsupportedValue {
-                property: "enable.ssl.certificate.verification",
-                value: value.to_owned(),
-                instead: "the raw Kafka client always verifies the broker's certificate: remove \
-                          the property, and set ssl.ca.location to the CA that signed it (or \
-                          ssl.endpoint.identification.algorithm = none when only its name does \
-                          not match)",
-            });
-        }
+        let verify_certificate = match get("enable.ssl.certificate.verification") {
+            None => true,
+            Some(value) => {
+                librdkafka_bool(value).ok_or_else(|| SecurityError::UnsupportedValue {
+                    property: "enable.ssl.certificate.verification",
+                    value: value.to_owned(),
+                    instead: "use true (verify the broker's certificate, the default) or false \
+                          (accept any certificate: for a throwaway test cluster only)",
+                })?
+            }
+        };
         let verify_hostname = match properties
             .get("ssl.endpoint.identification.algorithm")
             .map(|value| value.trim())
@@ -376,7 +389,11 @@ impl Security {
                 get("ssl.certificate.location"),
                 get("ssl.key.location"),
                 properties.get("ssl.key.password").map(String::as_str),
-                verify_hostname,
+                match (verify_certificate, verify_hostname) {
+                    (false, _) => Verification::Disabled,
+                    (true, false) => Verification::ChainOnly,
+                    (true, true) => Verification::Full,
+                },
             )?)
         } else {
             None
@@ -412,6 +429,19 @@ impl Security {
     /// The SASL identity, when the protocol is SASL_PLAINTEXT or SASL_SSL.
     pub(crate) fn sasl(&self) -> Option<&Sasl> {
         self.sasl.as_ref()
+    }
+}
+
+/// A boolean property's value as librdkafka reads it: `true`, `t`, `1`,
+/// `false`, `f`, `0`, in any case.
+fn librdkafka_bool(value: &str) -> Option<bool> {
+    let is = |words: [&str; 3]| words.iter().any(|w| w.eq_ignore_ascii_case(value));
+    if is(["true", "t", "1"]) {
+        Some(true)
+    } else if is(["false", "f", "0"]) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -639,27 +669,44 @@ fn build_tls(
     certificate_location: Option<&str>,
     key_location: Option<&str>,
     key_password: Option<&str>,
-    verify_hostname: bool,
+    verification: Verification,
 ) -> Result<Tls, SecurityError> {
     let ca_location = ca_location.map(PathBuf::from);
-    let roots = Arc::new(roots(ca_location.as_deref())?);
     let provider = ring_provider();
     let config_error = |what| move |source| SecurityError::TlsConfig { what, source };
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(|e| SecurityError::TlsConfig {
-            what: "ssl.ca.location",
-            source: rustls::Error::General(e.to_string()),
-        })?;
-    let builder = ClientConfig::builder_with_provider(provider)
+    let webpki = || {
+        let roots = Arc::new(roots(ca_location.as_deref())?);
+        WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+            .build()
+            .map_err(|e| SecurityError::TlsConfig {
+                what: "ssl.ca.location",
+                source: rustls::Error::General(e.to_string()),
+            })
+    };
+    let relaxed = |chain| {
+        Arc::new(RelaxedVerifier {
+            chain,
+            algorithms: provider.signature_verification_algorithms,
+        })
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(config_error("the ring provider"))?;
-    let builder = if verify_hostname {
-        builder.with_webpki_verifier(webpki)
-    } else {
-        builder
+    let builder = match verification {
+        Verification::Full => builder.with_webpki_verifier(webpki()?),
+        Verification::ChainOnly => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { inner: webpki }))
+            .with_custom_certificate_verifier(relaxed(Some(webpki()?))),
+        Verification::Disabled => {
+            // A CA file given is still read, so that a bad one fails now;
+            // the system's store is not loaded for nothing.
+            if let Some(path) = &ca_location {
+                roots(Some(path))?;
+            }
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(relaxed(None))
+        }
     };
     let config = match (certificate_location, key_location) {
         (None, None) => builder.with_no_client_auth(),
@@ -689,7 +736,7 @@ fn build_tls(
         config: Arc::new(config),
         ca_location,
         certificate_location: certificate_location.map(PathBuf::from),
-        verify_hostname,
+        verification,
     })
 }
 
@@ -702,16 +749,22 @@ pub(crate) fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// `ssl.endpoint.identification.algorithm = none`: the WebPKI verifier,
-/// except that a certificate valid for another name is accepted. WebPKI
-/// checks the name last, after the chain, so a name mismatch means the
-/// chain was verified.
+/// The verifier of `ssl.endpoint.identification.algorithm=none` (with a
+/// chain verifier) and of `enable.ssl.certificate.verification=false`
+/// (without one).
+///
+/// With `chain`, it is the WebPKI verifier, except that a certificate
+/// valid for another name is accepted: WebPKI checks the name last, after
+/// the chain, so a name mismatch means the chain was verified. Without,
+/// any certificate is accepted. Either way the handshake's signatures are
+/// checked, so the broker must hold the key of the certificate it shows.
 #[derive(Debug)]
-struct ChainOnlyVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+struct RelaxedVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnlyVerifier {
+impl ServerCertVerifier for RelaxedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -720,13 +773,10 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -740,7 +790,7 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -749,11 +799,11 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

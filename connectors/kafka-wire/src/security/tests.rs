@@ -124,8 +124,13 @@ fn every_setting_it_cannot_honour_is_refused_by_name() {
         assert_mentions(&refused(&[(property, "x")]), &[property, instead]);
     }
     assert_mentions(
-        &refused(&[("enable.ssl.certificate.verification", "false")]),
-        &["enable.ssl.certificate.verification", "always verifies"],
+        &refused(&[("enable.ssl.certificate.verification", "maybe")]),
+        &[
+            "enable.ssl.certificate.verification",
+            "'maybe'",
+            "true",
+            "false",
+        ],
     );
     assert_mentions(
         &refused(&[("ssl.endpoint.identification.algorithm", "dns")]),
@@ -439,6 +444,42 @@ async fn a_host_the_certificate_does_not_name_fails_with_https_and_passes_with_n
     );
     assert_tls_error(
         Connection::open(&address, &settings(untrusted)).await,
+        "UnknownIssuer",
+    );
+}
+
+#[tokio::test]
+async fn disabled_certificate_verification_accepts_an_untrusted_broker() {
+    let pki = Pki::new();
+    let (port, _) = pki.tls_proxy(served_broker(None), false).await;
+    let address = format!("127.0.0.1:{port}");
+    let off = [("enable.ssl.certificate.verification", "false")];
+    // Untrusted CA and a name the certificate does not hold: both forgiven.
+    let untrusted = tls(&pki.path("other-ca.pem"), &off);
+    let connection = Connection::open(&address, &settings(untrusted)).await;
+    assert!(connection.is_ok(), "{connection:?}");
+    // No ssl.ca.location at all: the system's store is not needed.
+    let security = Security::from_properties(&properties(&[
+        ("security.protocol", "SSL"),
+        ("enable.ssl.certificate.verification", "F"),
+    ]))
+    .unwrap();
+    let connection = Connection::open(&address, &settings(security)).await;
+    assert!(connection.is_ok(), "{connection:?}");
+    // A bad CA file is still an error at construction.
+    let message = refused(&[
+        ("security.protocol", "SSL"),
+        ("enable.ssl.certificate.verification", "0"),
+        ("ssl.ca.location", &pki.path("missing.pem")),
+    ]);
+    assert_mentions(&message, &["ssl.ca.location", "missing.pem"]);
+    // And "true" is the default: the untrusted broker is refused.
+    let on = tls(
+        &pki.path("other-ca.pem"),
+        &[("enable.ssl.certificate.verification", "true")],
+    );
+    assert_tls_error(
+        Connection::open(&address, &settings(on)).await,
         "UnknownIssuer",
     );
 }
