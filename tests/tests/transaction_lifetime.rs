@@ -59,12 +59,12 @@ impl TwoPhaseCommitSink for TimedSink {
     }
 }
 
-/// Checkpoints 2 and 3 each take 450 ms to complete after every task has
-/// acknowledged them, within the 600 ms checkpoint timeout. The bound is
-/// max(50 ms, 600 ms) + 600 ms = 1200 ms, below the sink's 1300 ms, so the
-/// job must run to the end without a failure. The guard that measured a
+/// Checkpoints 2 and 3 each take 700 ms to complete after every task has
+/// acknowledged them, within the 1 s checkpoint timeout. The bound is
+/// max(50 ms, 1 s) + 1 s = 2 s, below the sink's 2.1 s, so the job must
+/// run to the end without a failure. The guard that measured a
 /// transaction's age at every write against the timeout less the
-/// checkpoint timeout (700 ms) failed it: the transaction that waits for
+/// checkpoint timeout (1.1 s) failed it: the transaction that waits for
 /// checkpoint 3 began before checkpoint 2's slow completion.
 #[test]
 fn slow_checkpoints_within_the_bound_the_preflight_checks_never_trip_the_guard() {
@@ -77,13 +77,13 @@ fn slow_checkpoints_within_the_bound_the_preflight_checks_never_trip_the_guard()
             && (point.contains("checkpoint 2)") || point.contains("checkpoint 3)"))
         {
             delays.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(450));
+            std::thread::sleep(Duration::from_millis(700));
         }
         Ok(())
     });
     let config = JobConfig::new()
         .checkpoint_interval(Duration::from_millis(50))
-        .checkpoint_timeout(Duration::from_millis(600))
+        .checkpoint_timeout(Duration::from_millis(1000))
         .checkpoint_dir(dir.path())
         .restart_strategy(RestartStrategy::none())
         .batch_size(8)
@@ -91,9 +91,9 @@ fn slow_checkpoints_within_the_bound_the_preflight_checks_never_trip_the_guard()
         .fault_hook(hook);
     let sink = TimedSink {
         inner: CollectSink::new(),
-        timeout: Duration::from_millis(1300),
+        timeout: Duration::from_millis(2100),
     };
-    let records = 6000;
+    let records = 12_000;
     let job = Job::new("transaction-lifetime", config);
     job.source(VecSource::new((0..records).collect::<Vec<u64>>()))
         .operator(slow)
