@@ -431,14 +431,10 @@ fn principal(settings: &ClientSettings) -> String {
 /// which leaves out the topics a principal may not Describe) is there but
 /// not authorized: asked for by name, the broker says which.
 fn refuse_unauthorized(settings: &ClientSettings, topics: &[String]) -> Result<(), ClientError> {
-    let consumer: BaseConsumer = settings
-        .config(&[("allow.auto.create.topics", "false".to_owned())])
-        .create()
-        .map_err(|source| ClientError::Create {
-            what: "metadata client",
-            bootstrap: settings.bootstrap.clone(),
-            source,
-        })?;
+    let consumer = metadata_client(
+        settings,
+        &[("allow.auto.create.topics", "false".to_owned())],
+    )?;
     for topic in topics {
         let Ok(metadata) = consumer.fetch_metadata(Some(topic), settings.timeout) else {
             continue;
@@ -457,20 +453,26 @@ fn refuse_unauthorized(settings: &ClientSettings, topics: &[String]) -> Result<(
     Ok(())
 }
 
+/// A consumer for metadata requests, with `extra` properties.
+fn metadata_client(
+    settings: &ClientSettings,
+    extra: &[(&str, String)],
+) -> Result<BaseConsumer, ClientError> {
+    settings
+        .config(extra)
+        .create()
+        .map_err(|source| ClientError::Create {
+            what: "metadata client",
+            bootstrap: settings.bootstrap.clone(),
+            source,
+        })
+}
+
 /// The partition count of every topic in the cluster.
 pub(crate) fn partition_counts(
     settings: &ClientSettings,
 ) -> Result<HashMap<String, usize>, ClientError> {
-    let consumer: BaseConsumer =
-        settings
-            .config(&[])
-            .create()
-            .map_err(|source| ClientError::Create {
-                what: "metadata client",
-                bootstrap: settings.bootstrap.clone(),
-                source,
-            })?;
-    let metadata = consumer
+    let metadata = metadata_client(settings, &[])?
         .fetch_metadata(None, settings.timeout)
         .map_err(|source| ClientError::Unreachable {
             bootstrap: settings.bootstrap.clone(),

@@ -67,8 +67,9 @@ fn coordinator_partition(transactional_id: &str, partitions: usize) -> i32 {
     (java_hash(transactional_id) & 0x7fff_ffff) % partitions
 }
 
-/// The node id of the leader of `partition` of `topic`.
-fn leader(settings: &ClientSettings, topic: &str, partition: i32) -> Result<i32, String> {
+/// The leader's node id of each partition of `topic`, by partition, from
+/// one Metadata request.
+fn leaders(settings: &ClientSettings, topic: &str) -> Result<Vec<(i32, i32)>, String> {
     let consumer: BaseConsumer = settings
         .rdkafka_config()
         .create()
@@ -76,22 +77,23 @@ fn leader(settings: &ClientSettings, topic: &str, partition: i32) -> Result<i32,
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(15))
         .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
-    let partitions = metadata
+    let mut leaders: Vec<(i32, i32)> = metadata
         .topics()
         .first()
-        .map(|t| t.partitions())
-        .unwrap_or_default();
-    partitions
-        .iter()
-        .find(|p| p.id() == partition)
-        .map(|p| p.leader())
-        .filter(|leader| *leader >= 0)
-        .ok_or_else(|| {
-            format!(
-                "partition {partition} of `{topic}` has no leader ({} partitions)",
-                partitions.len()
-            )
+        .map(|t| {
+            t.partitions()
+                .iter()
+                .map(|p| (p.id(), p.leader()))
+                .collect()
         })
+        .unwrap_or_default();
+    leaders.sort_unstable();
+    if leaders.is_empty() {
+        return Err(format!(
+            "`{topic}` has no partitions in the cluster metadata"
+        ));
+    }
+    Ok(leaders)
 }
 
 /// Kafka's transaction log topic.
@@ -104,34 +106,25 @@ pub(crate) fn victim_node(
     output: &str,
     transactional_id: &str,
 ) -> Result<i32, String> {
-    match victim {
-        Victim::OutputLeader => leader(settings, output, 0),
+    let (topic, partition, leaders) = match victim {
+        Victim::OutputLeader => (output, 0, leaders(settings, output)?),
         Victim::Coordinator | Victim::CoordinatorDuringRecovery => {
-            let partitions = partition_count(settings, TRANSACTION_STATE)?;
-            leader(
-                settings,
-                TRANSACTION_STATE,
-                coordinator_partition(transactional_id, partitions),
-            )
+            let leaders = leaders(settings, TRANSACTION_STATE)?;
+            let partition = coordinator_partition(transactional_id, leaders.len());
+            (TRANSACTION_STATE, partition, leaders)
         }
-    }
-}
-
-/// The partition count of `topic`.
-fn partition_count(settings: &ClientSettings, topic: &str) -> Result<usize, String> {
-    let consumer: BaseConsumer = settings
-        .rdkafka_config()
-        .create()
-        .map_err(|e| format!("cannot create a metadata client: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
-    match metadata.topics().first().map(|t| t.partitions().len()) {
-        Some(count) if count > 0 => Ok(count),
-        _ => Err(format!(
-            "`{topic}` has no partitions in the cluster metadata"
-        )),
-    }
+    };
+    leaders
+        .iter()
+        .find(|(id, _)| *id == partition)
+        .map(|(_, leader)| *leader)
+        .filter(|leader| *leader >= 0)
+        .ok_or_else(|| {
+            format!(
+                "partition {partition} of `{topic}` has no leader ({} partitions)",
+                leaders.len()
+            )
+        })
 }
 
 /// Runs `template` with `{node}` replaced by `node`, through `sh -c`.
