@@ -77,7 +77,11 @@ pub fn restore_keyed<K: Key, S: DeserializeOwned>(
     index: usize,
 ) -> Result<KeyedStateMap<K, S>> {
     let checkpoint = LocalStorage::open_checkpoint(checkpoint)?;
-    let stages = load_checkpoint(&checkpoint, &checkpoint.metadata.stages)?;
+    let stages = load_checkpoint(
+        &LocalStorage::new(&checkpoint.path),
+        &checkpoint,
+        &checkpoint.metadata.stages,
+    )?;
     let restored = stages
         .get(stage)
         .and_then(Option::as_ref)

@@ -995,14 +995,30 @@ fn a_second_job_on_a_checkpoint_directory_in_use_fails_at_start() {
     assert!(matches!(err, Error::Restore { .. }), "{err}");
 }
 
-/// Local storage in which checkpoint 2 expires (is discarded) between the
-/// coordinator beginning it and a task writing its snapshot into it.
-struct ExpiresUnderATask {
+/// Local storage with two twists a test can turn on: checkpoint 2 expires
+/// (is discarded) between the coordinator beginning it and a task writing
+/// its snapshot into it; and task states kept in memory, not in files, as
+/// a storage that is not a local directory keeps them.
+#[derive(Clone)]
+struct TestStorage {
     inner: exactly::storage::LocalStorage,
-    discarded: AtomicBool,
+    expire_checkpoint_2: bool,
+    discarded: Arc<AtomicBool>,
+    states_in_memory: Option<Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>>,
 }
 
-impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
+impl TestStorage {
+    fn new(dir: &Path) -> Self {
+        TestStorage {
+            inner: exactly::storage::LocalStorage::new(dir),
+            expire_checkpoint_2: false,
+            discarded: Arc::default(),
+            states_in_memory: None,
+        }
+    }
+}
+
+impl exactly::storage::CheckpointStorage for TestStorage {
     fn begin_checkpoint(&self, id: u64) -> Result<(), exactly::storage::StorageError> {
         self.inner.begin_checkpoint(id)
     }
@@ -1013,10 +1029,22 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
         subtask: usize,
         framed: &[u8],
     ) -> Result<exactly::storage::TaskStateHandle, exactly::storage::StorageError> {
-        if id == 2 && !self.discarded.swap(true, Ordering::SeqCst) {
+        if self.expire_checkpoint_2 && id == 2 && !self.discarded.swap(true, Ordering::SeqCst) {
             self.inner.discard(id)?;
         }
-        self.inner.write_task_state(id, stage, subtask, framed)
+        match &self.states_in_memory {
+            Some(states) => {
+                let file = format!("in-memory {id}/{stage}-{subtask}");
+                states.lock().unwrap().insert(file.clone(), framed.to_vec());
+                Ok(exactly::storage::TaskStateHandle {
+                    stage,
+                    subtask,
+                    file,
+                    bytes: framed.len() as u64,
+                })
+            }
+            None => self.inner.write_task_state(id, stage, subtask, framed),
+        }
     }
     fn complete(
         &self,
@@ -1047,7 +1075,10 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
         checkpoint: &exactly::storage::CompletedCheckpoint,
         handle: &exactly::storage::TaskStateHandle,
     ) -> Result<Vec<u8>, exactly::storage::StorageError> {
-        self.inner.read_task_state(checkpoint, handle)
+        match &self.states_in_memory {
+            Some(states) => Ok(states.lock().unwrap()[&handle.file].clone()),
+            None => self.inner.read_task_state(checkpoint, handle),
+        }
     }
     fn retain(&self, keep: usize) -> Result<(), exactly::storage::StorageError> {
         self.inner.retain(keep)
@@ -1095,15 +1126,43 @@ impl exactly::storage::CheckpointStorage for ExpiresUnderATask {
     }
 }
 
+/// A restore reads task states through the storage that wrote them, not
+/// from files beside the metadata: a storage that keeps them elsewhere (as
+/// an object store does) resumes exactly.
+#[test]
+fn a_restore_reads_task_states_through_the_checkpoint_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = TestStorage {
+        states_in_memory: Some(Arc::default()),
+        ..TestStorage::new(dir.path())
+    };
+    let config = || {
+        JobConfig::new()
+            .checkpoint_interval(Duration::from_millis(20))
+            .checkpoint_storage(storage.clone())
+            .restart_strategy(RestartStrategy::none())
+            .batch_size(16)
+            .worker_threads(2)
+    };
+    let sink = CollectSink::new();
+    let records = 3000;
+    run_then_stop(wordcount_like(config(), records, 2, sink.clone()));
+    assert!((sink.committed().len() as u64) < records);
+    wordcount_like(config(), records, 2, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
+}
+
 /// A task whose snapshot arrives after its checkpoint expired and was
 /// discarded drops it quietly: the attempt goes on (no restart), the next
 /// checkpoints complete, and the output is exact.
 #[test]
 fn a_late_snapshot_of_a_discarded_checkpoint_is_dropped_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = ExpiresUnderATask {
-        inner: exactly::storage::LocalStorage::new(dir.path()),
-        discarded: AtomicBool::new(false),
+    let storage = TestStorage {
+        expire_checkpoint_2: true,
+        ..TestStorage::new(dir.path())
     };
     let config = JobConfig::new()
         .checkpoint_interval(Duration::from_millis(20))

@@ -105,7 +105,27 @@ struct Lineage {
     id: Option<String>,
     /// What to restore while the lineage has no complete checkpoint: the
     /// savepoint it started from.
-    savepoint: Option<CompletedCheckpoint>,
+    savepoint: Option<Restore>,
+}
+
+/// A complete checkpoint or savepoint to restore, and the storage its task
+/// states are read through: the job's own for its checkpoints, the
+/// savepoint's for a savepoint.
+#[derive(Clone)]
+struct Restore {
+    checkpoint: CompletedCheckpoint,
+    storage: Arc<dyn CheckpointStorage>,
+}
+
+impl Restore {
+    /// The savepoint or checkpoint in directory `path`, read through a
+    /// storage rooted there.
+    fn open(path: &std::path::Path) -> Result<Restore, crate::storage::StorageError> {
+        Ok(Restore {
+            checkpoint: LocalStorage::open_checkpoint(path)?,
+            storage: Arc::new(LocalStorage::new(path)),
+        })
+    }
 }
 
 /// A fresh lineage id: the time in milliseconds and 64 random bits, in hex.
@@ -134,7 +154,7 @@ impl Executor {
         let storage = self.config.storage.clone();
         let stages: Vec<StageMetadata> = self.graph.stages.iter().map(|s| s.metadata()).collect();
         let explicit = match &self.config.restore_from {
-            Some(path) => Some(LocalStorage::open_checkpoint(path)?),
+            Some(path) => Some(Restore::open(path)?),
             None => None,
         };
         self.preflight().await?;
@@ -164,6 +184,10 @@ impl Executor {
             let restore = match &storage {
                 Some(storage) => latest_in_lineage(storage, lineage.id.clone())
                     .await?
+                    .map(|checkpoint| Restore {
+                        checkpoint,
+                        storage: Arc::clone(storage),
+                    })
                     .or_else(|| lineage.savepoint.clone()),
                 None => lineage.savepoint.clone(),
             };
@@ -223,17 +247,17 @@ impl Executor {
     async fn lineage(
         &self,
         storage: &Arc<dyn CheckpointStorage>,
-        savepoint: Option<CompletedCheckpoint>,
+        savepoint: Option<Restore>,
     ) -> Result<Lineage> {
         let recorded = {
             let storage = Arc::clone(storage);
             blocking::call("reading the lineage", move || storage.read_lineage()).await??
         };
         match (savepoint, recorded) {
-            (Some(savepoint), Some(record)) if record.origin == savepoint.origin() => {
+            (Some(savepoint), Some(record)) if record.origin == savepoint.checkpoint.origin() => {
                 tracing::info!(
                     job = %self.name,
-                    savepoint = %savepoint.path.display(),
+                    savepoint = %savepoint.checkpoint.path.display(),
                     lineage = record.lineage.as_deref().unwrap_or("default"),
                     "continuing the lineage of the savepoint given with restore_from: resuming its newest \
                      checkpoint, if it has one (start with an empty checkpoint directory to replay the savepoint)"
@@ -246,15 +270,15 @@ impl Executor {
             (Some(savepoint), _) => {
                 // Absolute, so that a later start from another working
                 // directory still finds it.
-                let path = std::path::absolute(&savepoint.path).unwrap_or(savepoint.path.clone());
+                let path = &savepoint.checkpoint.path;
                 let record = LineageRecord {
                     lineage: Some(new_lineage_id()),
-                    origin: savepoint.origin(),
-                    savepoint: Some(path),
+                    origin: savepoint.checkpoint.origin(),
+                    savepoint: Some(std::path::absolute(path).unwrap_or(path.clone())),
                 };
                 tracing::info!(
                     job = %self.name,
-                    savepoint = %savepoint.path.display(),
+                    savepoint = %path.display(),
                     lineage = record.lineage.as_deref().unwrap_or_default(),
                     "starting a new lineage from the savepoint given with restore_from"
                 );
@@ -276,13 +300,12 @@ impl Executor {
                             .await?
                             .is_none() =>
                     {
-                        let savepoint = LocalStorage::open_checkpoint(path).map_err(|source| {
-                            Error::LineageSavepoint {
+                        let savepoint =
+                            Restore::open(path).map_err(|source| Error::LineageSavepoint {
                                 lineage: record.lineage.clone().unwrap_or_else(|| "default".into()),
                                 savepoint: path.clone(),
                                 source,
-                            }
-                        })?;
+                            })?;
                         Some(savepoint)
                     }
                     _ => None,
@@ -323,18 +346,18 @@ impl Executor {
     async fn attempt(
         &mut self,
         attempt: u32,
-        restore: Option<CompletedCheckpoint>,
+        restore: Option<Restore>,
         lineage: Option<String>,
         stages: &[StageMetadata],
     ) -> Result<(), Failure> {
         let codec = self.config.codec;
         let restore_started = Instant::now();
         let restored = match &restore {
-            Some(checkpoint) => {
-                let checkpoint = checkpoint.clone();
+            Some(restore) => {
+                let restore = restore.clone();
                 let expected = stages.to_vec();
                 blocking::call("loading the checkpoint", move || {
-                    load_checkpoint(&checkpoint, &expected)
+                    load_checkpoint(&*restore.storage, &restore.checkpoint, &expected)
                 })
                 .await
                 .map_err(|e| Failure::Fatal(e.into()))?
@@ -342,6 +365,7 @@ impl Executor {
             }
             None => vec![None; stages.len()],
         };
+        let restore = restore.map(|r| r.checkpoint);
         if let Some(checkpoint) = &restore {
             tracing::info!(job = %self.name, checkpoint = checkpoint.id(), path = %checkpoint.path.display(), "restoring");
         }
@@ -533,8 +557,9 @@ async fn latest_in_lineage(
 }
 
 /// Checks that `checkpoint` was taken by a job with these stages, and reads
-/// every stage's state.
+/// every stage's state through `storage`.
 pub(crate) fn load_checkpoint(
+    storage: &dyn CheckpointStorage,
     checkpoint: &CompletedCheckpoint,
     expected: &[StageMetadata],
 ) -> Result<Vec<Option<Arc<RestoredStage>>>> {
@@ -570,12 +595,7 @@ pub(crate) fn load_checkpoint(
         .collect();
     for handle in &checkpoint.metadata.task_states {
         let path = checkpoint.path.join(&handle.file);
-        let file = std::fs::read(&path).map_err(|source| crate::storage::StorageError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
-        let file = bytes::Bytes::from(file);
+        let file = bytes::Bytes::from(storage.read_task_state(checkpoint, handle)?);
         let frame = frame::decode(&file, PayloadKind::TaskState, &path)?;
         let codec = frame.codec;
         // Each element's state is borrowed from the file and then kept as a
