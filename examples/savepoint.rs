@@ -51,7 +51,7 @@ fn main() -> Result<(), exactly::BoxError> {
         let path = handle.savepoint(&savepoint).await?;
         println!(
             "savepoint taken at {} after {} records",
-            path.display(),
+            path,
             handle.metrics().records_in
         );
         handle.stop();

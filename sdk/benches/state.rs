@@ -133,7 +133,11 @@ fn keyed_file(checkpoint: &CompletedCheckpoint) -> PathBuf {
         .iter()
         .find(|h| h.stage == KEYED_STAGE)
         .expect("the keyed stage wrote state");
-    checkpoint.path.join(&handle.file)
+    checkpoint
+        .location
+        .as_local()
+        .expect("a local checkpoint")
+        .join(&handle.file)
 }
 
 /// One measurement: its wall-clock time, the time the measuring thread
@@ -316,7 +320,7 @@ fn encode_format_1(map: &HashMap<u64, Value>) -> Vec<u8> {
 /// into the operator's map.
 fn restore_format_1_as_before(file: &Path) -> HashMap<u64, Value> {
     let bytes = std::fs::read(file).unwrap();
-    let frame = frame::decode(&bytes, PayloadKind::TaskState, file).unwrap();
+    let frame = frame::decode(&bytes, PayloadKind::TaskState, &file.display()).unwrap();
     assert_eq!(frame.version, 1);
     let entries: Vec<(String, Vec<u8>)> = frame.codec.decode(frame.payload, "task state").unwrap();
     let stored: HashMap<String, (Codec, Vec<u8>)> = entries
@@ -513,14 +517,24 @@ fn main() {
         if quick {
             let (mut new, mut huge) = (Series::default(), Series::default());
             for _ in 0..runs {
-                restore_without_and_with_huge_pages(keys, &latest.path, &mut new, &mut huge);
+                restore_without_and_with_huge_pages(
+                    keys,
+                    latest.location.as_local().unwrap(),
+                    &mut new,
+                    &mut huge,
+                );
             }
             print_restore_rows(&new, &huge);
             let _ = std::fs::remove_dir_all(&jobs);
             continue;
         }
         let v1 = dir.path().join(format!("v1-{keys}"));
-        copy_as_format_1(&latest.path, &v1, &[keyed_id(&latest).as_str()]).unwrap();
+        copy_as_format_1(
+            latest.location.as_local().unwrap(),
+            &v1,
+            &[keyed_id(&latest).as_str()],
+        )
+        .unwrap();
         let v1_file = keyed_file(&LocalStorage::open_checkpoint(&v1).unwrap());
 
         let (mut enc_old, mut enc_new) = (Series::default(), Series::default());
@@ -543,7 +557,12 @@ fn main() {
             enc_old.0.push(measure("encode-old", keys, &v1_file));
             enc_new.0.push(measure("encode-new", keys, &v1_file));
             old.0.push(measure("restore-old", keys, &v1_file));
-            restore_without_and_with_huge_pages(keys, &latest.path, &mut new, &mut huge);
+            restore_without_and_with_huge_pages(
+                keys,
+                latest.location.as_local().unwrap(),
+                &mut new,
+                &mut huge,
+            );
             new_on_v1.0.push(measure("restore-new", keys, &v1));
         }
         println!("| | format 1, as before | format 2, this build | new / old |");

@@ -76,18 +76,15 @@ pub fn restore_keyed<K: Key, S: DeserializeOwned>(
     parallelism: usize,
     index: usize,
 ) -> Result<KeyedStateMap<K, S>> {
+    let storage = LocalStorage::new(checkpoint);
     let checkpoint = LocalStorage::open_checkpoint(checkpoint)?;
-    let stages = load_checkpoint(
-        &LocalStorage::new(&checkpoint.path),
-        &checkpoint,
-        &checkpoint.metadata.stages,
-    )?;
+    let stages = load_checkpoint(&storage, &checkpoint, &checkpoint.metadata.stages)?;
     let restored = stages
         .get(stage)
         .and_then(Option::as_ref)
         .ok_or_else(|| Error::Restore {
             checkpoint: checkpoint.id(),
-            path: checkpoint.path.clone(),
+            location: checkpoint.location.clone(),
             message: format!("the checkpoint has no stage {stage}"),
         })?;
     restored
@@ -108,10 +105,10 @@ pub fn copy_as_format_1(from: &Path, to: &Path, keyed: &[&str]) -> Result<()> {
     let reframe = |name: &str, kind: PayloadKind, keyed: &[&str]| -> Result<()> {
         let path = from.join(name);
         let bytes = std::fs::read(&path).map_err(io("read", &path))?;
-        let read = frame::decode(&bytes, kind, &path)?;
+        let read = frame::decode(&bytes, kind, &path.display())?;
         let mut payload = read.payload.to_vec();
         if kind == PayloadKind::Metadata {
-            let metadata = CheckpointMetadata::decode(&read, &path)?;
+            let metadata = CheckpointMetadata::decode(&read, &path.display())?;
             payload = read
                 .codec
                 .encode(&MetadataV2::from(&metadata), "checkpoint metadata")?;

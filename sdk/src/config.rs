@@ -5,15 +5,15 @@
 //! Does not own the protocol that uses the settings
 //! (`runtime::coordinator`).
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::fault::FaultHook;
-use crate::storage::{CheckpointStorage, LocalStorage};
+use crate::storage::{CheckpointStorage, Location};
 
 /// What the job does when a task fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,15 @@ impl Default for RestartStrategy {
     }
 }
 
+/// Where checkpoints go, as configured: opened when the job starts.
+#[derive(Clone)]
+pub(crate) enum StorageSetting {
+    /// A directory or URL given to [`JobConfig::checkpoint_dir`].
+    Location(OsString),
+    /// Storage given to [`JobConfig::checkpoint_storage`].
+    Custom(Arc<dyn CheckpointStorage>),
+}
+
 /// The configuration of a job. Build it with the methods below; every value
 /// is checked when the job starts.
 ///
@@ -68,11 +77,11 @@ pub struct JobConfig {
     pub(crate) checkpoint_timeout: Duration,
     pub(crate) min_pause: Duration,
     pub(crate) retained: usize,
-    pub(crate) storage: Option<Arc<dyn CheckpointStorage>>,
+    pub(crate) storage: Option<StorageSetting>,
     pub(crate) restart: RestartStrategy,
     pub(crate) batch_size: usize,
     pub(crate) queue_capacity: usize,
-    pub(crate) restore_from: Option<PathBuf>,
+    pub(crate) restore_from: Option<OsString>,
     pub(crate) codec: Codec,
     pub(crate) fault_hook: Option<FaultHook>,
     pub(crate) progress_interval: Option<Duration>,
@@ -175,18 +184,29 @@ impl JobConfig {
         self
     }
 
-    /// Keeps checkpoints in this local directory. A job started again with
-    /// the same directory resumes from its newest complete checkpoint.
+    /// Keeps checkpoints at this location: a local directory (a plain path
+    /// or a `file:///` URL), or a prefix in an S3-compatible object store
+    /// (`s3://bucket/prefix`, configured from the standard AWS environment:
+    /// see [`ObjectStorage::open`](crate::storage::ObjectStorage::open)).
+    /// A job started again with the same location, on this machine or
+    /// another, resumes from its newest complete checkpoint.
+    ///
+    /// ```
+    /// use exactly::JobConfig;
+    ///
+    /// let local = JobConfig::new().checkpoint_dir("target/doc-example/checkpoints");
+    /// let s3 = JobConfig::new().checkpoint_dir("s3://my-bucket/checkpoints/wordcount");
+    /// ```
     #[must_use]
-    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.storage = Some(Arc::new(LocalStorage::new(dir)));
+    pub fn checkpoint_dir(mut self, location: impl AsRef<OsStr>) -> Self {
+        self.storage = Some(StorageSetting::Location(location.as_ref().to_owned()));
         self
     }
 
     /// Keeps checkpoints in custom storage.
     #[must_use]
     pub fn checkpoint_storage(mut self, storage: impl CheckpointStorage) -> Self {
-        self.storage = Some(Arc::new(storage));
+        self.storage = Some(StorageSetting::Custom(Arc::new(storage)));
         self
     }
 
@@ -212,8 +232,9 @@ impl JobConfig {
         self
     }
 
-    /// Starts from this savepoint or checkpoint directory instead of the
-    /// newest checkpoint in the checkpoint directory.
+    /// Starts from this savepoint or checkpoint (a directory, or an
+    /// `s3://bucket/prefix`) instead of the newest checkpoint in the
+    /// checkpoint storage.
     ///
     /// The first start from it records a new lineage in the checkpoint
     /// directory ([`crate::storage::LineageRecord`]), and a start resumes
@@ -222,8 +243,8 @@ impl JobConfig {
     /// the savepoint again while the lineage has none; checkpoints of older
     /// runs in the directory are never resumed, whatever their ids.
     #[must_use]
-    pub fn restore_from(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.restore_from = Some(dir.into());
+    pub fn restore_from(mut self, location: impl AsRef<OsStr>) -> Self {
+        self.restore_from = Some(location.as_ref().to_owned());
         self
     }
 
@@ -316,6 +337,11 @@ impl JobConfig {
                 "checkpointing is enabled but no checkpoint storage is set; call JobConfig::checkpoint_dir(path)",
             ));
         }
+        if let Some(StorageSetting::Location(given)) = &self.storage {
+            Location::parse(given)
+                .map_err(|e| Error::config("JobConfig::checkpoint_dir", e.to_string()))?;
+        }
+        self.restore_location()?;
         if self.progress_interval == Some(Duration::ZERO) {
             return Err(Error::config(
                 "JobConfig::progress_interval",
@@ -323,6 +349,31 @@ impl JobConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl JobConfig {
+    /// Opens the configured checkpoint storage, once per job start.
+    pub(crate) fn open_storage(&self) -> Result<Option<Arc<dyn CheckpointStorage>>> {
+        match &self.storage {
+            None => Ok(None),
+            Some(StorageSetting::Custom(storage)) => Ok(Some(Arc::clone(storage))),
+            Some(StorageSetting::Location(given)) => Location::parse(given)
+                .and_then(|location| location.open_storage())
+                .map(Some)
+                .map_err(|e| Error::config("JobConfig::checkpoint_dir", e.to_string())),
+        }
+    }
+
+    /// The savepoint or checkpoint given to [`JobConfig::restore_from`].
+    pub(crate) fn restore_location(&self) -> Result<Option<Location>> {
+        self.restore_from
+            .as_ref()
+            .map(|given| {
+                Location::parse(given)
+                    .map_err(|e| Error::config("JobConfig::restore_from", e.to_string()))
+            })
+            .transpose()
     }
 }
 

@@ -11,12 +11,11 @@
 //! [`Error::Task`], [`Error::Commit`] and [`Error::Preflight`].
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::codec::CodecError;
-use crate::storage::StorageError;
+use crate::storage::{Location, StorageError};
 
 /// The error type user operators, sources and sinks return: any error that
 /// can cross threads. The runtime wraps it with the task and phase it came
@@ -88,12 +87,12 @@ pub enum Error {
         source: BoxError,
     },
     /// A checkpoint could not be restored into this job.
-    #[error("cannot restore checkpoint {checkpoint} from {}: {message}", path.display())]
+    #[error("cannot restore checkpoint {checkpoint} from {location}: {message}")]
     Restore {
         /// Id of the checkpoint that was being restored.
         checkpoint: u64,
-        /// Directory of that checkpoint.
-        path: PathBuf,
+        /// Directory or object prefix of that checkpoint.
+        location: Location,
         /// What did not match.
         message: String,
     },
@@ -103,20 +102,19 @@ pub enum Error {
     /// `JobConfig::restore_from` must restore that savepoint again (never an
     /// older run's checkpoint), and it cannot be read.
     #[error(
-        "the checkpoint directory's current lineage {lineage} started from the savepoint {} and has completed no \
-         checkpoint yet, so this start must restore that savepoint, which cannot be read: {source}; put it back, \
-         restore another savepoint with JobConfig::restore_from (which begins a new lineage), or start with an \
-         empty checkpoint directory",
-        savepoint.display()
+        "the checkpoint directory's current lineage {lineage} started from the savepoint {savepoint} and has \
+         completed no checkpoint yet, so this start must restore that savepoint, which cannot be read: {source}; \
+         put it back, restore another savepoint with JobConfig::restore_from (which begins a new lineage), or start \
+         with an empty checkpoint directory"
     )]
     LineageSavepoint {
         /// The lineage id, or `default` for the default lineage.
         lineage: String,
         /// Where the lineage record says the savepoint is.
-        savepoint: PathBuf,
-        /// Why it cannot be read.
+        savepoint: Location,
+        /// Why it cannot be read (boxed: it is large).
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
 
     /// A task failed: a user function returned an error or panicked, or a
@@ -218,13 +216,12 @@ pub enum SavepointError {
     /// its target directory. The job keeps running, even after a
     /// stop-with-savepoint.
     #[error(
-        "cannot write the savepoint into {}: {source}; the job keeps running: give a target that does not exist \
-         yet, in a writable directory, and try again",
-        target.display()
+        "cannot write the savepoint into {target}: {source}; the job keeps running: give a target that does not \
+         exist yet, in a writable directory or bucket, and try again"
     )]
     Export {
-        /// The savepoint's target directory.
-        target: PathBuf,
+        /// The savepoint's target directory or object prefix.
+        target: Location,
         /// Why the copy failed.
         #[source]
         source: StorageError,
@@ -312,12 +309,17 @@ fn list(errors: &[Error]) -> String {
 }
 
 impl Error {
-    /// Whether the error, or one of its sources, is [`Unrecoverable`]: the
-    /// job then stops instead of restarting.
+    /// Whether the error, or one of its sources, is [`Unrecoverable`] or
+    /// [`StorageError::Fenced`] (a newer run took the checkpoint storage
+    /// over): the job then stops instead of restarting.
     pub fn is_unrecoverable(&self) -> bool {
+        let fenced = |e: &StorageError| matches!(e, StorageError::Fenced { .. });
         let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(error) = next {
-            if error.is::<Unrecoverable>() {
+            if error.is::<Unrecoverable>()
+                || error.downcast_ref::<StorageError>().is_some_and(fenced)
+                || matches!(error.downcast_ref::<Error>(), Some(Error::Storage(e)) if fenced(e))
+            {
                 return true;
             }
             next = error.source();

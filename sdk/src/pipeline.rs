@@ -43,7 +43,7 @@
 //! ```
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::ffi::OsStr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +61,7 @@ use crate::runtime::executor;
 use crate::runtime::graph::{JobGraph, OpenChain};
 use crate::sink::TwoPhaseCommitSink;
 use crate::source::Source;
+use crate::storage::Location;
 
 type Graph = Rc<RefCell<JobGraph>>;
 
@@ -191,19 +192,21 @@ impl JobHandle {
         let _ = self.commands.send(JobCommand::Stop);
     }
 
-    /// Takes a savepoint: a checkpoint copied to `dir` (which must not
-    /// exist), never deleted by the job. Start from it with
+    /// Takes a savepoint: a checkpoint copied to `target` (a directory
+    /// that must not exist, or an `s3://bucket/prefix` holding no
+    /// savepoint), never deleted by the job. Start from it with
     /// [`JobConfig::restore_from`].
     ///
     /// # Errors
     ///
-    /// No checkpoint storage, the job already stopping, or a
-    /// [`SavepointError`]; after any of them the job keeps running.
-    pub async fn savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
-        self.request_savepoint(dir.into(), false).await
+    /// An invalid target, no checkpoint storage, the job already stopping,
+    /// or a [`SavepointError`]; after any of them the job keeps running.
+    pub async fn savepoint(&self, target: impl AsRef<OsStr>) -> Result<Location> {
+        self.request_savepoint(Location::parse(target)?, false)
+            .await
     }
 
-    /// Takes a savepoint into `dir` with the job's final checkpoint and
+    /// Takes a savepoint into `target` with the job's final checkpoint and
     /// stops the job (Flink's stop-with-savepoint): nothing is committed
     /// after the savepoint, so a job restored from it neither skips nor
     /// repeats output. Returns the savepoint's path; [`JobHandle::join`]
@@ -221,13 +224,13 @@ impl JobHandle {
     /// [`SavepointError::Expired`] (the checkpoint timed out) and
     /// [`SavepointError::AttemptFailed`] (a task failed, for example a
     /// snapshot or a sink's pre-commit; the job restarts).
-    pub async fn stop_with_savepoint(&self, dir: impl Into<PathBuf>) -> Result<PathBuf> {
-        self.request_savepoint(dir.into(), true).await
+    pub async fn stop_with_savepoint(&self, target: impl AsRef<OsStr>) -> Result<Location> {
+        self.request_savepoint(Location::parse(target)?, true).await
     }
 
     /// Asks the coordinator for a savepoint into `target` (the final one
     /// when `stop`) and waits for its answer.
-    async fn request_savepoint(&self, target: PathBuf, stop: bool) -> Result<PathBuf> {
+    async fn request_savepoint(&self, target: Location, stop: bool) -> Result<Location> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(JobCommand::Savepoint {

@@ -149,7 +149,7 @@ fn a_savepoint_is_kept_and_restores_into_a_new_checkpoint_directory() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let taken = handle.savepoint(&savepoint).await.unwrap();
-        assert_eq!(taken, savepoint);
+        assert_eq!(taken, savepoint.as_path().into());
         handle.stop();
         handle.join().await.unwrap();
     });
@@ -251,7 +251,8 @@ fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
     ))
     .unwrap()
     .unwrap();
-    let state = latest.path.join(&latest.metadata.task_states[0].file);
+    let latest_dir = latest.location.as_local().unwrap().to_path_buf();
+    let state = latest_dir.join(&latest.metadata.task_states[0].file);
     let mut bytes = std::fs::read(&state).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -263,7 +264,7 @@ fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
     assert!(text.contains(&state.display().to_string()), "{text}");
     assert!(text.contains("checksum"), "{text}");
 
-    std::fs::write(latest.path.join("_metadata"), b"EXACTLY\0 short").unwrap();
+    std::fs::write(latest_dir.join("_metadata"), b"EXACTLY\0 short").unwrap();
     let err = wordcount_like(config(dir.path()), 3000, 2, CollectSink::new())
         .run()
         .unwrap_err();
@@ -280,6 +281,7 @@ fn a_checkpoint_in_the_previous_format_version_restores() {
     let latest = exactly::storage::CheckpointStorage::latest(&storage)
         .unwrap()
         .unwrap();
+    let latest_dir = latest.location.as_local().unwrap().to_path_buf();
     // The same checkpoint as the previous format version wrote it, in place
     // of the newest one.
     let old = dir.path().join("old");
@@ -288,7 +290,7 @@ fn a_checkpoint_in_the_previous_format_version_restores() {
         .iter()
         .find(|id| id.ends_with(":count"))
         .unwrap();
-    exactly::__bench::copy_as_format_1(&latest.path, &old, &[count_id.as_str()]).unwrap();
+    exactly::__bench::copy_as_format_1(&latest_dir, &old, &[count_id.as_str()]).unwrap();
     let state = &latest.metadata.task_states;
     let keyed_file = state.iter().find(|h| h.stage == 1).unwrap();
     let old_bytes = std::fs::read(old.join(&keyed_file.file)).unwrap();
@@ -297,9 +299,9 @@ fn a_checkpoint_in_the_previous_format_version_restores() {
         &1u16.to_le_bytes(),
         "not format version 1"
     );
-    std::fs::remove_dir_all(&latest.path).unwrap();
-    std::fs::rename(&old, &latest.path).unwrap();
-    let reopened = exactly::storage::LocalStorage::open_checkpoint(&latest.path).unwrap();
+    std::fs::remove_dir_all(&latest_dir).unwrap();
+    std::fs::rename(&old, &latest_dir).unwrap();
+    let reopened = exactly::storage::LocalStorage::open_checkpoint(&latest_dir).unwrap();
     assert_eq!(reopened.metadata, latest.metadata);
     // Committed output before the stop ends at the checkpoint it resumes
     // from; the counts continue from the rewritten state.
@@ -999,12 +1001,15 @@ fn a_second_job_on_a_checkpoint_directory_in_use_fails_at_start() {
 /// (is discarded) between the coordinator beginning it and a task writing
 /// its snapshot into it; and task states kept in memory, not in files, as
 /// a storage that is not a local directory keeps them.
+/// Task states by file name.
+type StatesInMemory = Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
+
 #[derive(Clone)]
 struct TestStorage {
     inner: exactly::storage::LocalStorage,
     expire_checkpoint_2: bool,
     discarded: Arc<AtomicBool>,
-    states_in_memory: Option<Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>>,
+    states_in_memory: Option<StatesInMemory>,
 }
 
 impl TestStorage {
@@ -1116,13 +1121,6 @@ impl exactly::storage::CheckpointStorage for TestStorage {
         &self,
     ) -> Result<Option<exactly::storage::LineageRecord>, exactly::storage::StorageError> {
         self.inner.read_lineage()
-    }
-    fn export_savepoint(
-        &self,
-        checkpoint: &exactly::storage::CompletedCheckpoint,
-        target: &Path,
-    ) -> Result<exactly::storage::CompletedCheckpoint, exactly::storage::StorageError> {
-        self.inner.export_savepoint(checkpoint, target)
     }
 }
 
@@ -1318,7 +1316,7 @@ fn a_job_stopped_with_a_savepoint_resumes_from_it_exactly() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let taken = handle.stop_with_savepoint(&savepoint).await.unwrap();
-        assert_eq!(taken, savepoint);
+        assert_eq!(taken, savepoint.as_path().into());
         handle.join().await.unwrap();
     });
     let after_first = sink.committed().len() as u64;
@@ -1450,7 +1448,10 @@ fn a_failed_stop_with_savepoint_leaves_the_job_running() {
         completes_more_checkpoints(&handle, completed, 2).await;
         commits_more(&handle, &sink, committed).await;
         let good = dir.path().join("savepoint");
-        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
+        assert_eq!(
+            handle.stop_with_savepoint(&good).await.unwrap(),
+            good.as_path().into()
+        );
         handle.join().await.unwrap();
         assert!(good.join("_metadata").exists());
     });
@@ -1528,7 +1529,10 @@ fn a_stop_with_savepoint_whose_pre_commit_fails_leaves_the_job_running() {
         commits_more(&handle, &sink, committed).await;
         assert_eq!(handle.metrics().restarts, 1);
         let good = dir.path().join("savepoint");
-        assert_eq!(handle.stop_with_savepoint(&good).await.unwrap(), good);
+        assert_eq!(
+            handle.stop_with_savepoint(&good).await.unwrap(),
+            good.as_path().into()
+        );
         handle.join().await.unwrap();
     });
 }
@@ -1672,7 +1676,7 @@ fn a_lineage_whose_savepoint_is_gone_fails_at_start_naming_it() {
     .run()
     .unwrap_err();
     assert!(
-        matches!(&err, Error::LineageSavepoint { savepoint: named, .. } if *named == savepoint),
+        matches!(&err, Error::LineageSavepoint { savepoint: named, .. } if *named == savepoint.as_path().into()),
         "{err:?}"
     );
     let message = err.to_string();

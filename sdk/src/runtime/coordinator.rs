@@ -14,7 +14,6 @@
 //! writes ([`crate::storage`]).
 
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,7 +28,9 @@ use crate::error::{Error, Result, SavepointError};
 use crate::fault::{FaultPoint, Faults};
 use crate::metrics::JobMetrics;
 use crate::storage::frame::{self, PayloadKind};
-use crate::storage::{CheckpointMetadata, CheckpointStorage, StageMetadata, TaskStateHandle};
+use crate::storage::{
+    CheckpointMetadata, CheckpointStorage, Location, StageMetadata, TaskStateHandle, savepoint,
+};
 
 /// A command from the coordinator to one source subtask.
 #[derive(Debug)]
@@ -68,8 +69,8 @@ pub(crate) enum JobCommand {
     /// that no regular checkpoint can take the savepoint between a
     /// savepoint request and a stop request.
     Savepoint {
-        target: PathBuf,
-        reply: oneshot::Sender<Result<PathBuf>>,
+        target: Location,
+        reply: oneshot::Sender<Result<Location>>,
         stop: bool,
     },
     /// Take a final checkpoint, commit it, and stop.
@@ -77,7 +78,7 @@ pub(crate) enum JobCommand {
 }
 
 /// A savepoint request: its target directory and where its answer goes.
-type SavepointRequest = (PathBuf, oneshot::Sender<Result<PathBuf>>);
+type SavepointRequest = (Location, oneshot::Sender<Result<Location>>);
 
 /// What the user asked of the job through its handle, kept across
 /// attempts by the executor: a stop received by an attempt that then fails
@@ -94,12 +95,12 @@ pub(crate) struct Requests {
     /// alone takes it.
     stop_with_savepoint: Option<SavepointRequest>,
     /// The answer of the savepoint the checkpoint in flight takes.
-    in_flight: Option<oneshot::Sender<Result<PathBuf>>>,
+    in_flight: Option<oneshot::Sender<Result<Location>>>,
 }
 
 impl Requests {
     /// Every savepoint answer still owed.
-    fn replies(&mut self) -> impl Iterator<Item = oneshot::Sender<Result<PathBuf>>> + '_ {
+    fn replies(&mut self) -> impl Iterator<Item = oneshot::Sender<Result<Location>>> + '_ {
         self.queued
             .drain(..)
             .chain(self.stop_with_savepoint.take())
@@ -169,7 +170,7 @@ struct InFlight {
     is_final: bool,
     /// Where its savepoint goes, if it takes one; the answer waits in
     /// [`Requests::in_flight`].
-    savepoint: Option<PathBuf>,
+    savepoint: Option<Location>,
 }
 
 /// The coordinator of one attempt.
@@ -329,7 +330,7 @@ impl Coordinator {
         }
     }
 
-    async fn trigger(&mut self, is_final: bool, savepoint: Option<PathBuf>) -> Result<InFlight> {
+    async fn trigger(&mut self, is_final: bool, savepoint: Option<Location>) -> Result<InFlight> {
         let id = self.next_id;
         self.next_id += 1;
         self.fault(FaultPoint::CheckpointTriggered { checkpoint: id })?;
@@ -409,14 +410,14 @@ impl Coordinator {
             };
             let payload = self.codec.encode(&metadata, "checkpoint metadata")?;
             let framed = frame::encode(PayloadKind::Metadata, self.codec, &payload);
-            let store = storage.clone();
+            let (store, written) = (storage.clone(), framed.clone());
             let done = self
                 .blocking
                 .run("write checkpoint metadata", move || {
-                    store.complete(&metadata, &framed)
+                    store.complete(&metadata, &written)
                 })
                 .await??;
-            completed = Some(done);
+            completed = Some((done, framed));
         }
         self.fault(FaultPoint::AfterCheckpointComplete { checkpoint: id })?;
         self.completed.send_replace(id);
@@ -432,16 +433,15 @@ impl Coordinator {
         tracing::debug!(job = %self.job, checkpoint = id, ?took, bytes, "checkpoint complete");
 
         let mut saved = true;
-        if let (Some(storage), Some(done)) = (self.storage.clone(), completed) {
+        if let (Some(storage), Some((done, framed))) = (self.storage.clone(), completed) {
             let retained = self.plan.retained;
             let savepoint = flight.savepoint;
             let (retain, exported) = self
                 .blocking
                 .run("retain and export checkpoints", move || {
                     let exported = savepoint.map(|target| {
-                        storage
-                            .export_savepoint(&done, &target)
-                            .map(|sp| sp.path)
+                        savepoint::export(&*storage, &done, &framed, &target)
+                            .map(|sp| sp.location)
                             .map_err(|source| SavepointError::Export { target, source })
                     });
                     (storage.retain(retained), exported)
@@ -666,17 +666,20 @@ mod tests {
             "the checkpoint after the request is the final one"
         );
         ack(&h, 2, 0);
-        assert_eq!(answer.await.unwrap().unwrap(), target);
+        assert_eq!(answer.await.unwrap().unwrap(), target.as_path().into());
         let saved = LocalStorage::open_checkpoint(&target).unwrap();
         assert_eq!(saved.id(), 2, "the savepoint is the final checkpoint");
     }
 
     /// Sends a stop-with-savepoint into `target` and returns its answer.
-    fn stop_with_savepoint(h: &Harness, target: PathBuf) -> oneshot::Receiver<Result<PathBuf>> {
+    fn stop_with_savepoint(
+        h: &Harness,
+        target: std::path::PathBuf,
+    ) -> oneshot::Receiver<Result<Location>> {
         let (reply, answer) = oneshot::channel();
         h._commands
             .send(JobCommand::Savepoint {
-                target,
+                target: target.into(),
                 reply,
                 stop: true,
             })
@@ -723,7 +726,7 @@ mod tests {
         let answer = stop_with_savepoint(&h, good.clone());
         assert_eq!(next_trigger(&mut h).await, (6, true));
         ack(&h, 6, 0);
-        assert_eq!(answer.await.unwrap().unwrap(), good);
+        assert_eq!(answer.await.unwrap().unwrap(), good.as_path().into());
         assert!(matches!(h.source.recv().await, Some(SourceCommand::Stop)));
     }
 }

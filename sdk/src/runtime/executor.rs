@@ -36,7 +36,7 @@ use crate::metrics::JobMetrics;
 use crate::preflight::{self, JobSettings};
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{
-    CheckpointStorage, CompletedCheckpoint, LineageRecord, LocalStorage, StageMetadata,
+    CheckpointStorage, CompletedCheckpoint, LineageRecord, Location, StageMetadata,
 };
 
 /// A job started by [`start`]: what its handle needs.
@@ -68,6 +68,7 @@ pub(crate) fn start(
         metrics: Arc::clone(&metrics),
         commands: commands_rx,
         requests: Requests::default(),
+        storage: None,
     };
     let reporter_metrics = Arc::clone(&metrics);
     let job = async move {
@@ -97,6 +98,8 @@ struct Executor {
     /// The stop and savepoints asked for through the handle, kept across
     /// attempts.
     requests: Requests,
+    /// The checkpoint storage, opened once when the job starts.
+    storage: Option<Arc<dyn CheckpointStorage>>,
 }
 
 /// The lineage a run continues or begins ([`LineageRecord`]).
@@ -118,12 +121,13 @@ struct Restore {
 }
 
 impl Restore {
-    /// The savepoint or checkpoint in directory `path`, read through a
-    /// storage rooted there.
-    fn open(path: &std::path::Path) -> Result<Restore, crate::storage::StorageError> {
+    /// The savepoint or checkpoint at `location`, read through a storage
+    /// rooted there.
+    fn open(location: &Location) -> Result<Restore, crate::storage::StorageError> {
+        let (checkpoint, storage) = location.open_checkpoint()?;
         Ok(Restore {
-            checkpoint: LocalStorage::open_checkpoint(path)?,
-            storage: Arc::new(LocalStorage::new(path)),
+            checkpoint,
+            storage,
         })
     }
 }
@@ -151,10 +155,13 @@ enum Failure {
 impl Executor {
     /// Runs attempts until the job finishes or the restart strategy gives up.
     async fn run(mut self) -> Result<()> {
-        let storage = self.config.storage.clone();
+        let storage = self.config.open_storage()?;
+        self.storage = storage.clone();
         let stages: Vec<StageMetadata> = self.graph.stages.iter().map(|s| s.metadata()).collect();
-        let explicit = match &self.config.restore_from {
-            Some(path) => Some(Restore::open(path)?),
+        let explicit = match self.config.restore_location()? {
+            Some(location) => Some(
+                blocking::call("reading the savepoint", move || Restore::open(&location)).await??,
+            ),
             None => None,
         };
         self.preflight().await?;
@@ -257,7 +264,7 @@ impl Executor {
             (Some(savepoint), Some(record)) if record.origin == savepoint.checkpoint.origin() => {
                 tracing::info!(
                     job = %self.name,
-                    savepoint = %savepoint.checkpoint.path.display(),
+                    savepoint = %savepoint.checkpoint.location,
                     lineage = record.lineage.as_deref().unwrap_or("default"),
                     "continuing the lineage of the savepoint given with restore_from: resuming its newest \
                      checkpoint, if it has one (start with an empty checkpoint directory to replay the savepoint)"
@@ -270,15 +277,14 @@ impl Executor {
             (Some(savepoint), _) => {
                 // Absolute, so that a later start from another working
                 // directory still finds it.
-                let path = &savepoint.checkpoint.path;
                 let record = LineageRecord {
                     lineage: Some(new_lineage_id()),
                     origin: savepoint.checkpoint.origin(),
-                    savepoint: Some(std::path::absolute(path).unwrap_or(path.clone())),
+                    savepoint: Some(savepoint.checkpoint.location.absolute()),
                 };
                 tracing::info!(
                     job = %self.name,
-                    savepoint = %path.display(),
+                    savepoint = %savepoint.checkpoint.location,
                     lineage = record.lineage.as_deref().unwrap_or_default(),
                     "starting a new lineage from the savepoint given with restore_from"
                 );
@@ -295,16 +301,26 @@ impl Executor {
             }
             (None, Some(record)) => {
                 let savepoint = match &record.savepoint {
-                    Some(path)
+                    Some(location)
                         if latest_in_lineage(storage, record.lineage.clone())
                             .await?
                             .is_none() =>
                     {
+                        let opened = location.clone();
                         let savepoint =
-                            Restore::open(path).map_err(|source| Error::LineageSavepoint {
-                                lineage: record.lineage.clone().unwrap_or_else(|| "default".into()),
-                                savepoint: path.clone(),
-                                source,
+                            blocking::call("reading the lineage's savepoint", move || {
+                                Restore::open(&opened)
+                            })
+                            .await?
+                            .map_err(|source| {
+                                Error::LineageSavepoint {
+                                    lineage: record
+                                        .lineage
+                                        .clone()
+                                        .unwrap_or_else(|| "default".into()),
+                                    savepoint: location.clone(),
+                                    source: Box::new(source),
+                                }
                             })?;
                         Some(savepoint)
                     }
@@ -367,9 +383,9 @@ impl Executor {
         };
         let restore = restore.map(|r| r.checkpoint);
         if let Some(checkpoint) = &restore {
-            tracing::info!(job = %self.name, checkpoint = checkpoint.id(), path = %checkpoint.path.display(), "restoring");
+            tracing::info!(job = %self.name, checkpoint = checkpoint.id(), location = %checkpoint.location, "restoring");
         }
-        let storage = self.config.storage.clone();
+        let storage = self.storage.clone();
         let first_checkpoint = highest_id(&storage)
             .await
             .map_err(Failure::Fatal)?
@@ -566,7 +582,7 @@ pub(crate) fn load_checkpoint(
     let id = checkpoint.id();
     let mismatch = |message: String| Error::Restore {
         checkpoint: id,
-        path: checkpoint.path.clone(),
+        location: checkpoint.location.clone(),
         message,
     };
     let found = &checkpoint.metadata.stages;
@@ -594,7 +610,7 @@ pub(crate) fn load_checkpoint(
         })
         .collect();
     for handle in &checkpoint.metadata.task_states {
-        let path = checkpoint.path.join(&handle.file);
+        let path = checkpoint.location.join(&handle.file);
         let file = bytes::Bytes::from(storage.read_task_state(checkpoint, handle)?);
         let frame = frame::decode(&file, PayloadKind::TaskState, &path)?;
         let codec = frame.codec;
@@ -605,7 +621,7 @@ pub(crate) fn load_checkpoint(
         let entries: Vec<(String, &[u8])> =
             codec.decode(frame.payload, "task state").map_err(|e| {
                 crate::storage::StorageError::Corrupt {
-                    path: path.clone(),
+                    file: path.to_string(),
                     reason: e.to_string(),
                 }
             })?;

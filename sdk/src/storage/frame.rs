@@ -26,8 +26,6 @@
 //! encoding ([`crate::codec`]) or where the files go
 //! ([`super::LocalStorage`]).
 
-use std::path::Path;
-
 use super::StorageError;
 use crate::codec::Codec;
 
@@ -84,14 +82,14 @@ pub struct Frame<'a> {
     pub payload: &'a [u8],
 }
 
-/// Checks the frame of `bytes`, read from `path`, and returns it.
+/// Checks the frame of `bytes`, read from `file`, and returns it.
 pub fn decode<'a>(
     bytes: &'a [u8],
     expected: PayloadKind,
-    path: &Path,
+    file: &dyn std::fmt::Display,
 ) -> Result<Frame<'a>, StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
-        path: path.to_path_buf(),
+        file: file.to_string(),
         reason,
     };
     if bytes.len() < HEADER_LEN {
@@ -143,8 +141,8 @@ pub fn decode<'a>(
 mod tests {
     use super::*;
 
-    fn path() -> &'static Path {
-        Path::new("/ckpt/chk-0000000001/0-0.state")
+    fn path() -> &'static dyn std::fmt::Display {
+        &"/ckpt/chk-0000000001/0-0.state"
     }
 
     #[test]

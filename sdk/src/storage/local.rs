@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use super::frame::{self, PayloadKind};
 use super::{
-    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, StorageClaim,
-    StorageError, TaskStateHandle,
+    CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, Location,
+    StorageClaim, StorageError, TaskStateHandle,
 };
 
 /// The name of the file that completes a checkpoint.
@@ -114,16 +114,16 @@ impl LocalStorage {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StorageError::NotACheckpoint {
-                    path: path.to_path_buf(),
+                    location: path.into(),
                     reason: format!("it has no {METADATA_FILE} file"),
                 });
             }
             Err(e) => return Err(io("read", &meta_path)(e)),
         };
-        let frame = frame::decode(&bytes, PayloadKind::Metadata, &meta_path)?;
-        let metadata = CheckpointMetadata::decode(&frame, &meta_path)?;
+        let frame = frame::decode(&bytes, PayloadKind::Metadata, &meta_path.display())?;
+        let metadata = CheckpointMetadata::decode(&frame, &meta_path.display())?;
         Ok(CompletedCheckpoint {
-            path: path.to_path_buf(),
+            location: path.into(),
             metadata,
         })
     }
@@ -226,7 +226,7 @@ impl CheckpointStorage for LocalStorage {
         write_atomically(&dir.join(METADATA_FILE), framed)?;
         sync_dir(&self.root)?;
         Ok(CompletedCheckpoint {
-            path: dir,
+            location: dir.into(),
             metadata: metadata.clone(),
         })
     }
@@ -276,7 +276,13 @@ impl CheckpointStorage for LocalStorage {
         checkpoint: &CompletedCheckpoint,
         handle: &TaskStateHandle,
     ) -> Result<Vec<u8>, StorageError> {
-        let path = checkpoint.path.join(&handle.file);
+        let Some(dir) = checkpoint.location.as_local() else {
+            return Err(StorageError::Location {
+                given: checkpoint.location.to_string(),
+                reason: "a local directory's storage reads only local checkpoints".into(),
+            });
+        };
+        let path = dir.join(&handle.file);
         fs::read(&path).map_err(io("read", &path))
     }
 
@@ -335,7 +341,7 @@ impl CheckpointStorage for LocalStorage {
             None => (line, None),
         };
         let id: u64 = id.parse().map_err(|_| StorageError::Corrupt {
-            path,
+            file: path.display().to_string(),
             reason: format!("expected a checkpoint id, optionally followed by{MARKER_LINEAGE}<id>, found {text:?}"),
         })?;
         Ok((written_in == lineage).then_some(id))
@@ -393,7 +399,7 @@ impl CheckpointStorage for LocalStorage {
         }
         text.push_str(&format!("origin: {}\n", record.origin));
         if let Some(savepoint) = &record.savepoint {
-            text.push_str(&format!("savepoint: {}\n", savepoint.display()));
+            text.push_str(&format!("savepoint: {savepoint}\n"));
         }
         write_atomically(&self.root.join(LINEAGE_FILE), text.as_bytes())
     }
@@ -418,11 +424,16 @@ impl CheckpointStorage for LocalStorage {
             Err(e) => Err(io("read", &path)(e)),
         }
     }
+}
 
-    fn export_savepoint(
-        &self,
-        checkpoint: &CompletedCheckpoint,
+impl LocalStorage {
+    /// Writes a self-contained savepoint into directory `target`, which
+    /// must not exist yet: every file of `files` (name and content), then
+    /// `metadata`, into a temporary directory renamed into place.
+    pub(crate) fn write_savepoint(
         target: &Path,
+        files: impl IntoIterator<Item = Result<(String, Vec<u8>), StorageError>>,
+        metadata: &[u8],
     ) -> Result<CompletedCheckpoint, StorageError> {
         if target.exists() {
             return Err(StorageError::Io {
@@ -437,21 +448,17 @@ impl CheckpointStorage for LocalStorage {
         let tmp = target.with_extension("inprogress");
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
-        let mut files: Vec<&str> = checkpoint
-            .metadata
-            .task_states
-            .iter()
-            .map(|h| h.file.as_str())
-            .collect();
-        files.push(METADATA_FILE);
-        for file in files {
-            let from = checkpoint.path.join(file);
-            let bytes = fs::read(&from).map_err(io("read", &from))?;
-            let to = tmp.join(file);
+        let write = |name: &str, bytes: &[u8]| -> Result<(), StorageError> {
+            let to = tmp.join(name);
             let mut out = File::create(&to).map_err(io("create", &to))?;
-            out.write_all(&bytes).map_err(io("write", &to))?;
-            out.sync_all().map_err(io("fsync", &to))?;
+            out.write_all(bytes).map_err(io("write", &to))?;
+            out.sync_all().map_err(io("fsync", &to))
+        };
+        for file in files {
+            let (name, bytes) = file?;
+            write(&name, &bytes)?;
         }
+        write(METADATA_FILE, metadata)?;
         sync_dir(&tmp)?;
         fs::rename(&tmp, target).map_err(io("rename into place", target))?;
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -464,7 +471,7 @@ impl CheckpointStorage for LocalStorage {
 /// Parses the text of a lineage file read from `path`.
 fn parse_lineage(text: &str, path: &Path) -> Result<LineageRecord, StorageError> {
     let corrupt = |reason: String| StorageError::Corrupt {
-        path: path.to_path_buf(),
+        file: path.display().to_string(),
         reason,
     };
     let mut lines = text.lines();
@@ -486,7 +493,7 @@ fn parse_lineage(text: &str, path: &Path) -> Result<LineageRecord, StorageError>
         match line.split_once(": ") {
             Some(("id", id)) => record.lineage = Some(id.to_owned()),
             Some(("origin", value)) => origin = Some(value.to_owned()),
-            Some(("savepoint", value)) => record.savepoint = Some(PathBuf::from(value)),
+            Some(("savepoint", value)) => record.savepoint = Some(Location::parse(value)?),
             _ => return Err(corrupt(format!("unexpected line {line:?}"))),
         }
     }
@@ -563,7 +570,7 @@ mod tests {
         let bytes = storage
             .read_task_state(&latest, &latest.metadata.task_states[0])
             .unwrap();
-        let payload = frame::decode(&bytes, PayloadKind::TaskState, Path::new("x"))
+        let payload = frame::decode(&bytes, PayloadKind::TaskState, &"x")
             .unwrap()
             .payload;
         assert_eq!(payload, b"one");
@@ -613,7 +620,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::new(dir.path());
         let done = complete(&storage, 3, b"s");
-        let meta = done.path.join(METADATA_FILE);
+        let meta = done.location.as_local().unwrap().join(METADATA_FILE);
         let mut bytes = fs::read(&meta).unwrap();
         bytes.truncate(bytes.len() - 3);
         fs::write(&meta, bytes).unwrap();
@@ -681,7 +688,7 @@ mod tests {
         let record = LineageRecord {
             lineage: Some("18c-2f".into()),
             origin: "job checkpoint 3 triggered at 9 ms".into(),
-            savepoint: Some(dir.path().join("sp")),
+            savepoint: Some(dir.path().join("sp").into()),
         };
         storage.write_lineage(&record).unwrap();
         assert_eq!(storage.read_lineage().unwrap(), Some(record));
@@ -734,7 +741,16 @@ mod tests {
         let done = complete(&storage, 7, b"state");
         let target = dir.path().join("savepoints/sp-1");
         fs::create_dir_all(target.parent().unwrap()).unwrap();
-        let savepoint = storage.export_savepoint(&done, &target).unwrap();
+        let metadata = fs::read(done.location.as_local().unwrap().join(METADATA_FILE)).unwrap();
+        let export = |checkpoint| {
+            crate::storage::savepoint::export(
+                &storage,
+                checkpoint,
+                &metadata,
+                &target.as_path().into(),
+            )
+        };
+        let savepoint = export(&done).unwrap();
         storage.discard(7).unwrap();
         let reopened = LocalStorage::open_checkpoint(&target).unwrap();
         assert_eq!(reopened.id(), 7);
@@ -742,10 +758,7 @@ mod tests {
             .read_task_state(&savepoint, &savepoint.metadata.task_states[0])
             .unwrap();
         assert!(bytes.ends_with(b"state"));
-        assert!(
-            storage.export_savepoint(&savepoint, &target).is_err(),
-            "overwrote a savepoint"
-        );
+        assert!(export(&savepoint).is_err(), "overwrote a savepoint");
         let missing = LocalStorage::open_checkpoint(dir.path())
             .unwrap_err()
             .to_string();

@@ -3,15 +3,21 @@
 //!
 //! Owns: the [`CheckpointStorage`] trait, the checkpoint metadata format
 //! (with the lineage a checkpoint belongs to, [`LineageRecord`]), the
-//! snapshot [`frame`] and the embedded default, [`LocalStorage`] (a local
-//! directory). Does not own when checkpoints are taken or what goes into
-//! them: that is `runtime::coordinator`.
+//! snapshot [`frame`], where storage lives ([`Location`]), the embedded
+//! default, [`LocalStorage`] (a local directory), [`ObjectStorage`] (S3 and
+//! other object stores), and copying a checkpoint into a savepoint of
+//! either kind ([`savepoint`]). Does not own when checkpoints are taken or
+//! what goes into them: that is `runtime::coordinator`.
 //!
-//! A checkpoint is complete once, and only once, its metadata file is
-//! durable; every task state it names was made durable before it.
+//! A checkpoint is complete once, and only once, its metadata is durable
+//! (and, in object storage, recorded in the claim object); every task
+//! state it names was made durable before it.
 
 pub mod frame;
 mod local;
+mod location;
+mod object;
+pub(crate) mod savepoint;
 
 use std::path::PathBuf;
 
@@ -19,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use local::LocalStorage;
 pub(crate) use local::{METADATA_FILE, io, sync_dir};
+pub use location::Location;
+pub use object::ObjectStorage;
 
 /// Reading or writing checkpoint storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +44,73 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// A snapshot file is corrupt, truncated, or from an unsupported format.
-    #[error("corrupt snapshot {}: {reason}", path.display())]
+    #[error("corrupt snapshot {file}: {reason}")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The file or object.
+        file: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A checkpoint location is not a path or a supported URL.
+    #[error("checkpoint location {given:?}: {reason}")]
+    Location {
+        /// The location as given.
+        given: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The object-store client could not be configured.
+    #[error(
+        "checkpoint storage {location}: cannot configure the S3 client from the AWS environment \
+         (AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): {source}"
+    )]
+    ObjectStoreConfig {
+        /// The storage's location.
+        location: String,
+        /// What the client said (boxed: it is large).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// An object-store request failed, after the client's retries.
+    #[error("checkpoint storage: cannot {action} {location}: {source}")]
+    Object {
+        /// What was being done, such as "write" or "list".
+        action: &'static str,
+        /// The object or prefix.
+        location: String,
+        /// What the client said (boxed: it is large).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// Another process claimed the checkpoint storage after this one: this
+    /// one must stop, and a restart would fence the newer one in turn.
+    #[error(
+        "checkpoint storage {location} was claimed by {holder} after this process (generation {generation}): \
+         a newer run of this job took over, so this one stops without completing checkpoints or committing"
+    )]
+    Fenced {
+        /// The storage's location.
+        location: String,
+        /// This process's generation.
+        generation: u64,
+        /// The newer holder, as it described itself.
+        holder: String,
+    },
+    /// A write found something it must not overwrite.
+    #[error("checkpoint storage: {location}: {reason}")]
+    Conflict {
+        /// The object.
+        location: String,
+        /// What was found.
+        reason: String,
+    },
+    /// A write that needs the storage's claim, before it was claimed.
+    #[error(
+        "checkpoint storage {location} is not claimed by this process: call CheckpointStorage::claim before writing"
+    )]
+    NotClaimed {
+        /// The storage's location.
+        location: String,
     },
     /// The checkpoint was discarded (it expired) while a late task state
     /// was being written to it: the state is not needed any more.
@@ -62,11 +131,11 @@ pub enum StorageError {
         /// Who holds it, as it wrote itself into the lock file.
         holder: String,
     },
-    /// A path does not hold a complete checkpoint or savepoint.
-    #[error("{} is not a complete checkpoint or savepoint: {reason}", path.display())]
+    /// A location does not hold a complete checkpoint or savepoint.
+    #[error("{location} is not a complete checkpoint or savepoint: {reason}")]
     NotACheckpoint {
-        /// The directory.
-        path: PathBuf,
+        /// The directory or prefix.
+        location: Location,
         /// Why.
         reason: String,
     },
@@ -79,7 +148,7 @@ pub struct TaskStateHandle {
     pub stage: usize,
     /// Index of the subtask in the stage.
     pub subtask: usize,
-    /// File name, relative to the checkpoint directory.
+    /// File name, relative to the checkpoint's location.
     pub file: String,
     /// Size of the file in bytes.
     pub bytes: u64,
@@ -144,16 +213,19 @@ impl From<&CheckpointMetadata> for MetadataV2 {
 }
 
 impl CheckpointMetadata {
-    /// Decodes the metadata payload of `frame`, read from `path`, in the
+    /// Decodes the metadata payload of `frame`, read from `file`, in the
     /// layout of its format version: before version 3 it has no lineage
     /// (the default lineage).
     ///
     /// # Errors
     ///
     /// [`StorageError::Corrupt`] when the payload does not decode.
-    pub fn decode(frame: &frame::Frame<'_>, path: &std::path::Path) -> Result<Self, StorageError> {
+    pub fn decode(
+        frame: &frame::Frame<'_>,
+        file: &dyn std::fmt::Display,
+    ) -> Result<Self, StorageError> {
         let corrupt = |e: crate::codec::CodecError| StorageError::Corrupt {
-            path: path.to_path_buf(),
+            file: file.to_string(),
             reason: e.to_string(),
         };
         if frame.version >= 3 {
@@ -199,7 +271,7 @@ pub struct LineageRecord {
     pub origin: String,
     /// Where the savepoint was restored from, if recorded (older builds did
     /// not).
-    pub savepoint: Option<PathBuf>,
+    pub savepoint: Option<Location>,
 }
 
 /// Holds a claim on checkpoint storage ([`CheckpointStorage::claim`])
@@ -227,8 +299,8 @@ impl StorageClaim {
 /// A complete checkpoint or savepoint that can be restored.
 #[derive(Debug, Clone)]
 pub struct CompletedCheckpoint {
-    /// Its directory.
-    pub path: PathBuf,
+    /// Its directory or object prefix.
+    pub location: Location,
     /// Its metadata.
     pub metadata: CheckpointMetadata,
 }
@@ -252,7 +324,8 @@ impl CompletedCheckpoint {
 }
 
 /// Durable storage for checkpoints. [`LocalStorage`] is the embedded
-/// default; other backends (object stores) implement the same contract.
+/// default, [`ObjectStorage`] keeps them in S3; other backends implement
+/// the same contract.
 ///
 /// All methods block on I/O; the runtime calls them from the blocking pool.
 pub trait CheckpointStorage: Send + Sync + 'static {
@@ -334,10 +407,12 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     ) -> Result<Option<u64>, StorageError>;
 
     /// Claims the storage for one running job until the returned guard is
-    /// dropped (or the process dies). A second claim fails with
-    /// [`StorageError::InUse`] naming the holder. `job` describes the
-    /// claimer for that message. Storage that cannot be claimed returns a
-    /// guard that holds nothing.
+    /// dropped (or the process dies). `job` describes the claimer. A
+    /// storage that can lock ([`LocalStorage`]) fails a second claim with
+    /// [`StorageError::InUse`] naming the holder; one that cannot tell a
+    /// dead holder from a live one ([`ObjectStorage`]) takes the claim over
+    /// and fences the previous holder, whose later writes fail with
+    /// [`StorageError::Fenced`].
     fn claim(&self, job: &str) -> Result<StorageClaim, StorageError>;
 
     /// Records, durably, that the checkpoints written from now on belong to
@@ -348,13 +423,4 @@ pub trait CheckpointStorage: Send + Sync + 'static {
     /// The current lineage of this storage, if one was recorded; `None`: the
     /// default lineage.
     fn read_lineage(&self) -> Result<Option<LineageRecord>, StorageError>;
-
-    /// Copies complete checkpoint `checkpoint` to `target`, a directory that
-    /// must not exist yet, as a self-contained savepoint. Storage never
-    /// deletes a savepoint.
-    fn export_savepoint(
-        &self,
-        checkpoint: &CompletedCheckpoint,
-        target: &std::path::Path,
-    ) -> Result<CompletedCheckpoint, StorageError>;
 }

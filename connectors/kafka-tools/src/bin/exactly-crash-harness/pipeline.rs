@@ -134,10 +134,7 @@ pub(crate) fn child(args: &ChildArgs) -> Result<(), exactly::BoxError> {
                 && started.elapsed() >= Duration::from_millis(after)
             {
                 let taken = handle.stop_with_savepoint(savepoint).await?;
-                eprintln!(
-                    "crash-harness child: stopped with a savepoint in {}",
-                    taken.display()
-                );
+                eprintln!("crash-harness child: stopped with a savepoint in {}", taken);
                 return handle.join().await.map(drop);
             }
             // The broker may be restarting: count again on the next tick.

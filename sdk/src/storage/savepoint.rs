@@ -1,0 +1,33 @@
+//! Savepoints: a complete checkpoint copied, self-contained, to a location
+//! of either kind, whatever storage the checkpoint is in.
+//!
+//! Owns: reading the checkpoint's task states through its own storage and
+//! writing them, then its metadata, at the target. Does not own either
+//! layout: the target's storage writes it ([`LocalStorage`],
+//! [`ObjectStorage`]).
+
+use super::{
+    CheckpointStorage, CompletedCheckpoint, LocalStorage, Location, ObjectStorage, StorageError,
+};
+
+/// Copies `checkpoint`, whose task states `source` reads, to `target`
+/// (which must not hold a savepoint yet), ending with `metadata` (its
+/// framed metadata). Storage never deletes a savepoint.
+pub(crate) fn export(
+    source: &dyn CheckpointStorage,
+    checkpoint: &CompletedCheckpoint,
+    metadata: &[u8],
+    target: &Location,
+) -> Result<CompletedCheckpoint, StorageError> {
+    let files = checkpoint.metadata.task_states.iter().map(|handle| {
+        source
+            .read_task_state(checkpoint, handle)
+            .map(|bytes| (handle.file.clone(), bytes))
+    });
+    match target {
+        Location::Local(path) => LocalStorage::write_savepoint(path, files, metadata),
+        Location::S3 { .. } => {
+            ObjectStorage::open(target)?.write_savepoint(target, files, metadata)
+        }
+    }
+}
