@@ -11,28 +11,9 @@ use std::time::Duration;
 use exactly::prelude::*;
 use exactly::source::Source;
 use exactly::{BoxError, Error, Unrecoverable};
-
-const KEYS: u64 = 7;
-
-#[state]
-#[derive(Default)]
-struct Count {
-    n: u64,
-}
-
-/// Slows each record down so that a job is still running when the test
-/// stops it or takes a savepoint.
-#[operator]
-fn slow(x: u64) -> u64 {
-    std::thread::sleep(Duration::from_micros(200));
-    x
-}
-
-#[operator]
-fn count(x: u64, #[state] c: &mut Count) -> (u64, u64) {
-    c.n += 1;
-    (x % KEYS, c.n)
-}
+use exactly_tests::{
+    KEYS, assert_exactly_once, count, run_then_stop, runtime, slow, wordcount_like,
+};
 
 #[operator]
 fn always_fails(_x: u64) -> Result<u64, String> {
@@ -51,60 +32,6 @@ fn config(dir: &Path) -> JobConfig {
         .restart_strategy(RestartStrategy::fixed_delay(2, Duration::ZERO))
         .batch_size(16)
         .worker_threads(2)
-}
-
-/// source -> slow -> key_by(x % 7) -> count -> sink.
-fn wordcount_like(
-    config: JobConfig,
-    records: u64,
-    keyed_parallelism: usize,
-    sink: CollectSink<(u64, u64)>,
-) -> Job {
-    let job = Job::new("runtime-test", config);
-    job.source(VecSource::new((0..records).collect::<Vec<u64>>()))
-        .operator(slow)
-        .key_by(|x: &u64| x % KEYS)
-        .parallelism(keyed_parallelism)
-        .operator(count)
-        .sink(sink);
-    job
-}
-
-/// Every key's updates must be exactly 1..=n, once each.
-fn assert_exactly_once(committed: &[(u64, u64)], records: u64) {
-    let mut by_key: HashMap<u64, Vec<u64>> = HashMap::new();
-    for &(key, n) in committed {
-        by_key.entry(key).or_default().push(n);
-    }
-    for key in 0..KEYS {
-        let expected = (0..records).filter(|x| x % KEYS == key).count() as u64;
-        let mut seen = by_key.remove(&key).unwrap_or_default();
-        seen.sort_unstable();
-        assert_eq!(seen, (1..=expected).collect::<Vec<_>>(), "key {key}");
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Spawns the job, waits for two completed checkpoints, stops it
-/// gracefully, and returns how many records it had read.
-fn run_then_stop(job: Job) -> u64 {
-    runtime().block_on(async {
-        let handle = job.spawn().unwrap();
-        while handle.metrics().checkpoints_completed < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        handle.stop();
-        let read = handle.metrics().records_in;
-        handle.join().await.unwrap();
-        read
-    })
 }
 
 #[test]

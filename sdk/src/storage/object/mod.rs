@@ -238,18 +238,8 @@ impl ObjectStorage {
             let (name, bytes) = file?;
             self.put(&target.join(&name), Bytes::from(bytes), PutMode::Overwrite)?;
         }
-        match self.put(
-            &metadata_file,
-            Bytes::copy_from_slice(metadata),
-            PutMode::Create,
-        ) {
-            Ok(_) => self.open_checkpoint(target),
-            Err(e) if refused(&e) => Err(StorageError::Conflict {
-                location: target.to_string(),
-                reason: "another savepoint was written there meanwhile; choose a new target".into(),
-            }),
-            Err(e) => Err(e),
-        }
+        self.create_once(&metadata_file, metadata)?;
+        self.open_checkpoint(target)
     }
 
     fn checkpoint_location(&self, id: u64) -> Location {
@@ -372,7 +362,7 @@ impl ObjectStorage {
                 location: self.root.to_string(),
             });
         };
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 1..=CAS_ATTEMPTS {
             let mut next = held.claim.clone();
             change(&mut next);
             let body = Bytes::from(next.encode());
@@ -384,15 +374,17 @@ impl ObjectStorage {
                     };
                     return Ok(());
                 }
-                Err(e) if refused(&e) => {
+                // Refused: another holder wrote, or this process's own
+                // earlier write did (its answer lost, the client retried).
+                // Transient (a timeout, a reset): the write may have landed
+                // or not. The stored claim tells.
+                Err(e) if refused(&e) || transient(&e) => {
                     let Some((stored, version)) = self.read_claim()? else {
                         return Err(self.fenced(&held.claim, None));
                     };
                     if stored.generation != held.claim.generation {
                         return Err(self.fenced(&held.claim, Some(&stored)));
                     }
-                    // Still ours: an earlier write of this process landed
-                    // although its answer was lost.
                     let landed = stored == next;
                     *held = Held {
                         claim: stored,
@@ -400,6 +392,9 @@ impl ObjectStorage {
                     };
                     if landed {
                         return Ok(());
+                    }
+                    if transient(&e) && attempt == CAS_ATTEMPTS {
+                        return Err(e);
                     }
                 }
                 Err(e) => return Err(e),
@@ -411,6 +406,32 @@ impl ObjectStorage {
                 "the claim object kept changing under this process for {CAS_ATTEMPTS} attempts"
             ),
         })
+    }
+
+    /// Writes `bytes` to `location` create-only, and succeeds when the
+    /// object then holds exactly them: written by this call, or by an
+    /// earlier attempt of it whose answer was lost (the client does not
+    /// retry a conditional write that timed out; this does). Fails with
+    /// [`StorageError::Conflict`] when another writer's object is there.
+    fn create_once(&self, location: &Location, bytes: &[u8]) -> Result<(), StorageError> {
+        for attempt in 1..=CAS_ATTEMPTS {
+            match self.put(location, Bytes::copy_from_slice(bytes), PutMode::Create) {
+                Ok(_) => return Ok(()),
+                Err(e) if refused(&e) || transient(&e) => match self.get(location)? {
+                    Some((existing, _)) if existing == bytes => return Ok(()),
+                    Some(_) => {
+                        return Err(StorageError::Conflict {
+                            location: location.to_string(),
+                            reason: "another process wrote it first".into(),
+                        });
+                    }
+                    None if attempt == CAS_ATTEMPTS => return Err(e),
+                    None => {}
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     fn fenced(&self, ours: &Claim, stored: Option<&Claim>) -> StorageError {
@@ -465,6 +486,13 @@ impl ObjectStorage {
             .map(|(id, _)| self.open_checkpoint(&self.checkpoint_location(*id)))
             .transpose()
     }
+}
+
+/// Whether a request failed in a way that may pass on a later attempt
+/// (the client's own retries exhausted, or not tried for a conditional
+/// write that timed out): a timeout, a reset connection, a 5xx.
+fn transient(error: &StorageError) -> bool {
+    matches!(error, StorageError::Object { source, .. } if matches!(**source, object_store::Error::Generic { .. }))
 }
 
 /// Whether a conditional write was refused: its condition failed
@@ -541,11 +569,16 @@ impl CheckpointStorage for ObjectStorage {
             random_hex()
         );
         let location = self.checkpoint_location(checkpoint_id).join(&file);
-        self.put(
+        let written = self.put(
             &location,
             Bytes::copy_from_slice(framed),
             PutMode::Overwrite,
-        )?;
+        );
+        if written.is_err() && !still_begun() {
+            // Slow storage: the checkpoint expired while the client retried.
+            return Err(discarded());
+        }
+        written?;
         if !still_begun() {
             let _ = self.delete(&location);
             return Err(discarded());
@@ -569,21 +602,13 @@ impl CheckpointStorage for ObjectStorage {
         let id = metadata.checkpoint_id;
         let location = self.checkpoint_location(id);
         let file = location.join(METADATA_FILE);
-        match self.put(&file, Bytes::copy_from_slice(framed), PutMode::Create) {
-            Ok(_) => {}
-            Err(e) if refused(&e) => {
-                // This process's own write, retried after a lost answer, or
-                // another process's: only the bytes tell.
-                let existing = self.get(&file)?.map(|(bytes, _)| bytes);
-                if existing.as_deref() != Some(framed) {
-                    self.check_claim()?;
-                    return Err(StorageError::Conflict {
-                        location: file.to_string(),
-                        reason: "another process completed this checkpoint id".into(),
-                    });
-                }
+        if let Err(e) = self.create_once(&file, framed) {
+            if matches!(e, StorageError::Conflict { .. }) {
+                // Another process completed this id: a newer holder, most
+                // likely, whom the fence names.
+                self.check_claim()?;
             }
-            Err(e) => return Err(e),
+            return Err(e);
         }
         let lineage = metadata.lineage.clone();
         self.update(|claim| {
@@ -715,7 +740,7 @@ impl CheckpointStorage for ObjectStorage {
             },
             self.instance
         );
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 1..=CAS_ATTEMPTS {
             let stored = self.read_claim()?;
             let (previous, mode) = match &stored {
                 Some((claim, version)) => (claim.clone(), PutMode::Update(version.clone())),
@@ -728,8 +753,12 @@ impl CheckpointStorage for ObjectStorage {
             };
             let version = match self.put(&location, Bytes::from(next.encode()), mode) {
                 Ok(version) => version,
-                Err(e) if refused(&e) => match self.read_claim()? {
+                // Another process claimed it first (then this one takes it
+                // over in turn), or this one's write landed although its
+                // answer was lost: the stored claim tells.
+                Err(e) if refused(&e) || transient(&e) => match self.read_claim()? {
                     Some((landed, version)) if landed == next => version,
+                    _ if transient(&e) && attempt == CAS_ATTEMPTS => return Err(e),
                     _ => continue,
                 },
                 Err(e) => return Err(e),
