@@ -33,12 +33,23 @@ struct Collected<T> {
 }
 
 /// A [`CollectSink`] transaction: a unique id and its records.
-#[derive(Debug, Clone, SerializeDerive, Deserialize)]
+#[derive(Clone, SerializeDerive, Deserialize)]
 pub struct CollectTransaction<T> {
     /// Unique id, so that a repeated commit is applied once.
     pub id: String,
     /// The records written in the transaction.
     pub records: Vec<T>,
+}
+
+impl<T> fmt::Debug for CollectTransaction<T> {
+    /// The id and the number of records: logs name a transaction, they do
+    /// not list its records.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectTransaction")
+            .field("id", &self.id)
+            .field("records", &self.records.len())
+            .finish()
+    }
 }
 
 impl<T> fmt::Debug for CollectSink<T> {

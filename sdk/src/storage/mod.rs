@@ -72,7 +72,11 @@ pub enum StorageError {
         source: Box<object_store::Error>,
     },
     /// An object-store request failed, after the client's retries.
-    #[error("checkpoint storage: cannot {action} {location}: {source}")]
+    #[error(
+        "checkpoint storage: cannot {action} {location}: {source}; check the S3 settings (AWS_ENDPOINT_URL, \
+         AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role), that the bucket exists, and that \
+         these credentials may read and write it"
+    )]
     Object {
         /// What was being done, such as "write" or "list".
         action: &'static str,

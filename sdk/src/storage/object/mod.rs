@@ -764,10 +764,11 @@ impl CheckpointStorage for ObjectStorage {
                 Err(e) => return Err(e),
             };
             if !previous.holder.is_empty() {
-                tracing::warn!(
+                tracing::info!(
                     storage = %self.root,
-                    "took over checkpoint storage from {} (generation {}): if that process still runs, \
-                     it is fenced and stops at its next checkpoint",
+                    "claimed checkpoint storage (generation {}) after {} (generation {}); if that process \
+                     still runs, it is fenced and stops at its next checkpoint",
+                    next.generation,
                     previous.holder,
                     previous.generation
                 );
