@@ -59,6 +59,8 @@ pub(crate) enum TaskEvent {
     },
     /// A source subtask has exhausted its input.
     SourceFinished,
+    /// A subtask's snapshot could not be made durable: the attempt fails.
+    SnapshotFailed { error: Error },
 }
 
 /// A request from the user's [`crate::JobHandle`].
@@ -255,6 +257,7 @@ impl Coordinator {
                     // attempt failed (and the job goes on) or the job ended.
                     None => return Ok(()),
                     Some(TaskEvent::SourceFinished) => sources_finished += 1,
+                    Some(TaskEvent::SnapshotFailed { error }) => return Err(error),
                     Some(TaskEvent::Ack { checkpoint, stage, subtask, handle }) => {
                         let Some(flight) = in_flight.as_mut().filter(|f| f.id == checkpoint) else {
                             continue;

@@ -4,14 +4,17 @@
 //! Owns: reading the head (source or [`InputGate`]), handing batches to the
 //! chain, taking the task's snapshot at a barrier (source position first,
 //! then every chained element in order), making it durable and
-//! acknowledging it to the coordinator, and passing checkpoint-complete
+//! acknowledging it to the coordinator (in the background, while the task
+//! goes on), and passing checkpoint-complete
 //! notifications to the chain. Does not own the protocol decisions (when to
 //! trigger, when a checkpoint is complete): [`super::coordinator`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
+use tracing::instrument::WithSubscriber;
 
 use super::alignment::{GateEvent, InputGate};
 use super::coordinator::{SourceCommand, TaskEvent};
@@ -42,43 +45,58 @@ fn coordinator_gone(env: &SubtaskEnv) -> Error {
     task_error(env, "talking to the checkpoint coordinator")("the coordinator stopped".into())
 }
 
-/// Makes the task's snapshot durable and acknowledges the checkpoint.
-async fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> Result<()> {
+/// Makes the task's snapshot durable and acknowledges the checkpoint, in
+/// the background: the snapshot is already bytes, so the task goes on with
+/// its records while the blocking pool writes them (Flink's asynchronous
+/// snapshot phase; against a remote store the upload would otherwise stall
+/// the task, see BENCHMARKS.md). At most one checkpoint is in flight, so a
+/// task has at most one upload at a time. A failed upload fails the attempt
+/// through the coordinator ([`TaskEvent::SnapshotFailed`]).
+fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> Result<()> {
     let checkpoint = barrier.checkpoint_id;
-    let handle = match &env.link.storage {
-        Some(storage) if !snapshot.entries.is_empty() => {
-            let payload = env.codec.encode(&snapshot.entries, "task state")?;
-            let framed = frame::encode(PayloadKind::TaskState, env.codec, &payload);
-            let (storage, stage, subtask) = (storage.clone(), env.stage, env.ctx.index);
-            let written = env
-                .blocking
-                .run("write task state", move || {
-                    storage.write_task_state(checkpoint, stage, subtask, &framed)
-                })
-                .await
-                .map_err(|m| task_error(env, "writing task state")(m.into()))?;
-            match written {
-                Ok(handle) => Some(handle),
-                // The checkpoint expired while this task was late: its
-                // snapshot is not needed, and nothing waits for the ack.
-                Err(StorageError::Discarded { .. }) => {
-                    tracing::debug!(task = %env.task_name(), checkpoint, "dropping a late snapshot of an expired checkpoint");
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        _ => None,
+    let (stage, subtask, events) = (env.stage, env.ctx.index, env.link.events.clone());
+    let ack = move |handle| TaskEvent::Ack {
+        checkpoint,
+        stage,
+        subtask,
+        handle,
     };
-    env.link
-        .events
-        .send(TaskEvent::Ack {
-            checkpoint,
-            stage: env.stage,
-            subtask: env.ctx.index,
-            handle,
-        })
-        .map_err(|_| coordinator_gone(env))
+    let storage = match &env.link.storage {
+        Some(storage) if !snapshot.entries.is_empty() => Arc::clone(storage),
+        _ => return events.send(ack(None)).map_err(|_| coordinator_gone(env)),
+    };
+    let payload = env.codec.encode(&snapshot.entries, "task state")?;
+    let framed = frame::encode(PayloadKind::TaskState, env.codec, &payload);
+    let (task, blocking) = (env.task_name(), env.blocking.clone());
+    let upload = async move {
+        let written = blocking
+            .run("write task state", move || {
+                storage.write_task_state(checkpoint, stage, subtask, &framed)
+            })
+            .await;
+        let failed = |source: crate::BoxError| TaskEvent::SnapshotFailed {
+            error: Error::Task {
+                task: task.clone(),
+                phase: "writing task state",
+                source,
+            },
+        };
+        let event = match written {
+            Ok(Ok(handle)) => ack(Some(handle)),
+            // The checkpoint expired while this task was late: its
+            // snapshot is not needed, and nothing waits for the ack.
+            Ok(Err(StorageError::Discarded { .. })) => {
+                tracing::debug!(task = %task, checkpoint, "dropping a late snapshot of an expired checkpoint");
+                return;
+            }
+            Ok(Err(e)) => failed(e.into()),
+            Err(message) => failed(message.into()),
+        };
+        // A coordinator that is gone has ended the attempt already.
+        let _ = events.send(event);
+    };
+    tokio::spawn(upload.with_current_subscriber());
+    Ok(())
 }
 
 /// Whether a source keeps reading.
@@ -143,7 +161,7 @@ pub(crate) async fn run_source<S: Source>(
                 snapshot.put(&source_id, &position)?;
                 positions.insert(barrier.checkpoint_id, position);
                 pipe.barrier(barrier, &mut snapshot).await?;
-                acknowledge(env, barrier, snapshot).await?;
+                acknowledge(env, barrier, snapshot)?;
                 if pause_after {
                     let finished = matches!(
                         *mode,
@@ -322,7 +340,7 @@ pub(crate) async fn run_gate<T: Send + 'static>(
             GateEvent::Barrier(barrier) => {
                 let mut snapshot = SnapshotWriter::new(env.codec);
                 pipe.barrier(barrier, &mut snapshot).await?;
-                acknowledge(&env, barrier, snapshot).await?;
+                acknowledge(&env, barrier, snapshot)?;
             }
             GateEvent::End => {
                 let last = *completed.borrow();
