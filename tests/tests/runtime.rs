@@ -936,6 +936,8 @@ struct TestStorage {
     inner: exactly::storage::LocalStorage,
     expire_checkpoint_2: bool,
     discarded: Arc<AtomicBool>,
+    /// The first task state written for checkpoint 2 fails, once.
+    fail_checkpoint_2: Option<Arc<AtomicBool>>,
     states_in_memory: Option<StatesInMemory>,
 }
 
@@ -945,6 +947,7 @@ impl TestStorage {
             inner: exactly::storage::LocalStorage::new(dir),
             expire_checkpoint_2: false,
             discarded: Arc::default(),
+            fail_checkpoint_2: None,
             states_in_memory: None,
         }
     }
@@ -963,6 +966,16 @@ impl exactly::storage::CheckpointStorage for TestStorage {
     ) -> Result<exactly::storage::TaskStateHandle, exactly::storage::StorageError> {
         if self.expire_checkpoint_2 && id == 2 && !self.discarded.swap(true, Ordering::SeqCst) {
             self.inner.discard(id)?;
+        }
+        if let Some(failed) = &self.fail_checkpoint_2
+            && id == 2
+            && !failed.swap(true, Ordering::SeqCst)
+        {
+            return Err(exactly::storage::StorageError::Io {
+                action: "write",
+                path: "injected".into(),
+                source: std::io::Error::other("the disk is full"),
+            });
         }
         match &self.states_in_memory {
             Some(states) => {
@@ -1049,6 +1062,36 @@ impl exactly::storage::CheckpointStorage for TestStorage {
     ) -> Result<Option<exactly::storage::LineageRecord>, exactly::storage::StorageError> {
         self.inner.read_lineage()
     }
+}
+
+/// A task state that cannot be written (its upload runs beside the task)
+/// fails the attempt, which restarts from the last complete checkpoint;
+/// the output stays exact.
+#[test]
+fn a_failed_task_state_write_restarts_the_job_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = TestStorage {
+        fail_checkpoint_2: Some(Arc::default()),
+        ..TestStorage::new(dir.path())
+    };
+    let config = JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(20))
+        .checkpoint_storage(storage)
+        .restart_strategy(RestartStrategy::fixed_delay(2, Duration::ZERO))
+        .batch_size(16)
+        .worker_threads(2);
+    let sink = CollectSink::new();
+    let records = 3000;
+    let metrics = runtime().block_on(async {
+        wordcount_like(config, records, 2, sink.clone())
+            .spawn()
+            .unwrap()
+            .join()
+            .await
+            .unwrap()
+    });
+    assert_eq!(metrics.restarts, 1, "{metrics:?}");
+    assert_exactly_once(&sink.committed(), records);
 }
 
 /// A restore reads task states through the storage that wrote them, not
