@@ -1,7 +1,5 @@
 //! The crash harness's command line: the whole run and its three steps.
 
-use std::path::PathBuf;
-
 use clap::{Args, Parser, Subcommand};
 use exactly_kafka_tools::cluster::ClusterArgs;
 
@@ -74,8 +72,39 @@ pub(crate) struct RunArgs {
     /// once it answers.
     #[arg(long, default_value = "scripts/kafka-up --cluster --start {node}")]
     pub(crate) start_broker: String,
+    /// Keep the children's checkpoints and savepoints in object storage:
+    /// an `s3://bucket/prefix` URL, under which each run takes a prefix of
+    /// its own. The S3 client is configured from the standard AWS
+    /// environment, which the caller sets and the children inherit
+    /// (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`; for moto: `export $(scripts/s3-up | grep ^AWS_)`).
+    /// Every child then runs in a fresh, empty working directory, as on a
+    /// new machine, and the zombie scenarios run (`--zombies`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) storage: Option<String>,
+    /// With --storage: zombie scenarios (default 2). A child is frozen with
+    /// SIGSTOP after it completed a checkpoint, a successor takes the
+    /// storage over and completes a checkpoint, and the frozen child, sent
+    /// SIGCONT, must stop by itself, fenced. They alternate between a
+    /// child that froze itself just before completing a checkpoint (the
+    /// storage's fence must stop it) and one the harness froze at a random
+    /// moment (fenced by the storage or by Kafka, whichever it meets
+    /// first).
+    #[arg(long, requires = "storage")]
+    pub(crate) zombies: Option<u64>,
     #[command(flatten)]
     pub(crate) cluster_args: ClusterArgs,
+}
+
+impl RunArgs {
+    /// The zombie scenarios of this run: `--zombies`, 2 with `--storage`,
+    /// none without.
+    pub(crate) fn zombies(&self) -> u64 {
+        match (&self.storage, self.zombies) {
+            (None, _) => 0,
+            (Some(_), zombies) => zombies.unwrap_or(2),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,9 +144,10 @@ pub(crate) struct ChildArgs {
     /// The sink's transactional-id prefix.
     #[arg(long)]
     pub(crate) prefix: String,
-    /// The checkpoint directory.
+    /// Where the checkpoints live: a directory, or an `s3://bucket/prefix`
+    /// URL (`JobConfig::checkpoint_dir`).
     #[arg(long)]
-    pub(crate) checkpoints: PathBuf,
+    pub(crate) checkpoints: String,
     /// Stop once this many output records are visible.
     #[arg(long)]
     pub(crate) records: u64,
@@ -142,12 +172,14 @@ pub(crate) struct ChildArgs {
     /// The bound on each Kafka client call (ClientSettings::timeout).
     #[arg(long, default_value_t = 30_000)]
     pub(crate) client_timeout_ms: u64,
-    /// Restore this savepoint (JobConfig::restore_from).
+    /// Restore this savepoint, a directory or an `s3://` URL
+    /// (JobConfig::restore_from).
     #[arg(long)]
-    pub(crate) restore_from: Option<PathBuf>,
-    /// With --stop-with-savepoint-after-ms: where the savepoint goes.
+    pub(crate) restore_from: Option<String>,
+    /// With --stop-with-savepoint-after-ms: where the savepoint goes, a
+    /// directory or an `s3://` URL.
     #[arg(long, requires = "stop_with_savepoint_after_ms")]
-    pub(crate) savepoint: Option<PathBuf>,
+    pub(crate) savepoint: Option<String>,
     /// Stop with a savepoint (into --savepoint) after this long, then exit.
     #[arg(long, requires = "savepoint")]
     pub(crate) stop_with_savepoint_after_ms: Option<u64>,
@@ -161,4 +193,67 @@ pub(crate) struct CheckArgs {
     /// Input records.
     #[arg(long)]
     pub(crate) records: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(
+            std::iter::once("exactly-crash-harness").chain(args.iter().copied()),
+        )?;
+        assert!(cli.step.is_none());
+        Ok(cli.run)
+    }
+
+    #[test]
+    fn storage_brings_two_zombies_unless_told_otherwise() {
+        let local = run_args(&[]).unwrap();
+        assert_eq!((local.storage.as_deref(), local.zombies()), (None, 0));
+        let s3 = run_args(&["--storage", "s3://exactly-tests/harness"]).unwrap();
+        assert_eq!(s3.storage.as_deref(), Some("s3://exactly-tests/harness"));
+        assert_eq!(s3.zombies(), 2);
+        let none = run_args(&["--storage", "s3://b/p", "--zombies", "0"]).unwrap();
+        assert_eq!(none.zombies(), 0);
+        let five = run_args(&["--storage", "s3://b/p", "--zombies", "5"]).unwrap();
+        assert_eq!(five.zombies(), 5);
+    }
+
+    #[test]
+    fn zombies_need_storage() {
+        let err = run_args(&["--zombies", "2"]).unwrap_err().to_string();
+        assert!(err.contains("--storage"), "{err}");
+    }
+
+    #[test]
+    fn a_child_takes_an_s3_location_for_checkpoints_and_savepoints() {
+        let cli = Cli::try_parse_from([
+            "exactly-crash-harness",
+            "child",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--prefix",
+            "p",
+            "--checkpoints",
+            "s3://b/run/checkpoints",
+            "--records",
+            "10",
+            "--restore-from",
+            "s3://b/run/savepoint-0",
+        ])
+        .unwrap();
+        let Some(Step::Child(child)) = cli.step else {
+            panic!("not the child step: {:?}", cli.step);
+        };
+        assert_eq!(child.checkpoints, "s3://b/run/checkpoints");
+        assert_eq!(
+            child.restore_from.as_deref(),
+            Some("s3://b/run/savepoint-0")
+        );
+    }
 }

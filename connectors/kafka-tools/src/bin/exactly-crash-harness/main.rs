@@ -10,6 +10,9 @@
 //! cargo run -p exactly-kafka-tools --bin exactly-crash-harness                       # 32 kills, ~1 minute
 //! cargo run -p exactly-kafka-tools --bin exactly-crash-harness -- --broker-restarts 3 # and SIGKILL the broker 3 times
 //! cargo run -p exactly-kafka-tools --bin exactly-crash-harness -- --soak             # 300 kills, 200000 records
+//! # checkpoints in S3 (moto), a fresh local directory for every child, zombies fenced:
+//! export $(scripts/s3-up | grep ^AWS_)
+//! cargo run -p exactly-kafka-tools --bin exactly-crash-harness -- --storage s3://exactly-tests/harness
 //! ```
 //!
 //! The input is `N` records `k<key> <seq>` (16 keys, sequence numbers per
@@ -27,25 +30,38 @@
 //! the fault tests of `connectors/kafka-tools/tests/faults.rs` drive the
 //! pipeline through them.
 //!
+//! With `--storage s3://bucket/prefix` the children checkpoint (and take
+//! their savepoints) in object storage under a prefix of the run's own,
+//! each child runs in a fresh, empty local directory (a new machine), and
+//! the zombie scenarios run (`zombies`): a frozen child, continued after a
+//! successor took the storage over, must stop by itself, fenced.
+//!
 //! The last line of a run is the result, for example
-//! `crash-harness: 32 kills, 20000 records, 0 lost, 0 duplicated`; the exit
+//! `crash-harness: 32 kills, 20000 records, 0 lost, 0 duplicated`, or with
+//! `--storage` `crash-harness: 33 kills, 2 zombies fenced (1 storage, 1
+//! kafka), 20000 records, 0 lost, 0 duplicated, storage s3://…`; the exit
 //! code is 1 on any loss, duplicate, order violation, disagreement of the
-//! oracles, transaction left open, child error, or missed phase.
+//! oracles, transaction left open, child error, missed phase, or zombie
+//! that did not stop fenced.
 //!
 //! | module | owns |
 //! |---|---|
 //! | `args` | the command line |
-//! | `pipeline` | the child: the pipeline under test and the fault hook that aborts it at a phase |
+//! | `pipeline` | the child: the pipeline under test and the fault hooks that abort it, or freeze it, at a phase |
 //! | `workload` | the input records and the check of the output |
-//! | `run` | the plan of kill cycles, the child processes, broker restarts, and the final verdict |
+//! | `run` | the plan of kill cycles, the child processes and their directories, the checkpoint storage they share, broker restarts, and the final verdict |
+//! | `zombies` | the zombie scenario and the verdict on how a zombie ended |
+//! | `broker_faults` | the victims of `--cluster`'s broker kills |
 //!
-//! Imports run one way: `main` → `run` → `pipeline`, `workload` → `args`.
+//! Imports run one way: `main` → `run` ⇄ `zombies` (the scenario drives the
+//! harness's children) → `pipeline` → `workload` → `args`.
 
 mod args;
 mod broker_faults;
 mod pipeline;
 mod run;
 mod workload;
+mod zombies;
 
 use std::process::ExitCode;
 

@@ -3,6 +3,7 @@
 //! order, with both oracles agreeing and nothing left open.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use exactly_kafka::client::{ClientSettings, MissingTopics, ensure_topics};
@@ -14,22 +15,38 @@ use crate::args::InputArgs;
 /// Keys of the input.
 pub(crate) const KEYS: u64 = 16;
 
+/// The key of input record `i`: 7 is prime to 16, so every 16
+/// consecutive records hold every key once.
+fn key_of_record(i: u64) -> u64 {
+    (i * 7) % KEYS
+}
+
+/// Input record `i`: `k<key> <seq>`, `seq` counting from 0 per key.
+fn record_text(i: u64) -> (String, String) {
+    let key = format!("k{}", key_of_record(i));
+    let line = format!("{key} {}", i / KEYS);
+    (key, line)
+}
+
+/// How many of `records` input records have key `key`.
+pub(crate) fn records_of_key(records: u64, key: u64) -> u64 {
+    (0..records).filter(|&i| key_of_record(i) == key).count() as u64
+}
+
+/// Writes input records `range` (of the whole input's numbering) to
+/// `topic`.
 pub(crate) fn produce_input(
     settings: &ClientSettings,
     topic: &str,
-    records: u64,
+    range: Range<u64>,
 ) -> Result<(), String> {
     let producer: BaseProducer = settings
         .rdkafka_config()
         .set("enable.idempotence", "true")
         .create()
         .map_err(|e| e.to_string())?;
-    let mut next_seq = [0u64; KEYS as usize];
-    for i in 0..records {
-        let key = (i * 7) % KEYS;
-        let line = format!("k{key} {}", next_seq[key as usize]);
-        next_seq[key as usize] += 1;
-        let key_text = format!("k{key}");
+    for i in range {
+        let (key_text, line) = record_text(i);
         let mut record = BaseRecord::to(topic).key(&key_text).payload(&line);
         loop {
             match producer.send(record) {
@@ -53,7 +70,7 @@ pub(crate) fn input(settings: &ClientSettings, args: &InputArgs) -> Result<(), S
         let missing = MissingTopics::Create { partitions };
         ensure_topics(settings, std::slice::from_ref(topic), missing).map_err(|e| e.to_string())?;
     }
-    produce_input(settings, &args.input, args.records)
+    produce_input(settings, &args.input, 0..args.records)
         .map_err(|e| format!("cannot write the input to {}: {e}", settings.bootstrap))
 }
 
@@ -105,7 +122,7 @@ pub(crate) fn check(
     let (mut lost, mut duplicated) = (0, 0);
     for key in 0..KEYS {
         let name = format!("k{key}");
-        let expected = (0..records).filter(|i| (i * 7) % KEYS == key).count() as u64;
+        let expected = records_of_key(records, key);
         let mut updates = by_key.remove(&name).unwrap_or_default();
         updates.sort_unstable();
         updates.dedup_by(|a, b| {
@@ -138,4 +155,23 @@ pub(crate) fn check(
         problems,
         oracles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_count_per_key_from_zero() {
+        let mut next = [0u64; KEYS as usize];
+        for i in 0..1000 {
+            let (key, line) = record_text(i);
+            let k = key_of_record(i) as usize;
+            assert_eq!(line, format!("{key} {}", next[k]));
+            next[k] += 1;
+        }
+        for key in 0..KEYS {
+            assert_eq!(records_of_key(1000, key), next[key as usize]);
+        }
+    }
 }
