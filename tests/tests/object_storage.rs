@@ -157,6 +157,36 @@ fn a_zombie_is_fenced_by_its_successor_on_moto() {
     a_zombie_is_fenced_by_its_successor(Server::Moto);
 }
 
+/// A bucket that does not exist is an error at start that says to check
+/// it, not a claim conflict.
+#[test]
+fn a_missing_bucket_is_an_error_at_start_naming_it() {
+    let server = Server::Moto;
+    let missing = "s3://exactly-no-such-bucket/job";
+    let client = AmazonS3Builder::new()
+        .with_endpoint(server.endpoint())
+        .with_bucket_name("exactly-no-such-bucket")
+        .with_region(servers::REGION)
+        .with_access_key_id(servers::ACCESS_KEY_ID)
+        .with_secret_access_key(servers::SECRET_ACCESS_KEY)
+        .with_client_options(ClientOptions::new().with_allow_http(true))
+        .build()
+        .unwrap();
+    server.check().unwrap_or_else(|missing| panic!("{missing}"));
+    let storage = ObjectStorage::with_store(Arc::new(client), Location::parse(missing).unwrap());
+    let config = JobConfig::new()
+        .checkpoint_interval(Duration::from_millis(50))
+        .checkpoint_storage(storage);
+    let err = wordcount_like(config, 10, 1, CollectSink::new())
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exactly-no-such-bucket") && err.contains("that the bucket exists"),
+        "{err}"
+    );
+}
+
 /// Runs the job to its end with its storage behind `proxy`, after
 /// `inject` set the faults; returns its counters. The output must be
 /// exactly once, and at least `faults` faults must have been applied.

@@ -417,7 +417,7 @@ impl ObjectStorage {
         for attempt in 1..=CAS_ATTEMPTS {
             match self.put(location, Bytes::copy_from_slice(bytes), PutMode::Create) {
                 Ok(_) => return Ok(()),
-                Err(e) if refused(&e) || transient(&e) => match self.get(location)? {
+                Err(e) if conditional_failed(&e) || transient(&e) => match self.get(location)? {
                     Some((existing, _)) if existing == bytes => return Ok(()),
                     Some(_) => {
                         return Err(StorageError::Conflict {
@@ -493,6 +493,15 @@ impl ObjectStorage {
 /// write that timed out): a timeout, a reset connection, a 5xx.
 fn transient(error: &StorageError) -> bool {
     matches!(error, StorageError::Object { source, .. } if matches!(**source, object_store::Error::Generic { .. }))
+}
+
+/// Whether a conditional write's condition failed: `412`, or an existing
+/// object for a create. (A `404` on a create is a missing bucket.)
+fn conditional_failed(error: &StorageError) -> bool {
+    matches!(error, StorageError::Object { source, .. } if matches!(
+        **source,
+        object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }
+    ))
 }
 
 /// Whether a conditional write was refused: its condition failed
@@ -756,7 +765,7 @@ impl CheckpointStorage for ObjectStorage {
                 // Another process claimed it first (then this one takes it
                 // over in turn), or this one's write landed although its
                 // answer was lost: the stored claim tells.
-                Err(e) if refused(&e) || transient(&e) => match self.read_claim()? {
+                Err(e) if conditional_failed(&e) || transient(&e) => match self.read_claim()? {
                     Some((landed, version)) if landed == next => version,
                     _ if transient(&e) && attempt == CAS_ATTEMPTS => return Err(e),
                     _ => continue,
