@@ -12,9 +12,8 @@ use std::time::Duration;
 use exactly::prelude::*;
 use exactly::storage::{Location, ObjectStorage};
 use exactly_s3_tools::proxy::{Fault, FaultProxy, Match, Outcome, Rule};
-use exactly_s3_tools::servers::{self, Server};
+use exactly_s3_tools::servers::Server;
 use exactly_tests::{assert_exactly_once, run_then_stop, runtime, wordcount_like};
-use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 /// Checkpoint storage at a fresh prefix of `server`, reached through
@@ -22,12 +21,8 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 /// up on a request after 1 s and retries 3 times within 10 s.
 fn storage(server: Server, endpoint: &str, url: &str) -> ObjectStorage {
     server.check().unwrap_or_else(|missing| panic!("{missing}"));
-    let client = AmazonS3Builder::new()
-        .with_endpoint(endpoint)
-        .with_bucket_name(servers::BUCKET)
-        .with_region(servers::REGION)
-        .with_access_key_id(servers::ACCESS_KEY_ID)
-        .with_secret_access_key(servers::SECRET_ACCESS_KEY)
+    let client = server
+        .builder_via(endpoint)
         .with_client_options(
             ClientOptions::new()
                 .with_allow_http(true)
@@ -163,12 +158,9 @@ fn a_zombie_is_fenced_by_its_successor_on_moto() {
 fn a_missing_bucket_is_an_error_at_start_naming_it() {
     let server = Server::Moto;
     let missing = "s3://exactly-no-such-bucket/job";
-    let client = AmazonS3Builder::new()
-        .with_endpoint(server.endpoint())
+    let client = server
+        .builder_via(&server.endpoint())
         .with_bucket_name("exactly-no-such-bucket")
-        .with_region(servers::REGION)
-        .with_access_key_id(servers::ACCESS_KEY_ID)
-        .with_secret_access_key(servers::SECRET_ACCESS_KEY)
         .with_client_options(ClientOptions::new().with_allow_http(true))
         .build()
         .unwrap();
@@ -187,18 +179,15 @@ fn a_missing_bucket_is_an_error_at_start_naming_it() {
     );
 }
 
-/// Runs the job to its end with its storage behind `proxy`, after
-/// `inject` set the faults; returns its counters. The output must be
-/// exactly once, and at least `faults` faults must have been applied.
-fn survives(
-    name: &str,
-    faults: usize,
-    inject: impl FnOnce(&FaultProxy),
-) -> exactly::MetricsSnapshot {
+/// Runs the job to its end with its storage behind a fault proxy that
+/// applies `rule`; returns its counters. The output must be exactly once,
+/// and the rule must have been applied all its `times`.
+fn survives(name: &str, rule: Rule) -> exactly::MetricsSnapshot {
     let server = Server::Moto;
     server.check().unwrap_or_else(|missing| panic!("{missing}"));
     let proxy = FaultProxy::start(&server.endpoint()).unwrap();
-    inject(&proxy);
+    let faults = rule.times;
+    proxy.inject(rule);
     let sink = CollectSink::new();
     let records = 4000;
     let url = server.fresh_url(name);
@@ -233,15 +222,14 @@ fn survives(
 /// is lost, nothing repeated.
 #[test]
 fn a_cut_task_state_upload_is_retried() {
-    survives("cut task state", 2, |proxy| {
-        proxy.inject(
-            Rule::new(
-                Match::put().path_contains(".state"),
-                Fault::CutBody { after: 10 },
-            )
-            .times(2),
-        );
-    });
+    survives(
+        "cut task state",
+        Rule::new(
+            Match::put().path_contains(".state"),
+            Fault::CutBody { after: 10 },
+        )
+        .times(2),
+    );
 }
 
 /// A metadata write answered 503 once is retried; answered 500 more often
@@ -250,17 +238,14 @@ fn a_cut_task_state_upload_is_retried() {
 /// checkpoint, and the output is still exact.
 #[test]
 fn failed_metadata_writes_are_retried_or_fail_the_checkpoint() {
-    survives("metadata 503 once", 1, |proxy| {
-        proxy.inject(Rule::new(
-            Match::put().path_contains("_metadata"),
-            Fault::Status(503),
-        ));
-    });
-    let metrics = survives("metadata 500 beyond retries", 16, |proxy| {
-        proxy.inject(
-            Rule::new(Match::put().path_contains("_metadata"), Fault::Status(500)).times(16),
-        );
-    });
+    survives(
+        "metadata 503 once",
+        Rule::new(Match::put().path_contains("_metadata"), Fault::Status(503)),
+    );
+    let metrics = survives(
+        "metadata 500 beyond retries",
+        Rule::new(Match::put().path_contains("_metadata"), Fault::Status(500)).times(16),
+    );
     assert!(metrics.restarts >= 1, "{metrics:?}");
 }
 
@@ -269,15 +254,14 @@ fn failed_metadata_writes_are_retried_or_fail_the_checkpoint() {
 /// for a newer holder's.
 #[test]
 fn a_timeout_on_the_claim_cas_is_not_a_lost_claim() {
-    let metrics = survives("slow claim CAS", 2, |proxy| {
-        proxy.inject(
-            Rule::new(
-                Match::put().header("If-Match"),
-                Fault::Delay(Duration::from_millis(1500)),
-            )
-            .times(2),
-        );
-    });
+    let metrics = survives(
+        "slow claim CAS",
+        Rule::new(
+            Match::put().header("If-Match"),
+            Fault::Delay(Duration::from_millis(1500)),
+        )
+        .times(2),
+    );
     assert_eq!(metrics.restarts, 0, "{metrics:?}");
 }
 
@@ -286,15 +270,14 @@ fn a_timeout_on_the_claim_cas_is_not_a_lost_claim() {
 /// its own write.
 #[test]
 fn an_ambiguous_claim_cas_is_recognised_as_this_process_write() {
-    let metrics = survives("ambiguous claim CAS", 3, |proxy| {
-        proxy.inject(
-            Rule::new(
-                Match::put().header("If-Match"),
-                Fault::StatusAfterForward(500),
-            )
-            .times(3),
-        );
-    });
+    let metrics = survives(
+        "ambiguous claim CAS",
+        Rule::new(
+            Match::put().header("If-Match"),
+            Fault::StatusAfterForward(500),
+        )
+        .times(3),
+    );
     assert_eq!(metrics.restarts, 0, "{metrics:?}");
 }
 
@@ -304,14 +287,13 @@ fn an_ambiguous_claim_cas_is_recognised_as_this_process_write() {
 /// exact.
 #[test]
 fn storage_slower_than_the_checkpoint_timeout_expires_the_checkpoint() {
-    let metrics = survives("slow storage", 12, |proxy| {
-        proxy.inject(
-            Rule::new(
-                Match::put().path_contains(".state"),
-                Fault::Delay(Duration::from_millis(1200)),
-            )
-            .times(12),
-        );
-    });
+    let metrics = survives(
+        "slow storage",
+        Rule::new(
+            Match::put().path_contains(".state"),
+            Fault::Delay(Duration::from_millis(1200)),
+        )
+        .times(12),
+    );
     assert!(metrics.checkpoints_expired >= 1, "{metrics:?}");
 }

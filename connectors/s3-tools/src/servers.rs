@@ -295,6 +295,28 @@ impl Server {
     /// # drop(through_proxy);
     /// ```
     pub fn client_via(&self, endpoint: &str) -> AmazonS3 {
+        self.builder_via(endpoint)
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            })
+            .build()
+            .unwrap_or_else(|e| panic!("object_store rejected the client for {endpoint}: {e}"))
+    }
+
+    /// The builder behind [`client_via`](Server::client_via), for clients
+    /// that change more (retries, timeouts, the bucket): `endpoint`,
+    /// [`BUCKET`], the test credentials, path-style requests, plain HTTP
+    /// and conditional puts. Client options given later replace the plain
+    /// HTTP setting: give `ClientOptions::with_allow_http(true)` again.
+    ///
+    /// ```
+    /// use exactly_s3_tools::servers::Server;
+    ///
+    /// let store = Server::Moto.builder_via(&Server::Moto.endpoint()).build().unwrap();
+    /// # drop(store);
+    /// ```
+    pub fn builder_via(&self, endpoint: &str) -> AmazonS3Builder {
         AmazonS3Builder::new()
             .with_endpoint(endpoint)
             .with_bucket_name(BUCKET)
@@ -304,12 +326,6 @@ impl Server {
             .with_allow_http(true)
             .with_virtual_hosted_style_request(false)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_retry(RetryConfig {
-                max_retries: 0,
-                ..RetryConfig::default()
-            })
-            .build()
-            .unwrap_or_else(|e| panic!("object_store rejected the client for {endpoint}: {e}"))
     }
 }
 

@@ -134,14 +134,10 @@ impl Restore {
 
 /// A fresh lineage id: the time in milliseconds and 64 random bits, in hex.
 fn new_lineage_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    format!("{ms:x}-{random:016x}")
+    format!("{ms:x}-{}", crate::storage::random_hex())
 }
 
 /// Whether a failure may be retried.

@@ -145,6 +145,16 @@ pub enum StorageError {
     },
 }
 
+/// 64 random bits in hex, from the standard library's hasher seed: for
+/// lineage ids and object names that must never repeat.
+pub(crate) fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{random:016x}")
+}
+
 /// Identifies one subtask's state file inside a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStateHandle {

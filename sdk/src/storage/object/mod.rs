@@ -53,7 +53,7 @@ use self::claim::Claim;
 use super::frame::{self, PayloadKind};
 use super::{
     CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, Location,
-    METADATA_FILE, StorageClaim, StorageError, TaskStateHandle,
+    METADATA_FILE, StorageClaim, StorageError, TaskStateHandle, random_hex,
 };
 
 /// The claim object's name under the prefix.
@@ -526,15 +526,6 @@ fn object_error(
         location: location.to_string(),
         source: Box::new(source),
     }
-}
-
-/// 64 random bits in hex, from the standard library's hasher seed.
-fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    format!("{random:016x}")
 }
 
 impl CheckpointStorage for ObjectStorage {
