@@ -17,7 +17,7 @@ use exactly_kafka::source::{KafkaRecord, KafkaSource};
 use exactly_kafka_tools::oracle;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::common::{sink_context, unique_topic};
+use crate::common::{pre_committed, sink_context, unique_topic};
 
 /// The client properties of `identity` on the secured broker.
 fn identity(identity: &str) -> ClientSettings {
@@ -132,15 +132,10 @@ fn recovery_commits_a_dead_sinks_transaction_over_sasl_ssl_and_mtls() {
         let topic = unique_topic("secured-recovery");
         create(&settings, &topic, 1);
         let prefix = unique_topic("secured-recovery");
-        let recorded: KafkaTransaction = {
-            let mut sink = exactly_once(&settings, &topic, &prefix);
-            sink.open(&sink_context(None)).unwrap();
-            let mut txn = sink.begin_transaction(1).unwrap();
-            sink.write(&mut txn, vec!["a".into(), "b".into(), "c".into()])
-                .unwrap();
-            sink.pre_commit(&mut txn).unwrap();
-            txn
-        };
+        let recorded: KafkaTransaction = pre_committed(
+            &mut exactly_once(&settings, &topic, &prefix),
+            vec!["a".into(), "b".into(), "c".into()],
+        );
         let mut restarted = exactly_once(&settings, &topic, &prefix);
         restarted.open(&sink_context(Some(1))).unwrap();
         restarted

@@ -22,7 +22,8 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::common::{
-    RDKAFKA_TIMEOUT, broker, create_topic, producer, read_topic, send, sink_context, unique_topic,
+    RDKAFKA_TIMEOUT, broker, create_topic, pre_committed, producer, read_topic, send, sink_context,
+    unique_topic,
 };
 
 fn exactly_once(broker: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
@@ -96,10 +97,7 @@ fn a_pre_committed_transaction_is_invisible_until_it_is_committed() {
     let topic = unique_topic("sink-visibility");
     create_topic(&broker, &topic, 2);
     let mut sink = exactly_once(&broker, &topic, &unique_topic("prefix"));
-    sink.open(&sink_context(None)).unwrap();
-    let mut txn = sink.begin_transaction(1).unwrap();
-    sink.write(&mut txn, records(10, "a")).unwrap();
-    sink.pre_commit(&mut txn).unwrap();
+    let txn = pre_committed(&mut sink, records(10, "a"));
     assert!(txn.producer_id >= 0 && txn.epoch >= 0, "{txn:?}");
     assert!(!txn.partitions.is_empty(), "{txn:?}");
 
@@ -133,15 +131,10 @@ fn recovery_commits_a_dead_producers_transaction_from_its_checkpointed_handle() 
     let topic = unique_topic("sink-recovery");
     create_topic(&broker, &topic, 1);
     let prefix = unique_topic("prefix");
-    let txn: KafkaTransaction = {
-        let mut sink = exactly_once(&broker, &topic, &prefix);
-        sink.open(&sink_context(None)).unwrap();
-        let mut txn = sink.begin_transaction(1).unwrap();
-        sink.write(&mut txn, records(5, "r")).unwrap();
-        sink.pre_commit(&mut txn).unwrap();
-        txn
-        // The sink and its producer die here without committing.
-    };
+    // The sink and its producer die at the end of the statement, without
+    // committing.
+    let txn: KafkaTransaction =
+        pre_committed(&mut exactly_once(&broker, &topic, &prefix), records(5, "r"));
     assert!(
         read_topic(&broker, &topic)
             .unwrap()
@@ -168,10 +161,7 @@ fn a_transaction_whose_records_retention_removed_stops_recovery_unless_the_check
     let prefix = unique_topic("prefix");
     let recorded = {
         let mut sink = exactly_once(&broker, &topic, &prefix);
-        sink.open(&sink_context(None)).unwrap();
-        let mut txn = sink.begin_transaction(1).unwrap();
-        sink.write(&mut txn, records(3, "old")).unwrap();
-        sink.pre_commit(&mut txn).unwrap();
+        let txn = pre_committed(&mut sink, records(3, "old"));
         let recorded = txn.clone();
         sink.commit(txn).unwrap();
         recorded
@@ -285,10 +275,7 @@ fn recovery_never_commits_a_later_transaction_on_the_same_id() {
     };
     let recorded = {
         let mut sink = single();
-        sink.open(&sink_context(None)).unwrap();
-        let mut t1 = sink.begin_transaction(1).unwrap();
-        sink.write(&mut t1, records(2, "early")).unwrap();
-        sink.pre_commit(&mut t1).unwrap();
+        let t1 = pre_committed(&mut sink, records(2, "early"));
         let recorded = t1.clone();
         sink.commit(t1).unwrap();
         let mut t3 = sink.begin_transaction(3).unwrap();
@@ -329,14 +316,7 @@ fn recovery_reaches_the_cluster_when_the_first_bootstrap_address_is_down() {
     let topic = unique_topic("sink-recovery-bootstrap");
     create_topic(&broker, &topic, 1);
     let prefix = unique_topic("prefix");
-    let txn = {
-        let mut sink = exactly_once(&broker, &topic, &prefix);
-        sink.open(&sink_context(None)).unwrap();
-        let mut txn = sink.begin_transaction(1).unwrap();
-        sink.write(&mut txn, records(4, "b")).unwrap();
-        sink.pre_commit(&mut txn).unwrap();
-        txn
-    };
+    let txn = pre_committed(&mut exactly_once(&broker, &topic, &prefix), records(4, "b"));
     let down_first = ClientSettings {
         timeout: Duration::from_secs(5),
         ..ClientSettings::new(format!("127.0.0.1:1,{broker}"))

@@ -28,7 +28,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::common::{broker, create_topic, producer, read_topic, sink_context, unique_topic};
+use crate::common::{
+    broker, create_topic, pre_committed, producer, read_topic, sink_context, unique_topic,
+};
 
 /// Where the test suite's `transaction.version=0` broker listens.
 const TV0_BOOTSTRAP_ENV: &str = "EXACTLY_KAFKA_TV0_BOOTSTRAP";
@@ -240,14 +242,7 @@ fn pre_committed_by_a_dead_sink(
     prefix: &str,
     tag: &str,
 ) -> KafkaTransaction {
-    let txn = {
-        let mut sink = exactly_once(broker, topic, prefix);
-        sink.open(&sink_context(None)).unwrap();
-        let mut txn = sink.begin_transaction(1).unwrap();
-        sink.write(&mut txn, records(tag)).unwrap();
-        sink.pre_commit(&mut txn).unwrap();
-        txn
-    };
+    let txn = pre_committed(&mut exactly_once(broker, topic, prefix), records(tag));
     assert!(txn.producer_id >= 0 && txn.epoch >= 0, "{txn:?}");
     let logs = read_topic(broker, topic).unwrap();
     assert!(
