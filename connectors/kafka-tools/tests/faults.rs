@@ -261,7 +261,12 @@ fn a_transaction_that_times_out_while_the_job_is_down_is_reported_lost() {
 fn a_zombie_instance_is_fenced_and_stops() {
     let pipeline = Pipeline::new("zombie", 20_000);
     // The zombie never stops by itself: it must be stopped by the fence.
-    let zombie = pipeline.spawn_until(None, &[], u64::MAX);
+    // Its client timeout outlasts any freeze the successor's run can cause
+    // (at most RUN_LIMIT): with the default 30 s, a successor slowed down
+    // by a loaded machine left the thawed zombie's records timed out, a
+    // retryable failure, and the zombie restarted instead of meeting the
+    // fence (seen once in CI, load average 10).
+    let zombie = pipeline.spawn_until(None, &["--client-timeout-ms", "300000"], u64::MAX);
     let started = Instant::now();
     while read_topic(&pipeline.broker, &pipeline.output)
         .expect("both oracles read the output")
