@@ -17,11 +17,13 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Bytes, Codec};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::runtime::element::SnapshotWriter;
+use crate::runtime::element::{SnapshotWriter, StateEntry};
 use crate::runtime::executor::load_checkpoint;
-use crate::runtime::keyed::{self, KeyedState};
+use crate::runtime::keyed::{self, KeyedState, Slot};
 use crate::storage::frame::{self, PayloadKind};
-use crate::storage::{CheckpointMetadata, LocalStorage, METADATA_FILE, MetadataV2, io};
+use crate::storage::{
+    CheckpointMetadata, CheckpointStorage, LocalStorage, METADATA_FILE, MetadataV2, io,
+};
 
 /// A keyed state map as the runtime keeps one for an operator after
 /// `key_by`.
@@ -32,7 +34,12 @@ impl<K: Hash + Eq, S> KeyedStateMap<K, S> {
     /// A map with new random hasher keys, filled from `entries` one by one
     /// as records would fill it.
     pub fn from_entries(entries: impl IntoIterator<Item = (K, S)>) -> Self {
-        KeyedStateMap(entries.into_iter().collect())
+        KeyedStateMap(
+            entries
+                .into_iter()
+                .map(|(key, state)| (key, Slot::restored(state)))
+                .collect(),
+        )
     }
 
     /// The number of keys.
@@ -94,13 +101,15 @@ pub fn restore_keyed<K: Key, S: DeserializeOwned>(
 
 /// Copies the complete checkpoint in directory `from` to the new directory
 /// `to` as format version 1 wrote it: every file framed with version 1, and
-/// the elements named in `keyed` (keyed state maps) in version 1's layout.
+/// the elements named in `keyed` (keyed state maps, inline or incremental)
+/// in version 1's layout, inline.
 ///
 /// # Errors
 ///
 /// When `from` cannot be read or `to` cannot be written.
 pub fn copy_as_format_1(from: &Path, to: &Path, keyed: &[&str]) -> Result<()> {
     let checkpoint = LocalStorage::open_checkpoint(from)?;
+    let storage = LocalStorage::new(from);
     std::fs::create_dir_all(to).map_err(io("create", to))?;
     let reframe = |name: &str, kind: PayloadKind, keyed: &[&str]| -> Result<()> {
         let path = from.join(name);
@@ -114,14 +123,36 @@ pub fn copy_as_format_1(from: &Path, to: &Path, keyed: &[&str]) -> Result<()> {
                 .encode(&MetadataV2::from(&metadata), "checkpoint metadata")?;
         }
         if kind == PayloadKind::TaskState {
-            let mut entries: Vec<(String, Bytes)> =
+            let entries: Vec<(String, StateEntry<Bytes>)> =
                 read.codec.decode(read.payload, "task state")?;
-            for (id, state) in &mut entries {
-                if keyed.contains(&id.as_str()) {
-                    state.0 = keyed::as_format_1(&state.0, read.codec, id)?;
-                }
+            let mut values = Vec::with_capacity(entries.len());
+            for (id, entry) in entries {
+                let state = match entry {
+                    StateEntry::Value(state) if keyed.contains(&id.as_str()) => {
+                        keyed::as_format_1(&[&state.0], read.codec, &id)?
+                    }
+                    StateEntry::Value(state) => state.0,
+                    StateEntry::Segments(names) => {
+                        let shared = checkpoint.shared_location();
+                        let files = names
+                            .iter()
+                            .map(|name| storage.read_shared(&shared, name))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        let segments = files
+                            .iter()
+                            .zip(&names)
+                            .map(|(file, name)| {
+                                let what = shared.join(name);
+                                frame::decode(file, PayloadKind::KeyedSegment, &what)
+                                    .map(|f| f.payload)
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        keyed::as_format_1(&segments, read.codec, &id)?
+                    }
+                };
+                values.push((id, Bytes(state)));
             }
-            payload = read.codec.encode(&entries, "task state")?;
+            payload = read.codec.encode(&values, "task state")?;
         }
         let target = to.join(name);
         std::fs::write(

@@ -77,6 +77,7 @@ pub struct JobConfig {
     pub(crate) checkpoint_timeout: Duration,
     pub(crate) min_pause: Duration,
     pub(crate) retained: usize,
+    pub(crate) max_state_deltas: usize,
     pub(crate) storage: Option<StorageSetting>,
     pub(crate) restart: RestartStrategy,
     pub(crate) batch_size: usize,
@@ -96,6 +97,7 @@ impl fmt::Debug for JobConfig {
             .field("checkpoint_timeout", &self.checkpoint_timeout)
             .field("min_pause", &self.min_pause)
             .field("retained", &self.retained)
+            .field("max_state_deltas", &self.max_state_deltas)
             .field("storage", &self.storage.as_ref().map(|_| "configured"))
             .field("restart", &self.restart)
             .field("batch_size", &self.batch_size)
@@ -117,6 +119,7 @@ impl Default for JobConfig {
             checkpoint_timeout: Duration::from_secs(300),
             min_pause: Duration::ZERO,
             retained: 3,
+            max_state_deltas: 8,
             storage: None,
             restart: RestartStrategy::default(),
             batch_size: 1024,
@@ -181,6 +184,28 @@ impl JobConfig {
     #[must_use]
     pub fn retained_checkpoints(mut self, count: usize) -> Self {
         self.retained = count;
+        self
+    }
+
+    /// How many deltas keyed state may pile up before they are compacted
+    /// into a new base (default 8).
+    ///
+    /// Keyed state is checkpointed incrementally: the first checkpoint of
+    /// a run writes every key, later ones only the keys that changed,
+    /// in shared objects that later checkpoints reference. Once a complete
+    /// checkpoint references more than this many deltas of a subtask's
+    /// state, they are merged with their base in the background. A lower
+    /// value makes restores read fewer objects and compacts more often; 0
+    /// compacts after every checkpoint.
+    ///
+    /// ```
+    /// use exactly::JobConfig;
+    ///
+    /// let config = JobConfig::new().max_state_deltas(4);
+    /// ```
+    #[must_use]
+    pub fn max_state_deltas(mut self, deltas: usize) -> Self {
+        self.max_state_deltas = deltas;
         self
     }
 

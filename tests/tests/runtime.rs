@@ -199,6 +199,54 @@ fn a_corrupt_snapshot_is_an_error_that_names_the_file() {
 }
 
 #[test]
+fn incremental_keyed_state_restores_exactly_and_keeps_only_referenced_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = CollectSink::new();
+    let records = 3000;
+    let config = || {
+        config(dir.path())
+            .max_state_deltas(2)
+            .retained_checkpoints(1)
+    };
+    run_then_stop(wordcount_like(config(), records, 2, sink.clone()));
+    wordcount_like(config(), records, 2, sink.clone())
+        .run()
+        .unwrap();
+    assert_exactly_once(&sink.committed(), records);
+
+    let storage = exactly::storage::LocalStorage::new(dir.path());
+    let latest = exactly::storage::CheckpointStorage::latest(&storage)
+        .unwrap()
+        .unwrap();
+    let keyed: Vec<_> = latest
+        .metadata
+        .task_states
+        .iter()
+        .filter(|h| h.stage == 1)
+        .collect();
+    assert_eq!(keyed.len(), 2);
+    for handle in &keyed {
+        // A base, at most two deltas, and those written while a compaction
+        // ran (the records keep every key changing).
+        assert!(
+            (1..=5).contains(&handle.shared.len()),
+            "subtask {} references {:?}",
+            handle.subtask,
+            handle.shared
+        );
+    }
+    let referenced: std::collections::BTreeSet<String> = keyed
+        .iter()
+        .flat_map(|h| h.shared.iter().cloned())
+        .collect();
+    let stored: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path().join("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(stored, referenced, "segments no checkpoint needs were kept");
+}
+
+#[test]
 fn a_checkpoint_in_the_previous_format_version_restores() {
     let dir = tempfile::tempdir().unwrap();
     let sink = CollectSink::new();
@@ -229,7 +277,11 @@ fn a_checkpoint_in_the_previous_format_version_restores() {
     std::fs::remove_dir_all(&latest_dir).unwrap();
     std::fs::rename(&old, &latest_dir).unwrap();
     let reopened = exactly::storage::LocalStorage::open_checkpoint(&latest_dir).unwrap();
-    assert_eq!(reopened.metadata, latest.metadata);
+    // Format version 1 kept keyed state inline: its files name no shared
+    // objects.
+    let mut inline = latest.metadata.clone();
+    inline.task_states.iter_mut().for_each(|h| h.shared.clear());
+    assert_eq!(reopened.metadata, inline);
     // Committed output before the stop ends at the checkpoint it resumes
     // from; the counts continue from the rewritten state.
     let job = wordcount_like(config(dir.path()), records, 2, sink.clone());
@@ -986,9 +1038,37 @@ impl exactly::storage::CheckpointStorage for TestStorage {
                     subtask,
                     file,
                     bytes: framed.len() as u64,
+                    shared: Vec::new(),
                 })
             }
             None => self.inner.write_task_state(id, stage, subtask, framed),
+        }
+    }
+    fn write_shared(
+        &self,
+        name: &str,
+        framed: &[u8],
+    ) -> Result<(), exactly::storage::StorageError> {
+        match &self.states_in_memory {
+            Some(states) => {
+                let key = format!("shared/{name}");
+                states.lock().unwrap().insert(key, framed.to_vec());
+                Ok(())
+            }
+            None => self.inner.write_shared(name, framed),
+        }
+    }
+    fn shared_location(&self) -> exactly::storage::Location {
+        self.inner.shared_location()
+    }
+    fn read_shared(
+        &self,
+        shared: &exactly::storage::Location,
+        name: &str,
+    ) -> Result<Vec<u8>, exactly::storage::StorageError> {
+        match &self.states_in_memory {
+            Some(states) => Ok(states.lock().unwrap()[&format!("shared/{name}")].clone()),
+            None => self.inner.read_shared(shared, name),
         }
     }
     fn complete(

@@ -7,12 +7,14 @@
 //! call, with no queue hop, as in Flink's operator chaining.
 //!
 //! Does not own the element contract ([`super::element`]), the keyed state
-//! map's layout and restore ([`super::keyed`]), queues between tasks
+//! map's layout and restore ([`super::keyed`]) or its incremental
+//! snapshots ([`super::incremental`]), queues between tasks
 //! ([`super::exchange`]), sinks ([`super::two_phase_commit`]) or the task
 //! loops ([`super::task`]).
 
 use super::element::{BoxFuture, KeyFn, Pipe, PushFuture, SnapshotWriter};
 use super::env::SubtaskEnv;
+use super::incremental::IncrementalState;
 use super::keyed::KeyedState;
 use super::message::Barrier;
 use crate::error::{Error, Result};
@@ -23,12 +25,11 @@ use crate::operator::{Emitter, Operator};
 enum Scope<O: Operator, K> {
     /// No `#[state]`: one (empty) state value for the subtask.
     Unkeyed(O::State),
-    /// After `key_by`: one state value per key, snapshotted as a map under
-    /// `id` and redistributed by key on restore.
+    /// After `key_by`: one state value per key, snapshotted incrementally
+    /// under its element id and redistributed by key on restore.
     Keyed {
         key: KeyFn<O::In, K>,
-        states: KeyedState<K, O::State>,
-        id: String,
+        state: Box<IncrementalState<K, O::State>>,
     },
 }
 
@@ -90,9 +91,10 @@ impl<O: Operator, K: Key> OperatorPipe<O, K> {
             Some(restored) => restored.restore_keyed(&id, env.ctx.parallelism, env.ctx.index)?,
             None => KeyedState::default(),
         };
+        let state = Box::new(IncrementalState::new(states, id, env.segment_store()));
         Ok(OperatorPipe {
             op,
-            scope: Scope::Keyed { key, states, id },
+            scope: Scope::Keyed { key, state },
             task: env.task_name(),
             out: Emitter::new(),
             down,
@@ -106,9 +108,10 @@ impl<O: Operator, K: Key> OperatorPipe<O, K> {
             Scope::Unkeyed(state) => batch
                 .drain(..)
                 .try_for_each(|record| self.op.process(record, state, out)),
-            Scope::Keyed { key, states, .. } => batch.drain(..).try_for_each(|record| {
-                let state = states.entry(key(&record)).or_default();
-                self.op.process(record, state, out)
+            Scope::Keyed { key, state } => batch.drain(..).try_for_each(|record| {
+                let slot = state.states.entry(key(&record)).or_default();
+                slot.changed = true;
+                self.op.process(record, &mut slot.state, out)
             }),
         };
         result.map_err(|e| {
@@ -136,8 +139,8 @@ impl<O: Operator, K: Key> Pipe<O::In> for OperatorPipe<O, K> {
         barrier: Barrier,
         snapshot: &'a mut SnapshotWriter,
     ) -> BoxFuture<'a, Result<()>> {
-        if let Scope::Keyed { states, id, .. } = &self.scope
-            && let Err(e) = snapshot.put_keyed(id, states)
+        if let Scope::Keyed { state, .. } = &mut self.scope
+            && let Err(e) = state.snapshot(barrier.checkpoint_id, snapshot)
         {
             return Box::pin(async move { Err(e.into()) });
         }
@@ -145,6 +148,9 @@ impl<O: Operator, K: Key> Pipe<O::In> for OperatorPipe<O, K> {
     }
 
     fn checkpoint_complete(&mut self, checkpoint_id: u64) -> BoxFuture<'_, Result<()>> {
+        if let Scope::Keyed { state, .. } = &mut self.scope {
+            state.checkpoint_complete(checkpoint_id);
+        }
         self.down.checkpoint_complete(checkpoint_id)
     }
 

@@ -19,15 +19,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::keyed::{self, KeyedState, Owner, StoredMap};
 use super::message::Barrier;
 use crate::codec::{Bytes, Codec, CodecError};
 use crate::error::Result;
 use crate::key::{Key, key_subtask};
-use crate::storage::frame;
 
 /// A boxed, sendable future: what [`Pipe`] methods return so that pipes can
 /// be chained as trait objects.
@@ -87,11 +86,27 @@ pub(crate) trait Pipe<T>: Send {
     fn end(&mut self) -> BoxFuture<'_, Result<()>>;
 }
 
+/// One element's state in a task state file. Format version 4 wrote this
+/// enum; before it, every entry was a value.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum StateEntry<B> {
+    /// The state, encoded with the file's codec (a keyed map inline, in the
+    /// layout of [`super::keyed`], for files before version 4).
+    Value(B),
+    /// Keyed state kept incrementally: the shared objects
+    /// ([`crate::storage::CheckpointStorage::write_shared`]) holding its
+    /// segments, oldest first.
+    Segments(Vec<String>),
+}
+
 /// Collects the state entries of one task at a barrier.
 #[derive(Debug)]
 pub(crate) struct SnapshotWriter {
     codec: Codec,
-    pub(crate) entries: Vec<(String, Bytes)>,
+    pub(crate) entries: Vec<(String, StateEntry<Bytes>)>,
+    /// Shared objects to make durable before the task state: name and
+    /// framed bytes.
+    pub(crate) shared: Vec<(String, Vec<u8>)>,
 }
 
 impl SnapshotWriter {
@@ -99,6 +114,7 @@ impl SnapshotWriter {
         SnapshotWriter {
             codec,
             entries: Vec::new(),
+            shared: Vec::new(),
         }
     }
 
@@ -109,56 +125,103 @@ impl SnapshotWriter {
         value: &S,
     ) -> Result<(), CodecError> {
         let bytes = self.codec.encode(value, id)?;
-        self.entries.push((id.to_owned(), Bytes(bytes)));
+        self.entries
+            .push((id.to_owned(), StateEntry::Value(Bytes(bytes))));
         Ok(())
     }
 
-    /// Adds the keyed state of the element `id`.
+    /// Adds the keyed state of the element `id`, whole and inline.
     pub(crate) fn put_keyed<K: Serialize, S: Serialize>(
         &mut self,
         id: &str,
         states: &KeyedState<K, S>,
     ) -> Result<(), CodecError> {
-        let bytes = keyed::encode(states, self.codec, id)?;
-        self.entries.push((id.to_owned(), Bytes(bytes)));
+        let bytes = keyed::encode(states, keyed::Segment::Base, self.codec, id)?;
+        self.entries
+            .push((id.to_owned(), StateEntry::Value(Bytes(bytes))));
         Ok(())
     }
+
+    /// Adds the keyed state of the element `id` as the shared objects
+    /// `segments`, oldest first, of which `written` (name, framed bytes)
+    /// are new in this checkpoint.
+    pub(crate) fn put_segments(
+        &mut self,
+        id: &str,
+        segments: Vec<String>,
+        written: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) {
+        self.shared.extend(written);
+        self.entries
+            .push((id.to_owned(), StateEntry::Segments(segments)));
+    }
+
+    /// Every shared object the entries reference.
+    pub(crate) fn references(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                StateEntry::Segments(names) => Some(names.iter().cloned()),
+                StateEntry::Value(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+/// One element's state as restored from one old subtask: its codec and its
+/// parts in order, each with the frame format version of the file it came
+/// from. A value has one part; incremental keyed state has a base and its
+/// deltas. Each part is a slice of the file it was read from, shared rather
+/// than copied.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEntry {
+    pub(crate) codec: Codec,
+    pub(crate) parts: Vec<(u16, bytes::Bytes)>,
 }
 
 /// The state one stage had in the checkpoint being restored: the entries of
 /// every old subtask, so that state can be redistributed when the
-/// parallelism changed. Each entry's bytes are a slice of the file it was
-/// read from, shared rather than copied.
+/// parallelism changed.
 #[derive(Debug, Default)]
 pub(crate) struct RestoredStage {
     pub(crate) checkpoint_id: u64,
-    pub(crate) subtasks: Vec<HashMap<String, (Codec, bytes::Bytes)>>,
-    /// The frame format version of each old subtask's file.
-    pub(crate) versions: Vec<u16>,
+    pub(crate) subtasks: Vec<HashMap<String, StoredEntry>>,
 }
 
 impl RestoredStage {
-    /// The entry `id` of every old subtask that has one, in subtask order.
+    /// What names the entry `id` of subtask `subtask` in errors.
+    fn what(&self, id: &str, subtask: usize) -> String {
+        format!(
+            "state `{id}` of subtask {subtask} in checkpoint {}",
+            self.checkpoint_id
+        )
+    }
+
+    /// Every part of the entry `id` of every old subtask that has one, in
+    /// subtask order and then in part order.
     fn stored(&self, id: &str) -> Vec<StoredMap<'_>> {
         self.subtasks
             .iter()
             .enumerate()
-            .filter_map(|(subtask, entries)| {
-                let (codec, bytes) = entries.get(id)?;
-                Some(StoredMap {
-                    subtask,
-                    codec: *codec,
-                    version: self
-                        .versions
-                        .get(subtask)
-                        .copied()
-                        .unwrap_or(frame::FORMAT_VERSION),
-                    bytes,
-                    what: format!(
-                        "state `{id}` of subtask {subtask} in checkpoint {}",
-                        self.checkpoint_id
-                    ),
-                })
+            .filter_map(|(subtask, entries)| Some((subtask, entries.get(id)?)))
+            .flat_map(|(subtask, entry)| {
+                let what = self.what(id, subtask);
+                entry
+                    .parts
+                    .iter()
+                    .enumerate()
+                    .map(move |(part, (version, bytes))| StoredMap {
+                        subtask,
+                        codec: entry.codec,
+                        version: *version,
+                        bytes,
+                        what: if entry.parts.len() == 1 {
+                            what.clone()
+                        } else {
+                            format!("{what}, segment {part}")
+                        },
+                    })
             })
             .collect()
     }
@@ -166,9 +229,22 @@ impl RestoredStage {
     /// Decodes the entry `id` of every old subtask that has one, in subtask
     /// order.
     pub(crate) fn decode_all<S: DeserializeOwned>(&self, id: &str) -> Result<Vec<(usize, S)>> {
-        self.stored(id)
-            .into_iter()
-            .map(|s| Ok((s.subtask, s.codec.decode(s.bytes, &s.what)?)))
+        self.subtasks
+            .iter()
+            .enumerate()
+            .filter_map(|(subtask, entries)| Some((subtask, entries.get(id)?)))
+            .map(|(subtask, entry)| {
+                let what = self.what(id, subtask);
+                match entry.parts.as_slice() {
+                    [(_, bytes)] => Ok((subtask, entry.codec.decode(bytes, &what)?)),
+                    parts => Err(CodecError::Decode {
+                        what,
+                        codec: entry.codec,
+                        message: format!("expected one value, found {} segments", parts.len()),
+                    }
+                    .into()),
+                }
+            })
             .collect()
     }
 
@@ -190,6 +266,33 @@ impl RestoredStage {
             self.subtasks.len(),
             &owner,
         )?)
+    }
+}
+
+#[cfg(test)]
+impl RestoredStage {
+    /// The stage as restored from one subtask's `snapshot` (values only)
+    /// in checkpoint `checkpoint_id`.
+    pub(crate) fn from_snapshot(snapshot: SnapshotWriter, checkpoint_id: u64) -> Self {
+        let codec = snapshot.codec;
+        let entries = snapshot
+            .entries
+            .into_iter()
+            .map(|(id, entry)| {
+                let StateEntry::Value(bytes) = entry else {
+                    panic!("from_snapshot takes values only, `{id}` has segments");
+                };
+                let parts = vec![(
+                    crate::storage::frame::FORMAT_VERSION,
+                    bytes::Bytes::from(bytes.0),
+                )];
+                (id, StoredEntry { codec, parts })
+            })
+            .collect();
+        RestoredStage {
+            checkpoint_id,
+            subtasks: vec![entries],
+        }
     }
 }
 

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 
 use super::blocking::BlockingCalls;
 use super::coordinator::{SourceCommand, TaskLink};
 use super::element::RestoredStage;
 use super::exchange::GateRegistry;
+use super::incremental::SegmentStore;
 use crate::codec::Codec;
 use crate::context::SubtaskContext;
 use crate::error::Result;
@@ -25,6 +27,8 @@ pub(crate) struct SubtaskEnv {
     pub(crate) stage: usize,
     pub(crate) codec: Codec,
     pub(crate) batch_size: usize,
+    /// [`crate::JobConfig::max_state_deltas`].
+    pub(crate) max_state_deltas: usize,
     /// The stage's state in the checkpoint being restored, if any.
     pub(crate) restored: Option<Arc<RestoredStage>>,
     pub(crate) gates: Arc<GateRegistry>,
@@ -34,6 +38,11 @@ pub(crate) struct SubtaskEnv {
     pub(crate) link: TaskLink,
     /// Barrier triggers from the coordinator; only source subtasks get one.
     pub(crate) commands: Option<UnboundedReceiver<SourceCommand>>,
+    /// Done when the task's previous snapshot upload has finished: each
+    /// upload waits for the one before it, so that a checkpoint never
+    /// completes before a shared object it references from an earlier one
+    /// is durable.
+    pub(crate) previous_upload: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl SubtaskEnv {
@@ -45,6 +54,19 @@ impl SubtaskEnv {
     /// The id of the checkpoint being restored.
     pub(crate) fn restored_checkpoint(&self) -> Option<u64> {
         self.restored.as_ref().map(|r| r.checkpoint_id)
+    }
+
+    /// The store a keyed operator's incremental state writes its segments
+    /// to.
+    pub(crate) fn segment_store(&self) -> SegmentStore {
+        SegmentStore {
+            storage: self.link.storage.clone(),
+            blocking: self.blocking.clone(),
+            codec: self.codec,
+            stage: self.stage,
+            subtask: self.ctx.index,
+            max_deltas: self.max_state_deltas,
+        }
     }
 
     /// Runs the fault hook at `point` for this task.
@@ -72,6 +94,7 @@ impl SubtaskEnv {
             stage: 0,
             codec: Codec::Bincode,
             batch_size: 16,
+            max_state_deltas: 8,
             restored,
             gates: Arc::new(GateRegistry::default()),
             blocking: BlockingCalls::default(),
@@ -86,6 +109,7 @@ impl SubtaskEnv {
                 lineage: None,
             },
             commands: None,
+            previous_upload: std::sync::Mutex::new(None),
         }
     }
 }

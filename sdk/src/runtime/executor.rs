@@ -23,11 +23,12 @@ use tracing::instrument::WithSubscriber;
 
 use super::blocking::{self, BlockingCalls};
 use super::coordinator::{CheckpointPlan, Coordinator, JobCommand, Requests, TaskLink};
-use super::element::{BoxFuture, RestoredStage};
+use super::element::{BoxFuture, RestoredStage, StateEntry, StoredEntry};
 use super::env::SubtaskEnv;
 use super::exchange::DownstreamStopped;
 use super::graph::JobGraph;
 use super::progress;
+use crate::codec::Codec;
 use crate::config::JobConfig;
 use crate::context::SubtaskContext;
 use crate::error::{Error, Result, panic_message};
@@ -427,6 +428,7 @@ impl Executor {
                     stage: index,
                     codec,
                     batch_size: self.config.batch_size,
+                    max_state_deltas: self.config.max_state_deltas,
                     restored: restored[index].clone(),
                     gates: Arc::clone(&gates),
                     blocking: blocking.clone(),
@@ -434,6 +436,7 @@ impl Executor {
                     metrics: Arc::clone(&self.metrics),
                     link: link.clone(),
                     commands,
+                    previous_upload: std::sync::Mutex::new(None),
                 };
                 let name = env.task_name();
                 let future: BoxFuture<'static, Result<()>> =
@@ -570,6 +573,30 @@ async fn latest_in_lineage(
 
 /// Checks that `checkpoint` was taken by a job with these stages, and reads
 /// every stage's state through `storage`.
+/// Reads the keyed-state segment `name` in `shared`, which a task state
+/// encoded with `codec` references: its frame version and payload.
+fn read_segment(
+    storage: &dyn CheckpointStorage,
+    shared: &Location,
+    name: &str,
+    codec: Codec,
+) -> Result<(u16, bytes::Bytes)> {
+    let location = shared.join(name);
+    let file = bytes::Bytes::from(storage.read_shared(shared, name)?);
+    let segment = frame::decode(&file, PayloadKind::KeyedSegment, &location)?;
+    if segment.codec != codec {
+        return Err(crate::storage::StorageError::Corrupt {
+            file: location.to_string(),
+            reason: format!(
+                "the segment is encoded with {:?}, the task state naming it with {codec:?}",
+                segment.codec
+            ),
+        }
+        .into());
+    }
+    Ok((segment.version, file.slice_ref(segment.payload)))
+}
+
 pub(crate) fn load_checkpoint(
     storage: &dyn CheckpointStorage,
     checkpoint: &CompletedCheckpoint,
@@ -602,25 +629,32 @@ pub(crate) fn load_checkpoint(
         .map(|s| RestoredStage {
             checkpoint_id: id,
             subtasks: vec![HashMap::new(); s.parallelism],
-            versions: vec![frame::FORMAT_VERSION; s.parallelism],
         })
         .collect();
+    let shared = checkpoint.shared_location();
     for handle in &checkpoint.metadata.task_states {
         let path = checkpoint.location.join(&handle.file);
         let file = bytes::Bytes::from(storage.read_task_state(checkpoint, handle)?);
         let frame = frame::decode(&file, PayloadKind::TaskState, &path)?;
         let codec = frame.codec;
+        let corrupt = |e: crate::codec::CodecError| crate::storage::StorageError::Corrupt {
+            file: path.to_string(),
+            reason: e.to_string(),
+        };
         // Each element's state is borrowed from the file and then kept as a
         // shared slice of it: one copy of the state bytes fewer than
         // decoding owned ones (about a tenth of a keyed restore, measured in
         // BENCHMARKS.md).
-        let entries: Vec<(String, &[u8])> =
-            codec.decode(frame.payload, "task state").map_err(|e| {
-                crate::storage::StorageError::Corrupt {
-                    file: path.to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let entries: Vec<(String, StateEntry<&[u8]>)> = if frame.version >= 4 {
+            codec.decode(frame.payload, "task state").map_err(corrupt)?
+        } else {
+            let values: Vec<(String, &[u8])> =
+                codec.decode(frame.payload, "task state").map_err(corrupt)?;
+            values
+                .into_iter()
+                .map(|(id, value)| (id, StateEntry::Value(value)))
+                .collect()
+        };
         let stage = stages.get_mut(handle.stage).ok_or_else(|| {
             mismatch(format!(
                 "state file {} names stage {} which does not exist",
@@ -633,12 +667,16 @@ pub(crate) fn load_checkpoint(
                 handle.file, handle.subtask
             ))
         })?;
-        slot.extend(
-            entries
-                .into_iter()
-                .map(|(id, state)| (id, (codec, file.slice_ref(state)))),
-        );
-        stage.versions[handle.subtask] = frame.version;
+        for (element, entry) in entries {
+            let parts = match entry {
+                StateEntry::Value(value) => vec![(frame.version, file.slice_ref(value))],
+                StateEntry::Segments(names) => names
+                    .iter()
+                    .map(|name| read_segment(storage, &shared, name, codec))
+                    .collect::<Result<_>>()?,
+            };
+            slot.insert(element, StoredEntry { codec, parts });
+        }
     }
     Ok(stages.into_iter().map(|s| Some(Arc::new(s))).collect())
 }

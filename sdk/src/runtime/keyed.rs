@@ -2,11 +2,14 @@
 //! snapshot, and its restore.
 //!
 //! Owns: [`KeyedState`] (one state value per key, hashed with
-//! [`StateHasher`]), [`encode`] and [`restore`]. Does not own where the map
+//! [`StateHasher`], with a flag per key that says whether it changed since
+//! the last snapshot), [`encode`] (of every key, a base, or of the changed
+//! ones, a delta) and [`restore`] (of a base and the deltas after it). Does not own where the map
 //! lives and how records reach it ([`super::chain`]), the codec
 //! ([`crate::codec`]) or the file frame ([`crate::storage::frame`]).
 //!
-//! Layout of one map in a task's snapshot (frame format version 2):
+//! Layout of one map, or one segment of it, in a snapshot (frame format
+//! version 2 and later; a delta has the same layout with fewer entries):
 //!
 //! ```text
 //! offset  size  field
@@ -31,6 +34,7 @@
 //! filtered key by key, as a restore after a change of parallelism always
 //! does.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -41,8 +45,37 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::state_hasher::StateHasher;
 use crate::codec::{Codec, CodecError};
 
+/// One key's state, and whether it changed since the last snapshot.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Slot<S> {
+    /// The operator's `#[state]`.
+    pub(crate) state: S,
+    /// Set when a record of the key was processed, cleared when a snapshot
+    /// wrote the key ([`clear_changed`]).
+    pub(crate) changed: bool,
+}
+
+impl<S> Slot<S> {
+    /// A slot restored from a snapshot: not changed since.
+    pub(crate) fn restored(state: S) -> Self {
+        Slot {
+            state,
+            changed: false,
+        }
+    }
+}
+
 /// One state value per key.
-pub(crate) type KeyedState<K, S> = HashMap<K, S, StateHasher>;
+pub(crate) type KeyedState<K, S> = HashMap<K, Slot<S>, StateHasher>;
+
+/// Which entries a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Segment {
+    /// Every key: a full snapshot, or the base of an incremental chain.
+    Base,
+    /// The keys changed since the previous snapshot.
+    Delta,
+}
 
 /// Size of the header in front of a map's entries (format version 2).
 const HEADER_LEN: usize = 24;
@@ -51,9 +84,12 @@ const HEADER_LEN: usize = 24;
 /// routing before the rest is trusted.
 pub(crate) const ROUTING_SAMPLE: usize = 64;
 
-/// Encodes `states` in the version 2 layout; `id` names it in errors.
+/// Encodes the entries of `states` that `segment` selects in the version 2
+/// layout; `id` names it in errors. Change flags are left as they are
+/// ([`clear_changed`]).
 pub(crate) fn encode<K: Serialize, S: Serialize>(
     states: &KeyedState<K, S>,
+    segment: Segment,
     codec: Codec,
     id: &str,
 ) -> Result<Vec<u8>, CodecError> {
@@ -61,21 +97,51 @@ pub(crate) fn encode<K: Serialize, S: Serialize>(
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(&k0.to_le_bytes());
     out.extend_from_slice(&k1.to_le_bytes());
-    out.extend_from_slice(&(states.len() as u64).to_le_bytes());
-    codec.encode_append(&InIterationOrder(states), &mut out, id)?;
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let entries = InIterationOrder {
+        states,
+        only_changed: segment == Segment::Delta,
+        written: Cell::new(0),
+    };
+    codec.encode_append(&entries, &mut out, id)?;
+    out[16..HEADER_LEN].copy_from_slice(&entries.written.get().to_le_bytes());
     Ok(out)
 }
 
-/// A map's entries in iteration order, serialized as a tuple: for both
-/// codecs, the entries one after another with no count in front.
-struct InIterationOrder<'a, K, S>(&'a KeyedState<K, S>);
+/// Marks every key unchanged, after a snapshot wrote the changed ones.
+pub(crate) fn clear_changed<K, S>(states: &mut KeyedState<K, S>) {
+    states.values_mut().for_each(|slot| slot.changed = false);
+}
+
+/// The number of entries the segment `bytes` (version 2 layout) holds, or
+/// `None` when it is shorter than its header.
+pub(crate) fn entry_count(bytes: &[u8]) -> Option<u64> {
+    let header = bytes.first_chunk::<HEADER_LEN>()?;
+    Some(u64::from_le_bytes(header[16..].try_into().ok()?))
+}
+
+/// A map's entries in iteration order (all, or the changed ones),
+/// serialized as a tuple: for both codecs, the entries one after another
+/// with no count in front. Counts what it wrote, for the header.
+struct InIterationOrder<'a, K, S> {
+    states: &'a KeyedState<K, S>,
+    only_changed: bool,
+    written: Cell<u64>,
+}
 
 impl<K: Serialize, S: Serialize> Serialize for InIterationOrder<'_, K, S> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
-        let mut tuple = serializer.serialize_tuple(self.0.len())?;
-        for entry in self.0 {
-            tuple.serialize_element(&entry)?;
+        // Neither codec writes a tuple's length, so the hint may exceed
+        // what is written.
+        let mut tuple = serializer.serialize_tuple(self.states.len())?;
+        let mut written = 0;
+        for (key, slot) in self.states {
+            if !self.only_changed || slot.changed {
+                tuple.serialize_element(&(key, &slot.state))?;
+                written += 1;
+            }
         }
+        self.written.set(written);
         tuple.end()
     }
 }
@@ -132,31 +198,42 @@ where
                 return Ok(false);
             }
             if (self.keep)(&key) {
-                self.map.insert(key, state);
+                self.map.insert(key, Slot::restored(state));
             }
         }
         Ok(true)
     }
 }
 
-/// The map encoded in `bytes` (version 2 layout) as format version 1 wrote
-/// it: a serde map, which for both codecs is the entry count as a codec
-/// integer followed by the same entries. For tests and benches of the
-/// restore of old checkpoints.
-pub(crate) fn as_format_1(bytes: &[u8], codec: Codec, id: &str) -> Result<Vec<u8>, CodecError> {
-    let Some((header, entries)) = bytes.split_first_chunk::<HEADER_LEN>() else {
-        return Err(CodecError::Decode {
-            what: id.to_owned(),
-            codec,
-            message: format!(
-                "keyed state is {} bytes, shorter than its header",
-                bytes.len()
-            ),
-        });
-    };
-    let count = u64::from_le_bytes(header[16..].try_into().expect("8-byte field"));
+/// The map encoded in `segments` (version 2 layout: a base, then deltas)
+/// as format version 1 wrote it: a serde map, which for both codecs is the
+/// entry count as a codec integer followed by the entries. The deltas'
+/// entries follow the base's, so a key a delta changed appears twice and
+/// the later entry wins, as in a restore of the chain. For tests and
+/// benches of the restore of old checkpoints.
+pub(crate) fn as_format_1(
+    segments: &[&[u8]],
+    codec: Codec,
+    id: &str,
+) -> Result<Vec<u8>, CodecError> {
+    let mut count = 0u64;
+    let mut entries = Vec::new();
+    for bytes in segments {
+        let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+            return Err(CodecError::Decode {
+                what: id.to_owned(),
+                codec,
+                message: format!(
+                    "keyed state is {} bytes, shorter than its header",
+                    bytes.len()
+                ),
+            });
+        };
+        count += u64::from_le_bytes(header[16..].try_into().expect("8-byte field"));
+        entries.extend_from_slice(rest);
+    }
     let mut out = codec.encode(&count, id)?;
-    out.extend_from_slice(entries);
+    out.extend_from_slice(&entries);
     Ok(out)
 }
 
@@ -269,7 +346,9 @@ pub(crate) struct Owner<R> {
 }
 
 /// Rebuilds the map of subtask `owner.index` from the maps of every old
-/// subtask (`old_parallelism` of them; `stored` lists those that had one).
+/// subtask (`old_parallelism` of them; `stored` lists the segments of those
+/// that had one, in subtask order and each subtask's oldest first: its base,
+/// then deltas whose entries replace the base's).
 pub(crate) fn restore<K, S, R>(
     stored: &[StoredMap<'_>],
     old_parallelism: usize,
@@ -282,26 +361,29 @@ where
 {
     let own = stored
         .iter()
-        .find(|s| s.subtask == owner.index)
+        .filter(|s| s.subtask == owner.index)
         .map(Entries::read)
-        .transpose()?;
-    let own_keys = own.as_ref().and_then(|own| own.keys);
+        .collect::<Result<Vec<_>, _>>()?;
+    let own_keys = own.first().and_then(|base| base.keys);
     let ours = |key: &K| (owner.route)(key) == owner.index;
     let everything = |_: &K| true;
 
     if old_parallelism == owner.parallelism
-        && let Some(own) = own
+        && let Some((base, deltas)) = own.split_first()
     {
         let hasher = own_keys.map_or_else(StateHasher::default, |(k0, k1)| {
             StateHasher::with_keys(k0, k1)
         });
-        let mut map = HashMap::with_capacity_and_hasher(own.count as usize, hasher);
+        let mut map = HashMap::with_capacity_and_hasher(base.count as usize, hasher);
         let check: Option<&dyn Fn(&K) -> bool> = (owner.parallelism > 1).then_some(&ours);
-        if own.insert_into(&mut map, &everything, check)? {
+        if base.insert_into(&mut map, &everything, check)? {
+            for delta in deltas {
+                delta.insert_into(&mut map, &everything, None)?;
+            }
             return Ok(map);
         }
         tracing::warn!(
-            state = own.what,
+            state = base.what,
             "keys of a subtask's own state are routed elsewhere by this build (its key hash differs from the build that wrote the checkpoint); re-partitioning every key"
         );
     }
@@ -334,7 +416,8 @@ mod tests {
     use super::*;
 
     fn map(keys: std::ops::Range<u64>) -> KeyedState<u64, (String,)> {
-        keys.map(|k| (k, (format!("v{k}"),))).collect()
+        keys.map(|k| (k, Slot::restored((format!("v{k}"),))))
+            .collect()
     }
 
     fn stored<'a>(subtask: usize, codec: Codec, version: u16, bytes: &'a [u8]) -> StoredMap<'a> {
@@ -359,7 +442,7 @@ mod tests {
     fn a_map_round_trips_with_its_hasher_keys() {
         for codec in [Codec::Bincode, Codec::Postcard] {
             let original = map(0..5000);
-            let bytes = encode(&original, codec, "1:count").unwrap();
+            let bytes = encode(&original, Segment::Base, codec, "1:count").unwrap();
             let back: KeyedState<u64, (String,)> =
                 restore(&[stored(0, codec, 2, &bytes)], 1, &owner(1, 0)).unwrap();
             assert_eq!(back, original, "{codec:?}");
@@ -370,14 +453,19 @@ mod tests {
     #[test]
     fn an_old_format_map_restores() {
         for codec in [Codec::Bincode, Codec::Postcard] {
-            let original: HashMap<u64, (String,)> = map(0..3000).into_iter().collect();
+            let original: HashMap<u64, (String,)> = map(0..3000)
+                .into_iter()
+                .map(|(k, slot)| (k, slot.state))
+                .collect();
             // What format version 1 wrote: the map through serde.
             let bytes = codec.encode(&original, "1:count").unwrap();
             let back: KeyedState<u64, (String,)> =
                 restore(&[stored(0, codec, 1, &bytes)], 1, &owner(1, 0)).unwrap();
-            assert_eq!(back.into_iter().collect::<HashMap<_, _>>(), original);
+            let states = back.into_iter().map(|(k, slot)| (k, slot.state));
+            assert_eq!(states.collect::<HashMap<_, _>>(), original);
 
-            let rewritten = as_format_1(&encode(&map(0..3000), codec, "x").unwrap(), codec, "x");
+            let base = encode(&map(0..3000), Segment::Base, codec, "x").unwrap();
+            let rewritten = as_format_1(&[&base], codec, "x");
             let through_serde: HashMap<u64, (String,)> =
                 codec.decode(&rewritten.unwrap(), "x").unwrap();
             assert_eq!(through_serde, original);
@@ -391,6 +479,7 @@ mod tests {
             .map(|s| {
                 encode(
                     &map(0..90).into_iter().filter(|(k, _)| k % 3 == s).collect(),
+                    Segment::Base,
                     codec,
                     "x",
                 )
@@ -412,6 +501,55 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_restores_with_its_deltas_winning_at_any_parallelism() {
+        let codec = Codec::Postcard;
+        // Two old subtasks, each with a base and one delta that changes a
+        // tenth of its keys and adds new ones.
+        let chains: Vec<Vec<Vec<u8>>> = (0..2u64)
+            .map(|s| {
+                let mut states: KeyedState<u64, (String,)> = map(0..200)
+                    .into_iter()
+                    .filter(|(k, _)| k % 2 == s)
+                    .collect();
+                let base = encode(&states, Segment::Base, codec, "x").unwrap();
+                for k in (0..300).filter(|k| k % 2 == s && (*k >= 200 || k % 10 == s)) {
+                    let slot = states.entry(k).or_default();
+                    slot.state.0 = format!("new{k}");
+                    slot.changed = true;
+                }
+                let delta = encode(&states, Segment::Delta, codec, "x").unwrap();
+                assert!(entry_count(&delta).unwrap() < 100);
+                vec![base, delta]
+            })
+            .collect();
+        let stored: Vec<StoredMap<'_>> = chains
+            .iter()
+            .enumerate()
+            .flat_map(|(s, chain)| chain.iter().map(move |b| stored(s, codec, 4, b)))
+            .collect();
+        let expected = |k: u64| {
+            if k >= 200 || k % 10 == k % 2 {
+                format!("new{k}")
+            } else {
+                format!("v{k}")
+            }
+        };
+        for parallelism in [2, 3] {
+            for index in 0..parallelism {
+                let back: KeyedState<u64, (String,)> =
+                    restore(&stored, 2, &owner(parallelism, index)).unwrap();
+                let owned: Vec<u64> = (0..300)
+                    .filter(|k| (k % parallelism as u64) as usize == index)
+                    .collect();
+                assert_eq!(back.len(), owned.len(), "{parallelism}/{index}");
+                for k in owned {
+                    assert_eq!(back[&k].state.0, expected(k), "key {k} at {parallelism}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unchanged_parallelism_reads_only_its_own_map_unless_routing_changed() {
         let codec = Codec::Bincode;
         let own = encode(
@@ -419,6 +557,7 @@ mod tests {
                 .into_iter()
                 .filter(|(k, _)| k % 2 == 1)
                 .collect(),
+            Segment::Base,
             codec,
             "x",
         )
@@ -436,6 +575,7 @@ mod tests {
                 .into_iter()
                 .filter(|(k, _)| k % 2 == 0)
                 .collect(),
+            Segment::Base,
             codec,
             "x",
         )
@@ -454,7 +594,7 @@ mod tests {
     #[test]
     fn corrupt_maps_are_errors_not_panics() {
         for codec in [Codec::Bincode, Codec::Postcard] {
-            let good = encode(&map(0..100), codec, "x").unwrap();
+            let good = encode(&map(0..100), Segment::Base, codec, "x").unwrap();
             let mut cases: Vec<Vec<u8>> = (0..good.len()).map(|cut| good[..cut].to_vec()).collect();
             let mut huge = good.clone();
             huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -19,6 +19,7 @@
 //! | [`element`] | the element contract: [`element::Pipe`], snapshot writer, restore view |
 //! | [`chain`] | user operators as chained elements, unkeyed or keyed |
 //! | [`keyed`] | the keyed state map, its snapshot layout and its restore |
+//! | [`incremental`] | incremental keyed state: deltas, the chain of shared segments, compaction |
 //! | [`state_hasher`] | the keyed state map's hasher |
 //! | [`two_phase_commit`] | the sink lifecycle, where sink calls run, and commit markers |
 //! | [`blocking`] | blocking calls kept off the executor |
@@ -38,6 +39,7 @@ pub(crate) mod env;
 pub(crate) mod exchange;
 pub(crate) mod executor;
 pub(crate) mod graph;
+pub(crate) mod incremental;
 pub(crate) mod keyed;
 pub(crate) mod message;
 pub(crate) mod progress;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::oneshot;
 use tracing::instrument::WithSubscriber;
 
 use super::alignment::{GateEvent, InputGate};
@@ -49,9 +50,12 @@ fn coordinator_gone(env: &SubtaskEnv) -> Error {
 /// the background: the snapshot is already bytes, so the task goes on with
 /// its records while the blocking pool writes them (Flink's asynchronous
 /// snapshot phase; against a remote store the upload would otherwise stall
-/// the task, see BENCHMARKS.md). At most one checkpoint is in flight, so a
-/// task has at most one upload at a time. A failed upload fails the attempt
-/// through the coordinator ([`TaskEvent::SnapshotFailed`]).
+/// the task, see BENCHMARKS.md). The shared objects go first, then the
+/// task state that names them. Each upload waits for the task's previous
+/// one ([`SubtaskEnv::previous_upload`]): a checkpoint may reference a
+/// delta that an earlier, expired checkpoint was still writing. A failed
+/// upload fails the attempt through the coordinator
+/// ([`TaskEvent::SnapshotFailed`]).
 fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> Result<()> {
     let checkpoint = barrier.checkpoint_id;
     let (stage, subtask, events) = (env.stage, env.ctx.index, env.link.events.clone());
@@ -65,15 +69,33 @@ fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> 
         Some(storage) if !snapshot.entries.is_empty() => Arc::clone(storage),
         _ => return events.send(ack(None)).map_err(|_| coordinator_gone(env)),
     };
+    let references = snapshot.references();
     let payload = env.codec.encode(&snapshot.entries, "task state")?;
     let framed = frame::encode(PayloadKind::TaskState, env.codec, &payload);
+    let shared = snapshot.shared;
     let (task, blocking) = (env.task_name(), env.blocking.clone());
+    let (done, this_upload) = oneshot::channel::<()>();
+    let previous = env
+        .previous_upload
+        .lock()
+        .expect("upload order lock poisoned")
+        .replace(this_upload);
     let upload = async move {
+        if let Some(previous) = previous {
+            // An error only means that the previous upload is over.
+            let _ = previous.await;
+        }
         let written = blocking
             .run("write task state", move || {
-                storage.write_task_state(checkpoint, stage, subtask, &framed)
+                for (name, bytes) in &shared {
+                    storage.write_shared(name, bytes)?;
+                }
+                let mut handle = storage.write_task_state(checkpoint, stage, subtask, &framed)?;
+                handle.shared = references;
+                Ok(handle)
             })
             .await;
+        drop(done);
         let failed = |source: crate::BoxError| TaskEvent::SnapshotFailed {
             error: Error::Task {
                 task: task.clone(),

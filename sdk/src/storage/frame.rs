@@ -4,9 +4,10 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic  b"EXACTLY\0"
-//! 8       2     format version, little endian (currently 3)
+//! 8       2     format version, little endian (currently 4)
 //! 10      1     codec id (see crate::codec::Codec::id)
-//! 11      1     payload kind (1 = task state, 2 = checkpoint metadata)
+//! 11      1     payload kind (1 = task state, 2 = checkpoint metadata,
+//!                 3 = keyed state segment)
 //! 12      4     CRC-32 of the payload, little endian
 //! 16      8     payload length in bytes, little endian
 //! 24      ...   payload
@@ -15,8 +16,10 @@
 //! Versions: 1 wrote keyed state maps as serde maps; 2 writes them in the
 //! layout of `runtime::keyed` (hasher keys, entry count, entries in bucket
 //! order), everything else unchanged; 3 adds the lineage to the checkpoint
-//! metadata ([`super::CheckpointMetadata::lineage`]), task state unchanged.
-//! All three are read.
+//! metadata ([`super::CheckpointMetadata::lineage`]), task state unchanged;
+//! 4 keeps keyed state incrementally, in segments that task states name
+//! and the metadata lists ([`super::TaskStateHandle::shared`]). All four
+//! are read.
 //!
 //! The version and codec id let a later release read checkpoints written by
 //! this one; the length and checksum turn a truncated or corrupt file into an
@@ -32,7 +35,7 @@ use crate::codec::Codec;
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"EXACTLY\0";
 /// The format version this build writes.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest format version this build reads.
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Size of the fixed header.
@@ -45,6 +48,8 @@ pub enum PayloadKind {
     TaskState = 1,
     /// The metadata that marks a checkpoint complete.
     Metadata = 2,
+    /// A base or delta of one subtask's keyed state, in a shared object.
+    KeyedSegment = 3,
 }
 
 /// Frames `payload` (already encoded with `codec`).

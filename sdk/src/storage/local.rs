@@ -1,7 +1,9 @@
 //! [`LocalStorage`]: checkpoints in a local directory.
 //!
 //! Layout: `<root>/chk-<id>/<stage>-<subtask>.state` for task states and
-//! `<root>/chk-<id>/_metadata`, written last; `<root>/commits/<stage>-<subtask>`
+//! `<root>/chk-<id>/_metadata`, written last; `<root>/shared/` for the
+//! segments of incremental keyed state that several checkpoints reference
+//! ([`super::shared`]); `<root>/commits/<stage>-<subtask>`
 //! holds the checkpoint up to which a sink subtask has committed, and in
 //! which lineage (`<id>` for the default lineage, `<id> lineage=<lineage>`
 //! otherwise); `<root>/lineage` records the current lineage and the
@@ -23,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::frame::{self, PayloadKind};
+use super::shared::{self, SHARED_DIR};
 use super::{
     CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, Location,
     StorageClaim, StorageError, TaskStateHandle,
@@ -100,6 +103,32 @@ impl LocalStorage {
 
     fn checkpoint_dir(&self, id: u64) -> PathBuf {
         self.root.join(format!("chk-{id:010}"))
+    }
+
+    /// Deletes the shared objects that no checkpoint of `kept` references
+    /// and that are not newer than `newest` ([`shared::garbage`]).
+    fn collect_shared_garbage(&self, kept: &[u64], newest: u64) -> Result<(), StorageError> {
+        let dir = self.root.join(SHARED_DIR);
+        let listed: Vec<String> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        let kept = kept
+            .iter()
+            .map(|&id| Self::open_checkpoint(&self.checkpoint_dir(id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in shared::garbage(&listed, &kept.iter().collect::<Vec<_>>(), newest) {
+            let path = dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("delete", &path)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Reads the complete checkpoint or savepoint in directory `path`.
@@ -213,7 +242,32 @@ impl CheckpointStorage for LocalStorage {
             subtask,
             file,
             bytes: framed.len() as u64,
+            shared: Vec::new(),
         })
+    }
+
+    fn write_shared(&self, name: &str, framed: &[u8]) -> Result<(), StorageError> {
+        let dir = self.root.join(SHARED_DIR);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+            sync_dir(&self.root)?;
+        }
+        write_atomically(&dir.join(name), framed)
+    }
+
+    fn shared_location(&self) -> Location {
+        Location::Local(self.root.join(SHARED_DIR))
+    }
+
+    fn read_shared(&self, shared: &Location, name: &str) -> Result<Vec<u8>, StorageError> {
+        let Some(dir) = shared.as_local() else {
+            return Err(StorageError::Location {
+                given: shared.to_string(),
+                reason: "a local directory's storage reads only local checkpoints".into(),
+            });
+        };
+        let path = dir.join(name);
+        fs::read(&path).map_err(io("read", &path))
     }
 
     fn complete(
@@ -304,7 +358,7 @@ impl CheckpointStorage for LocalStorage {
                 self.discard(id)?;
             }
         }
-        Ok(())
+        self.collect_shared_garbage(kept, newest)
     }
 
     fn write_commit_marker(
@@ -450,6 +504,9 @@ impl LocalStorage {
         fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
         let write = |name: &str, bytes: &[u8]| -> Result<(), StorageError> {
             let to = tmp.join(name);
+            if let Some(dir) = to.parent().filter(|d| *d != tmp) {
+                fs::create_dir_all(dir).map_err(io("create", dir))?;
+            }
             let mut out = File::create(&to).map_err(io("create", &to))?;
             out.write_all(bytes).map_err(io("write", &to))?;
             out.sync_all().map_err(io("fsync", &to))
@@ -459,6 +516,9 @@ impl LocalStorage {
             write(&name, &bytes)?;
         }
         write(METADATA_FILE, metadata)?;
+        if tmp.join(SHARED_DIR).is_dir() {
+            sync_dir(&tmp.join(SHARED_DIR))?;
+        }
         sync_dir(&tmp)?;
         fs::rename(&tmp, target).map_err(io("rename into place", target))?;
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -546,6 +606,43 @@ mod tests {
             &Codec::Bincode.encode(&meta, "m").unwrap(),
         );
         storage.complete(&meta, &bytes).unwrap()
+    }
+
+    #[test]
+    fn retain_deletes_the_shared_objects_no_kept_checkpoint_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path());
+        let segment = frame::encode(PayloadKind::KeyedSegment, Codec::Bincode, b"seg");
+        let [a, b, c, in_flight] = [1, 2, 3, 5].map(|id| shared::object_name(id, 0, 0));
+        for name in [&a, &b, &c, &in_flight] {
+            storage.write_shared(name, &segment).unwrap();
+        }
+        for (id, references) in [(1, vec![&a]), (2, vec![&a, &b]), (3, vec![&c])] {
+            let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, b"s");
+            storage.begin_checkpoint(id).unwrap();
+            let mut handle = storage.write_task_state(id, 0, 0, &framed).unwrap();
+            handle.shared = references.into_iter().cloned().collect();
+            let meta = metadata(id, vec![handle]);
+            let bytes = frame::encode(
+                PayloadKind::Metadata,
+                Codec::Bincode,
+                &Codec::Bincode.encode(&meta, "m").unwrap(),
+            );
+            storage.complete(&meta, &bytes).unwrap();
+        }
+        storage.begin_checkpoint(5).unwrap();
+        storage.retain(1).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path().join(SHARED_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![c.clone(), in_flight]);
+        let kept = storage.latest().unwrap().unwrap();
+        assert_eq!(
+            storage.read_shared(&kept.shared_location(), &c).unwrap(),
+            segment
+        );
     }
 
     #[test]

@@ -97,6 +97,29 @@ impl Location {
         }
     }
 
+    /// The parent location and the last name in this one, or `None` for a
+    /// root (a bucket, `/`) or an empty path.
+    pub(crate) fn split_last(&self) -> Option<(Location, String)> {
+        match self {
+            Location::Local(path) => {
+                let name = path.file_name()?.to_str()?.to_owned();
+                Some((Location::Local(path.parent()?.to_path_buf()), name))
+            }
+            Location::S3 { bucket, prefix } => {
+                let (parent, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+                (!name.is_empty()).then(|| {
+                    (
+                        Location::S3 {
+                            bucket: bucket.clone(),
+                            prefix: parent.to_owned(),
+                        },
+                        name.to_owned(),
+                    )
+                })
+            }
+        }
+    }
+
     /// The directory, for a local location.
     pub fn as_local(&self) -> Option<&Path> {
         match self {

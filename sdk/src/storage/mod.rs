@@ -5,19 +5,22 @@
 //! (with the lineage a checkpoint belongs to, [`LineageRecord`]), the
 //! snapshot [`frame`], where storage lives ([`Location`]), the embedded
 //! default, [`LocalStorage`] (a local directory), [`ObjectStorage`] (S3 and
-//! other object stores), and copying a checkpoint into a savepoint of
-//! either kind ([`savepoint`]). Does not own when checkpoints are taken or
-//! what goes into them: that is `runtime::coordinator`.
+//! other object stores), copying a checkpoint into a savepoint of either
+//! kind (module `savepoint`), and the naming and garbage collection of
+//! shared objects, the segments of incremental keyed state that several
+//! checkpoints reference (module `shared`). Does not own when checkpoints
+//! are taken or what goes into them: that is `runtime::coordinator`.
 //!
 //! A checkpoint is complete once, and only once, its metadata is durable
 //! (and, in object storage, recorded in the claim object); every task
-//! state it names was made durable before it.
+//! state and shared object it names was made durable before it.
 
 pub mod frame;
 mod local;
 mod location;
 mod object;
 pub(crate) mod savepoint;
+pub(crate) mod shared;
 
 use std::path::PathBuf;
 
@@ -166,6 +169,31 @@ pub struct TaskStateHandle {
     pub file: String,
     /// Size of the file in bytes.
     pub bytes: u64,
+    /// The shared objects ([`CompletedCheckpoint::shared_location`]) the
+    /// file references: the segments of its incremental keyed state.
+    pub shared: Vec<String>,
+}
+
+/// [`TaskStateHandle`] as format versions 1 to 3 wrote it: without shared
+/// objects.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct TaskStateHandleV3 {
+    stage: usize,
+    subtask: usize,
+    file: String,
+    bytes: u64,
+}
+
+impl From<TaskStateHandleV3> for TaskStateHandle {
+    fn from(old: TaskStateHandleV3) -> Self {
+        TaskStateHandle {
+            stage: old.stage,
+            subtask: old.subtask,
+            file: old.file,
+            bytes: old.bytes,
+            shared: Vec::new(),
+        }
+    }
 }
 
 /// The shape of one stage, recorded so that a restore can check that the
@@ -202,26 +230,48 @@ pub struct CheckpointMetadata {
 }
 
 /// [`CheckpointMetadata`] as format versions 1 and 2 wrote it: without a
-/// lineage.
+/// lineage or shared objects.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct MetadataV2 {
     job: String,
     checkpoint_id: u64,
     triggered_unix_ms: u64,
     stages: Vec<StageMetadata>,
-    task_states: Vec<TaskStateHandle>,
+    task_states: Vec<TaskStateHandleV3>,
+}
+
+/// [`CheckpointMetadata`] as format version 3 wrote it: without shared
+/// objects.
+#[derive(Serialize, Deserialize)]
+struct MetadataV3 {
+    job: String,
+    checkpoint_id: u64,
+    triggered_unix_ms: u64,
+    stages: Vec<StageMetadata>,
+    task_states: Vec<TaskStateHandleV3>,
+    lineage: Option<String>,
 }
 
 impl From<&CheckpointMetadata> for MetadataV2 {
     /// The metadata as format version 2 wrote it, for tests and benches
-    /// that write what an older build wrote: its lineage is dropped.
+    /// that write what an older build wrote: its lineage and shared
+    /// objects are dropped.
     fn from(metadata: &CheckpointMetadata) -> Self {
         MetadataV2 {
             job: metadata.job.clone(),
             checkpoint_id: metadata.checkpoint_id,
             triggered_unix_ms: metadata.triggered_unix_ms,
             stages: metadata.stages.clone(),
-            task_states: metadata.task_states.clone(),
+            task_states: metadata
+                .task_states
+                .iter()
+                .map(|h| TaskStateHandleV3 {
+                    stage: h.stage,
+                    subtask: h.subtask,
+                    file: h.file.clone(),
+                    bytes: h.bytes,
+                })
+                .collect(),
         }
     }
 }
@@ -229,7 +279,7 @@ impl From<&CheckpointMetadata> for MetadataV2 {
 impl CheckpointMetadata {
     /// Decodes the metadata payload of `frame`, read from `file`, in the
     /// layout of its format version: before version 3 it has no lineage
-    /// (the default lineage).
+    /// (the default lineage), before version 4 no shared objects.
     ///
     /// # Errors
     ///
@@ -242,23 +292,37 @@ impl CheckpointMetadata {
             file: file.to_string(),
             reason: e.to_string(),
         };
-        if frame.version >= 3 {
-            return frame
-                .codec
-                .decode(frame.payload, "checkpoint metadata")
-                .map_err(corrupt);
-        }
-        let old: MetadataV2 = frame
-            .codec
-            .decode(frame.payload, "checkpoint metadata")
-            .map_err(corrupt)?;
+        let codec = frame.codec;
+        let old = match frame.version {
+            4.. => {
+                return codec
+                    .decode(frame.payload, "checkpoint metadata")
+                    .map_err(corrupt);
+            }
+            3 => codec
+                .decode::<MetadataV3>(frame.payload, "checkpoint metadata")
+                .map_err(corrupt)?,
+            _ => {
+                let v2: MetadataV2 = codec
+                    .decode(frame.payload, "checkpoint metadata")
+                    .map_err(corrupt)?;
+                MetadataV3 {
+                    job: v2.job,
+                    checkpoint_id: v2.checkpoint_id,
+                    triggered_unix_ms: v2.triggered_unix_ms,
+                    stages: v2.stages,
+                    task_states: v2.task_states,
+                    lineage: None,
+                }
+            }
+        };
         Ok(CheckpointMetadata {
             job: old.job,
             checkpoint_id: old.checkpoint_id,
             triggered_unix_ms: old.triggered_unix_ms,
             stages: old.stages,
-            task_states: old.task_states,
-            lineage: None,
+            task_states: old.task_states.into_iter().map(Into::into).collect(),
+            lineage: old.lineage,
         })
     }
 }
@@ -360,6 +424,24 @@ pub trait CheckpointStorage: Send + Sync + 'static {
         framed: &[u8],
     ) -> Result<TaskStateHandle, StorageError>;
 
+    /// Makes a shared object durable under `name` in
+    /// [`Self::shared_location`]: a segment of incremental keyed state that
+    /// this checkpoint and later ones reference. `name` is fresh (it is
+    /// never written twice). Unlike a task state, it is written even when
+    /// its checkpoint was discarded, since later checkpoints of the same
+    /// task reference it.
+    fn write_shared(&self, name: &str, framed: &[u8]) -> Result<(), StorageError>;
+
+    /// Where this storage keeps shared objects: the `shared/` folder beside
+    /// the `chk-<id>` folders.
+    fn shared_location(&self) -> Location;
+
+    /// Reads the shared object `name` in `shared`: this storage's
+    /// [`Self::shared_location`], or the
+    /// [`CompletedCheckpoint::shared_location`] of a checkpoint or savepoint
+    /// it can read.
+    fn read_shared(&self, shared: &Location, name: &str) -> Result<Vec<u8>, StorageError>;
+
     /// Makes the metadata durable, which completes the checkpoint. Called
     /// only after every task state it names was written.
     fn complete(
@@ -392,8 +474,10 @@ pub trait CheckpointStorage: Send + Sync + 'static {
         handle: &TaskStateHandle,
     ) -> Result<Vec<u8>, StorageError>;
 
-    /// Deletes all but the newest `keep` complete checkpoints, and abandoned
-    /// incomplete ones older than the newest complete checkpoint.
+    /// Deletes all but the newest `keep` complete checkpoints, abandoned
+    /// incomplete ones older than the newest complete checkpoint, and the
+    /// shared objects that no kept checkpoint references and that were
+    /// written at a checkpoint no newer than the newest complete one.
     fn retain(&self, keep: usize) -> Result<(), StorageError>;
 
     /// Records that subtask `subtask` of stage `stage`, in lineage

@@ -1,11 +1,13 @@
 //! Savepoints: a complete checkpoint copied, self-contained, to a location
 //! of either kind, whatever storage the checkpoint is in.
 //!
-//! Owns: reading the checkpoint's task states through its own storage and
-//! writing them, then its metadata, at the target. Does not own either
+//! Owns: reading the checkpoint's task states and the shared objects they
+//! reference through its own storage and writing them, then its metadata,
+//! at the target (shared objects go to the savepoint's own `shared/`). Does not own either
 //! layout: the target's storage writes it ([`LocalStorage`],
 //! [`ObjectStorage`]).
 
+use super::shared::SHARED_DIR;
 use super::{
     CheckpointStorage, CompletedCheckpoint, LocalStorage, Location, ObjectStorage, StorageError,
 };
@@ -19,11 +21,22 @@ pub(crate) fn export(
     metadata: &[u8],
     target: &Location,
 ) -> Result<CompletedCheckpoint, StorageError> {
-    let files = checkpoint.metadata.task_states.iter().map(|handle| {
+    let task_states = checkpoint.metadata.task_states.iter().map(|handle| {
         source
             .read_task_state(checkpoint, handle)
             .map(|bytes| (handle.file.clone(), bytes))
     });
+    let shared_objects = checkpoint
+        .metadata
+        .task_states
+        .iter()
+        .flat_map(|handle| &handle.shared)
+        .map(|name| {
+            source
+                .read_shared(&checkpoint.shared_location(), name)
+                .map(|bytes| (format!("{SHARED_DIR}/{name}"), bytes))
+        });
+    let files = task_states.chain(shared_objects);
     match target {
         Location::Local(path) => LocalStorage::write_savepoint(path, files, metadata),
         Location::S3 { .. } => {

@@ -5,9 +5,7 @@
 use super::*;
 
 mod support {
-    use std::collections::HashMap;
 
-    use crate::codec::Codec;
     use crate::runtime::element::RestoredStage;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -116,16 +114,7 @@ mod support {
         snapshot: SnapshotWriter,
         checkpoint_id: u64,
     ) -> Arc<RestoredStage> {
-        let entries: HashMap<String, (Codec, bytes::Bytes)> = snapshot
-            .entries
-            .into_iter()
-            .map(|(id, state)| (id, (Codec::Bincode, bytes::Bytes::from(state.0))))
-            .collect();
-        Arc::new(RestoredStage {
-            checkpoint_id,
-            subtasks: vec![entries],
-            versions: vec![crate::storage::frame::FORMAT_VERSION],
-        })
+        Arc::new(RestoredStage::from_snapshot(snapshot, checkpoint_id))
     }
 }
 

@@ -13,6 +13,9 @@
 //!   - `P/chk-<id>/_metadata`: written once, with a create-only
 //!     conditional PUT (`If-None-Match: *`), after every task state it
 //!     names;
+//!   - `P/shared/c<id>-<stage>-<subtask>-<nonce>.seg`: segments of
+//!     incremental keyed state that several checkpoints reference
+//!     ([`super::shared`]), written at the barrier of checkpoint `<id>`;
 //!   - `P/_claim`: the claim object, the one object that is ever
 //!     overwritten, and only by compare-and-swap (`If-Match` on its ETag).
 //!     It records the holder and its generation, the complete checkpoints,
@@ -51,6 +54,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use self::claim::Claim;
 use super::frame::{self, PayloadKind};
+use super::shared::{self, SHARED_DIR};
 use super::{
     CheckpointMetadata, CheckpointStorage, CompletedCheckpoint, LineageRecord, Location,
     METADATA_FILE, StorageClaim, StorageError, TaskStateHandle, random_hex,
@@ -313,6 +317,24 @@ impl ObjectStorage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(object_error("delete", location, source)),
         }
+    }
+
+    /// Deletes the shared objects that no checkpoint of `kept` references
+    /// and that are not newer than `newest` ([`shared::garbage`]).
+    fn collect_shared_garbage(&self, kept: &[u64], newest: u64) -> Result<(), StorageError> {
+        let dir = self.shared_location();
+        let (listed, _) = self.list(&dir)?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        let kept = kept
+            .iter()
+            .map(|&id| self.open_checkpoint(&self.checkpoint_location(id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in shared::garbage(&listed, &kept.iter().collect::<Vec<_>>(), newest) {
+            self.delete(&dir.join(name))?;
+        }
+        Ok(())
     }
 
     /// Ids of every `chk-*` prefix, ascending.
@@ -588,6 +610,7 @@ impl CheckpointStorage for ObjectStorage {
             subtask,
             file,
             bytes: framed.len() as u64,
+            shared: Vec::new(),
         })
     }
 
@@ -653,6 +676,31 @@ impl CheckpointStorage for ObjectStorage {
         Ok(listed.max(recorded))
     }
 
+    fn write_shared(&self, name: &str, framed: &[u8]) -> Result<(), StorageError> {
+        let location = self.shared_location().join(name);
+        self.put(
+            &location,
+            Bytes::copy_from_slice(framed),
+            PutMode::Overwrite,
+        )?;
+        Ok(())
+    }
+
+    fn shared_location(&self) -> Location {
+        self.root.join(SHARED_DIR)
+    }
+
+    fn read_shared(&self, shared: &Location, name: &str) -> Result<Vec<u8>, StorageError> {
+        let location = shared.join(name);
+        match self.get(&location)? {
+            Some((bytes, _)) => Ok(bytes.to_vec()),
+            None => Err(StorageError::Corrupt {
+                file: location.to_string(),
+                reason: "a checkpoint references this shared object, but it is missing".into(),
+            }),
+        }
+    }
+
     fn read_task_state(
         &self,
         checkpoint: &CompletedCheckpoint,
@@ -694,7 +742,7 @@ impl CheckpointStorage for ObjectStorage {
                 self.delete_all(&self.checkpoint_location(id))?;
             }
         }
-        Ok(())
+        self.collect_shared_garbage(&kept, newest)
     }
 
     fn write_commit_marker(

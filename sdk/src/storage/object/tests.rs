@@ -31,9 +31,21 @@ fn checkpoint(
     id: u64,
     state: &[u8],
 ) -> Result<CompletedCheckpoint, StorageError> {
+    checkpoint_referencing(storage, id, state, &[])
+}
+
+/// Completes checkpoint `id`, whose one task state references the shared
+/// objects `shared`.
+fn checkpoint_referencing(
+    storage: &ObjectStorage,
+    id: u64,
+    state: &[u8],
+    shared: &[&String],
+) -> Result<CompletedCheckpoint, StorageError> {
     storage.begin_checkpoint(id)?;
     let framed = frame::encode(PayloadKind::TaskState, Codec::Bincode, state);
-    let handle = storage.write_task_state(id, 0, 0, &framed)?;
+    let mut handle = storage.write_task_state(id, 0, 0, &framed)?;
+    handle.shared = shared.iter().map(|name| name.to_string()).collect();
     let metadata = CheckpointMetadata {
         job: "j".into(),
         checkpoint_id: id,
@@ -187,6 +199,34 @@ fn writes_need_the_claim() {
     let storage = storage(&store);
     let err = checkpoint(&storage, 1, b"one").unwrap_err().to_string();
     assert!(err.contains("CheckpointStorage::claim"), "{err}");
+}
+
+#[test]
+fn retain_deletes_the_shared_objects_no_kept_checkpoint_references() {
+    let store = Arc::new(InMemory::new());
+    let storage = storage(&store);
+    storage.claim("j").unwrap();
+    let segment = frame::encode(PayloadKind::KeyedSegment, Codec::Bincode, b"seg");
+    let [a, b, c, in_flight] = [1, 2, 3, 5].map(|id| shared::object_name(id, 0, 0));
+    for name in [&a, &b, &c, &in_flight] {
+        storage.write_shared(name, &segment).unwrap();
+    }
+    checkpoint_referencing(&storage, 1, b"s", &[&a]).unwrap();
+    checkpoint_referencing(&storage, 2, b"s", &[&a, &b]).unwrap();
+    let kept = checkpoint_referencing(&storage, 3, b"s", &[&c]).unwrap();
+    storage.begin_checkpoint(5).unwrap();
+    storage.retain(1).unwrap();
+    let left: Vec<String> = objects(&store)
+        .into_iter()
+        .filter_map(|o| Some(o.strip_prefix("jobs/j/shared/")?.to_owned()))
+        .collect();
+    let mut expected = vec![c.clone(), in_flight];
+    expected.sort_unstable();
+    assert_eq!(left, expected);
+    assert_eq!(
+        storage.read_shared(&kept.shared_location(), &c).unwrap(),
+        segment
+    );
 }
 
 #[test]
