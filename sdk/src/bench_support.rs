@@ -1,5 +1,6 @@
-//! Entry points for `sdk/benches/state.rs` and the workspace tests: the
-//! runtime's own keyed-state snapshot encoding and restore, and a writer of
+//! Entry points for `sdk/benches/state.rs`, `sdk/benches/incremental.rs`
+//! and the workspace tests: the runtime's own keyed-state snapshot encoding
+//! and restore, incremental checkpoints of keyed counts, and a writer of
 //! checkpoints in the previous format version. Not part of the public API:
 //! names here may change in any release.
 //!
@@ -10,6 +11,8 @@
 
 use std::hash::Hash;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,12 +20,15 @@ use serde::de::DeserializeOwned;
 use crate::codec::{Bytes, Codec};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::runtime::blocking::BlockingCalls;
 use crate::runtime::element::{SnapshotWriter, StateEntry};
 use crate::runtime::executor::load_checkpoint;
+use crate::runtime::incremental::{IncrementalState, SegmentStore};
 use crate::runtime::keyed::{self, KeyedState, Slot};
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{
-    CheckpointMetadata, CheckpointStorage, LocalStorage, METADATA_FILE, MetadataV2, io,
+    CheckpointMetadata, CheckpointStorage, LocalStorage, Location, METADATA_FILE, MetadataV2,
+    StageMetadata, StorageClaim, io,
 };
 
 /// A keyed state map as the runtime keeps one for an operator after
@@ -166,4 +172,151 @@ pub fn copy_as_format_1(from: &Path, to: &Path, keyed: &[&str]) -> Result<()> {
         reframe(&handle.file, PayloadKind::TaskState, keyed)?;
     }
     reframe(METADATA_FILE, PayloadKind::Metadata, &[])
+}
+
+/// One subtask's keyed counts (`u64` key, `u64` count) checkpointed as a
+/// keyed operator checkpoints them, through the runtime's incremental
+/// snapshot code, into the checkpoint storage at a location: for
+/// `sdk/benches/incremental.rs`, which measures what each checkpoint
+/// writes and what a restore reads.
+pub struct IncrementalCounts {
+    state: IncrementalState<u64, (u64,)>,
+    storage: Arc<dyn CheckpointStorage>,
+    _claim: StorageClaim,
+    codec: Codec,
+}
+
+/// What one [`IncrementalCounts::checkpoint`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointWritten {
+    /// Bytes of the new shared objects (a base or a delta, and a
+    /// compaction's base if one was adopted).
+    pub segment_bytes: u64,
+    /// Bytes of the task state file.
+    pub task_state_bytes: u64,
+    /// How many segments the checkpoint references.
+    pub chain: usize,
+    /// Time to encode the snapshot, as a task does at its barrier.
+    pub encode: Duration,
+    /// Time to write its objects and complete the checkpoint.
+    pub write: Duration,
+}
+
+/// The stage and element id [`IncrementalCounts`] checkpoints under.
+const COUNTS_ID: &str = "0:count";
+
+fn counts_stage() -> StageMetadata {
+    StageMetadata {
+        name: "counts".into(),
+        operators: vec![COUNTS_ID.into()],
+        parallelism: 1,
+    }
+}
+
+impl IncrementalCounts {
+    /// Empty counts whose checkpoints go to `location` (claimed for this
+    /// process), incremental or full, compacted beyond `max_deltas`.
+    ///
+    /// # Errors
+    ///
+    /// When the storage cannot be opened or claimed.
+    pub fn new(location: &Location, incremental: bool, max_deltas: usize) -> Result<Self> {
+        let storage = location.open_storage()?;
+        let claim = storage.claim("incremental-bench")?;
+        let codec = Codec::default();
+        let store = SegmentStore {
+            storage: Some(Arc::clone(&storage)),
+            blocking: BlockingCalls::default(),
+            codec,
+            stage: 0,
+            subtask: 0,
+            max_deltas,
+            incremental,
+        };
+        Ok(IncrementalCounts {
+            state: IncrementalState::new(KeyedState::default(), COUNTS_ID.into(), store),
+            storage,
+            _claim: claim,
+            codec,
+        })
+    }
+
+    /// Adds one to the count of each key, as records of those keys would.
+    pub fn update(&mut self, keys: impl IntoIterator<Item = u64>) {
+        for key in keys {
+            let slot = self.state.states.entry(key).or_default();
+            slot.changed = true;
+            slot.state.0 += 1;
+        }
+    }
+
+    /// Takes checkpoint `id`: snapshots the counts, writes the new
+    /// segments and the task state, completes the checkpoint, notifies the
+    /// state (which may start a compaction in the background), and keeps
+    /// only this checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// When encoding or storage fails.
+    pub fn checkpoint(&mut self, id: u64) -> Result<CheckpointWritten> {
+        let started = Instant::now();
+        let mut snapshot = SnapshotWriter::new(self.codec);
+        self.state.snapshot(id, &mut snapshot)?;
+        let references = snapshot.references();
+        let payload = self.codec.encode(&snapshot.entries, "task state")?;
+        let framed = frame::encode(PayloadKind::TaskState, self.codec, &payload);
+        let encode = started.elapsed();
+
+        let started = Instant::now();
+        self.storage.begin_checkpoint(id)?;
+        let mut segment_bytes = 0;
+        for (name, bytes) in &snapshot.shared {
+            self.storage.write_shared(name, bytes)?;
+            segment_bytes += bytes.len() as u64;
+        }
+        let mut handle = self.storage.write_task_state(id, 0, 0, &framed)?;
+        handle.shared = references;
+        let chain = handle.shared.len();
+        let metadata = CheckpointMetadata {
+            job: "incremental-bench".into(),
+            checkpoint_id: id,
+            triggered_unix_ms: 0,
+            stages: vec![counts_stage()],
+            task_states: vec![handle],
+            lineage: None,
+        };
+        let encoded = self.codec.encode(&metadata, "checkpoint metadata")?;
+        let framed_metadata = frame::encode(PayloadKind::Metadata, self.codec, &encoded);
+        self.storage.complete(&metadata, &framed_metadata)?;
+        self.state.checkpoint_complete(id);
+        self.storage.retain(1)?;
+        Ok(CheckpointWritten {
+            segment_bytes,
+            task_state_bytes: framed.len() as u64,
+            chain,
+            encode,
+            write: started.elapsed(),
+        })
+    }
+}
+
+/// Restores the counts of the newest checkpoint at `location`, as an
+/// attempt does before its first record (reads the metadata, the task
+/// state and every segment it names, and rebuilds the map); returns the
+/// number of keys.
+///
+/// # Errors
+///
+/// When the storage cannot be read or the checkpoint does not decode.
+pub fn restore_incremental_counts(location: &Location) -> Result<usize> {
+    let storage = location.open_storage()?;
+    let checkpoint = storage.latest()?.ok_or_else(|| Error::Restore {
+        checkpoint: 0,
+        location: location.clone(),
+        message: "no complete checkpoint".into(),
+    })?;
+    let stages = load_checkpoint(storage.as_ref(), &checkpoint, &[counts_stage()])?;
+    let restored = stages[0].as_ref().expect("one stage");
+    let counts: KeyedState<u64, (u64,)> = restored.restore_keyed(COUNTS_ID, 1, 0)?;
+    Ok(counts.len())
 }

@@ -78,6 +78,7 @@ pub struct JobConfig {
     pub(crate) min_pause: Duration,
     pub(crate) retained: usize,
     pub(crate) max_state_deltas: usize,
+    pub(crate) incremental: bool,
     pub(crate) storage: Option<StorageSetting>,
     pub(crate) restart: RestartStrategy,
     pub(crate) batch_size: usize,
@@ -98,6 +99,7 @@ impl fmt::Debug for JobConfig {
             .field("min_pause", &self.min_pause)
             .field("retained", &self.retained)
             .field("max_state_deltas", &self.max_state_deltas)
+            .field("incremental", &self.incremental)
             .field("storage", &self.storage.as_ref().map(|_| "configured"))
             .field("restart", &self.restart)
             .field("batch_size", &self.batch_size)
@@ -120,6 +122,7 @@ impl Default for JobConfig {
             min_pause: Duration::ZERO,
             retained: 3,
             max_state_deltas: 8,
+            incremental: true,
             storage: None,
             restart: RestartStrategy::default(),
             batch_size: 1024,
@@ -206,6 +209,23 @@ impl JobConfig {
     #[must_use]
     pub fn max_state_deltas(mut self, deltas: usize) -> Self {
         self.max_state_deltas = deltas;
+        self
+    }
+
+    /// Whether keyed state is checkpointed incrementally (default `true`):
+    /// a checkpoint writes only the keys that changed since the previous
+    /// one ([`Self::max_state_deltas`]). With `false`, every checkpoint
+    /// writes every key, as Flink's full snapshots do: more bytes per
+    /// checkpoint, and a restore that reads one object per subtask.
+    ///
+    /// ```
+    /// use exactly::JobConfig;
+    ///
+    /// let full_snapshots = JobConfig::new().incremental_checkpoints(false);
+    /// ```
+    #[must_use]
+    pub fn incremental_checkpoints(mut self, incremental: bool) -> Self {
+        self.incremental = incremental;
         self
     }
 

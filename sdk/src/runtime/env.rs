@@ -29,6 +29,8 @@ pub(crate) struct SubtaskEnv {
     pub(crate) batch_size: usize,
     /// [`crate::JobConfig::max_state_deltas`].
     pub(crate) max_state_deltas: usize,
+    /// [`crate::JobConfig::incremental_checkpoints`].
+    pub(crate) incremental: bool,
     /// The stage's state in the checkpoint being restored, if any.
     pub(crate) restored: Option<Arc<RestoredStage>>,
     pub(crate) gates: Arc<GateRegistry>,
@@ -66,6 +68,7 @@ impl SubtaskEnv {
             stage: self.stage,
             subtask: self.ctx.index,
             max_deltas: self.max_state_deltas,
+            incremental: self.incremental,
         }
     }
 
@@ -95,6 +98,7 @@ impl SubtaskEnv {
             codec: Codec::Bincode,
             batch_size: 16,
             max_state_deltas: 8,
+            incremental: true,
             restored,
             gates: Arc::new(GateRegistry::default()),
             blocking: BlockingCalls::default(),

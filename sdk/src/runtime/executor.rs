@@ -429,6 +429,7 @@ impl Executor {
                     codec,
                     batch_size: self.config.batch_size,
                     max_state_deltas: self.config.max_state_deltas,
+                    incremental: self.config.incremental,
                     restored: restored[index].clone(),
                     gates: Arc::clone(&gates),
                     blocking: blocking.clone(),

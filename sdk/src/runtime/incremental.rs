@@ -80,6 +80,9 @@ pub(crate) struct SegmentStore {
     /// Deltas a complete checkpoint's chain may hold before a compaction
     /// starts.
     pub(crate) max_deltas: usize,
+    /// `false`: every snapshot writes a base with every key
+    /// ([`JobConfig::incremental_checkpoints`](crate::JobConfig::incremental_checkpoints)).
+    pub(crate) incremental: bool,
 }
 
 /// One keyed operator's state in one subtask, with its chain of segments.
@@ -111,9 +114,9 @@ impl<K: Key, S: Serialize + DeserializeOwned + Send + 'static> IncrementalState<
     }
 
     /// Adds the state to `snapshot` at the barrier of `checkpoint_id`: a
-    /// finished compaction's base, then a base (first snapshot) or a delta
-    /// (changed keys, if any), as new shared objects; the entry names the
-    /// whole chain.
+    /// finished compaction's base, then a base (first snapshot, or every
+    /// snapshot when not incremental) or a delta (changed keys, if any), as
+    /// new shared objects; the entry names the whole chain.
     pub(crate) fn snapshot(
         &mut self,
         checkpoint_id: u64,
@@ -126,6 +129,9 @@ impl<K: Key, S: Serialize + DeserializeOwned + Send + 'static> IncrementalState<
             let name = shared::object_name(checkpoint_id, stage, subtask);
             self.chain.splice(..replaces, [name.clone()]);
             written.push((name, framed));
+        }
+        if !self.store.incremental {
+            self.chain.clear();
         }
         let segment = if self.chain.is_empty() {
             Segment::Base
@@ -247,6 +253,10 @@ mod tests {
     type Counts = IncrementalState<u64, (u64,)>;
 
     fn counts(storage: &Arc<LocalStorage>, max_deltas: usize) -> Counts {
+        counts_with(storage, max_deltas, true)
+    }
+
+    fn counts_with(storage: &Arc<LocalStorage>, max_deltas: usize, incremental: bool) -> Counts {
         let store = SegmentStore {
             storage: Some(Arc::clone(storage) as Arc<dyn CheckpointStorage>),
             blocking: BlockingCalls::default(),
@@ -254,6 +264,7 @@ mod tests {
             stage: 1,
             subtask: 0,
             max_deltas,
+            incremental,
         };
         IncrementalState::new(KeyedState::default(), "1:count".into(), store)
     }
@@ -369,5 +380,19 @@ mod tests {
         );
         // Checkpoint 4's chain is still readable: nothing was deleted.
         assert_eq!(restore(&storage, &chain).len(), 1000);
+    }
+
+    #[test]
+    fn full_snapshots_write_every_key_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(LocalStorage::new(dir.path()));
+        let mut state = counts_with(&storage, 8, false);
+        touch(&mut state, 0..1000);
+        let (_, base) = checkpoint(&mut state, &storage, 1);
+        touch(&mut state, [3]);
+        let (chain, written) = checkpoint(&mut state, &storage, 2);
+        assert_eq!(chain.len(), 1);
+        assert_eq!(written, base, "a full snapshot of the same keys");
+        assert_eq!(values(&restore(&storage, &chain)), values(&state.states));
     }
 }
