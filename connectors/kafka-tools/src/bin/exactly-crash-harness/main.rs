@@ -59,6 +59,7 @@
 mod args;
 mod broker_faults;
 mod pipeline;
+mod process;
 mod run;
 mod workload;
 mod zombies;

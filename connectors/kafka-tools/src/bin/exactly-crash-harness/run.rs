@@ -7,7 +7,7 @@ use std::fs::File;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,8 +19,9 @@ use exactly_kafka_tools::cluster::hand_to_child;
 use crate::args::{ChildArgs, InputArgs, RunArgs};
 use crate::broker_faults::{Victim, run_for_node, victim_node};
 use crate::pipeline::{CRASH_AT, PAUSE_AT, visible_records};
+use crate::process::{Death, death, sigkill, wait};
 use crate::workload::{check, input, produce_input};
-use crate::zombies::{Fence, Freeze, ZombieEnd};
+use crate::zombies::{self, Fence, Freeze, ZombieEnd};
 
 /// Targeted phases, each hit at least twice: the SDK's fault points, plus
 /// `during-sink-commit` (the commit is sent, the process dies before the
@@ -63,50 +64,6 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % n
-    }
-}
-
-pub(crate) fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// SIGKILLs `child` and reaps it.
-pub(crate) fn sigkill(child: &mut Child) -> ExitStatus {
-    let _ = child.kill();
-    // A raw wait status of 9: killed by SIGKILL.
-    child.wait().unwrap_or(ExitStatus::from_raw(9))
-}
-
-/// How a cycle ended the child.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Death {
-    /// By SIGABRT at a phase, or SIGKILL: counts as a kill.
-    Killed(&'static str),
-    /// It finished its work first (exit 0): no kill.
-    Finished,
-    /// It stopped with a savepoint, as asked: no kill.
-    StoppedWithSavepoint,
-    /// It exited with an error: a failure of the run.
-    Failed(ExitStatus),
-}
-
-/// How `status` ended a child: a SIGABRT is the phase `on_abort`, a
-/// SIGKILL counts as `on_kill`.
-pub(crate) fn death(status: ExitStatus, on_abort: &'static str, on_kill: &'static str) -> Death {
-    match status.signal() {
-        Some(6) => Death::Killed(on_abort),
-        Some(9) => Death::Killed(on_kill),
-        _ if status.success() => Death::Finished,
-        _ => Death::Failed(status),
     }
 }
 
@@ -776,8 +733,13 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
             }
             Cycle::ClusterFault(victim) => harness.cluster_fault(&mut running, victim, args)?,
             Cycle::Zombie(freeze) => {
-                let end =
-                    harness.zombie(&mut running, freeze, &zombie_stderr, checkpoint_before)?;
+                let end = zombies::zombie(
+                    &mut harness,
+                    &mut running,
+                    freeze,
+                    &zombie_stderr,
+                    checkpoint_before,
+                )?;
                 match &end.fence {
                     Ok(fence) => *fences.entry(*fence).or_default() += 1,
                     Err(problem) => failures.push(format!("cycle {cycle} ({next:?}): {problem}")),
@@ -949,6 +911,29 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+impl zombies::Children for Harness {
+    fn latest_id(&self) -> Option<u64> {
+        Harness::latest_id(self)
+    }
+
+    fn random_below(&mut self, n: u64) -> u64 {
+        self.rng.below(n)
+    }
+
+    fn spawn_successor(&mut self) -> std::io::Result<Child> {
+        self.spawn(None, &[])
+    }
+
+    fn kill_after_own_checkpoint(
+        &mut self,
+        running: &mut Child,
+        before: Option<u64>,
+        how: &'static str,
+    ) -> Result<Death, String> {
+        Harness::kill_after_own_checkpoint(self, running, before, how)
+    }
 }
 
 #[cfg(test)]

@@ -26,8 +26,10 @@
 //! (the cycle's kill). A's output must never become visible, which the
 //! final oracles check with everything else.
 //!
-//! Owns: the scenario and the verdict on how a zombie ended. Does not own
-//! the children (`run`) or the fault hook that freezes one (`pipeline`).
+//! Owns: the scenario, what it needs from the harness ([`Children`]), and
+//! the verdict on how a zombie ended. Does not own starting the children
+//! (`run`, which implements [`Children`]), the processes (`process`) or
+//! the fault hook that freezes one (`pipeline`).
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -35,7 +37,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::pipeline::QUIET;
-use crate::run::{Death, Harness, sigkill, wait};
+use crate::process::{Death, sigkill, wait};
 
 /// How long the zombie has to stop by itself after SIGCONT, and each wait
 /// for a checkpoint in the scenario.
@@ -231,140 +233,156 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-impl Harness {
-    /// Runs the scenario with `zombie` (just started, its stderr going to
-    /// `stderr`, frozen as `freeze` says) on checkpoint storage whose
-    /// newest complete checkpoint was `before`. Fails (the run stops) when
-    /// a step cannot happen at all: A or B exits early, or completes no
-    /// checkpoint within [`BOUND`].
-    pub(crate) fn zombie(
+/// What the scenario needs from the harness that runs it.
+pub(crate) trait Children {
+    /// The newest complete checkpoint of the checkpoint storage.
+    fn latest_id(&self) -> Option<u64>;
+    /// A random number below `n`, from the run's seed.
+    fn random_below(&mut self, n: u64) -> u64;
+    /// Starts a child on a fresh local directory, as on a new machine.
+    fn spawn_successor(&mut self) -> std::io::Result<Child>;
+    /// Waits for `running` to complete a checkpoint newer than `before`,
+    /// then SIGKILLs it, counted as `how`.
+    fn kill_after_own_checkpoint(
         &mut self,
-        zombie: &mut Child,
-        freeze: Freeze,
-        stderr: &Path,
+        running: &mut Child,
         before: Option<u64>,
-    ) -> Result<ZombieEnd, String> {
-        let pid = zombie.id();
-        // 1. Frozen, after a checkpoint of its own.
-        let deadline = Instant::now() + BOUND;
-        let mut stop_sent = false;
-        loop {
-            if let Some(status) = wait(zombie, Duration::from_millis(50)) {
-                return Err(format!(
-                    "the zombie-to-be (pid {pid}) exited with {status} before it was frozen; its stderr ends:{}",
-                    tail(&read(stderr), 10)
-                ));
-            }
-            if stop_sent || freeze == Freeze::Quiet {
-                if stopped(pid) {
-                    break;
-                }
-            } else if self.latest_id() > before {
-                std::thread::sleep(Duration::from_millis(self.rng.below(500)));
-                signal(pid, "STOP")?;
-                stop_sent = true;
-            }
-            if Instant::now() >= deadline {
-                sigkill(zombie);
-                return Err(format!(
-                    "the zombie-to-be (pid {pid}) was not frozen within {BOUND:?} ({}); its stderr ends:{}",
-                    freeze.describe(),
-                    tail(&read(stderr), 10)
-                ));
-            }
-        }
-        let frozen = self.latest_id();
-        if frozen <= before {
-            sigkill(zombie);
+        how: &'static str,
+    ) -> Result<Death, String>;
+}
+
+/// Runs the scenario with `zombie` (just started, its stderr going to
+/// `stderr`, frozen as `freeze` says) on checkpoint storage whose
+/// newest complete checkpoint was `before`. Fails (the run stops) when
+/// a step cannot happen at all: A or B exits early, or completes no
+/// checkpoint within [`BOUND`].
+pub(crate) fn zombie(
+    harness: &mut impl Children,
+    zombie: &mut Child,
+    freeze: Freeze,
+    stderr: &Path,
+    before: Option<u64>,
+) -> Result<ZombieEnd, String> {
+    let pid = zombie.id();
+    // 1. Frozen, after a checkpoint of its own.
+    let deadline = Instant::now() + BOUND;
+    let mut stop_sent = false;
+    loop {
+        if let Some(status) = wait(zombie, Duration::from_millis(50)) {
             return Err(format!(
-                "the zombie (pid {pid}) was frozen before it completed a checkpoint of its own (newest {frozen:?}, before it {before:?})"
+                "the zombie-to-be (pid {pid}) exited with {status} before it was frozen; its stderr ends:{}",
+                tail(&read(stderr), 10)
             ));
         }
-        println!(
-            "crash-harness: zombie: the child (pid {pid}) completed checkpoint {} and {}",
-            frozen.unwrap_or(0),
-            freeze.describe()
-        );
+        if stop_sent || freeze == Freeze::Quiet {
+            if stopped(pid) {
+                break;
+            }
+        } else if harness.latest_id() > before {
+            std::thread::sleep(Duration::from_millis(harness.random_below(500)));
+            signal(pid, "STOP")?;
+            stop_sent = true;
+        }
+        if Instant::now() >= deadline {
+            sigkill(zombie);
+            return Err(format!(
+                "the zombie-to-be (pid {pid}) was not frozen within {BOUND:?} ({}); its stderr ends:{}",
+                freeze.describe(),
+                tail(&read(stderr), 10)
+            ));
+        }
+    }
+    let frozen = harness.latest_id();
+    if frozen <= before {
+        sigkill(zombie);
+        return Err(format!(
+            "the zombie (pid {pid}) was frozen before it completed a checkpoint of its own (newest {frozen:?}, before it {before:?})"
+        ));
+    }
+    println!(
+        "crash-harness: zombie: the child (pid {pid}) completed checkpoint {} and {}",
+        frozen.unwrap_or(0),
+        freeze.describe()
+    );
 
-        // 2. The successor, on a new machine, takes over and completes a
-        // checkpoint of its own.
-        let mut successor = match self.spawn(None, &[]) {
-            Ok(child) => child,
-            Err(e) => {
-                sigkill(zombie);
-                return Err(format!("cannot start the zombie's successor: {e}"));
-            }
-        };
-        let successor_pid = successor.id();
-        let deadline = Instant::now() + BOUND;
-        let taken_over = loop {
-            if let Some(status) = wait(&mut successor, Duration::from_millis(50)) {
-                sigkill(zombie);
-                return Err(format!(
-                    "the zombie's successor (pid {successor_pid}) exited with {status} before completing a checkpoint"
-                ));
-            }
-            if let Some(id) = self.latest_id().filter(|id| Some(*id) > frozen) {
-                break id;
-            }
-            if Instant::now() >= deadline {
-                sigkill(zombie);
-                sigkill(&mut successor);
-                return Err(format!(
-                    "the zombie's successor (pid {successor_pid}) completed no checkpoint within {BOUND:?}"
-                ));
-            }
-        };
-        println!(
-            "crash-harness: zombie: the successor (pid {successor_pid}) took the storage over and completed checkpoint {taken_over}; SIGCONT to the zombie"
-        );
-
-        // 3. The zombie wakes up and must stop by itself, fenced.
-        if let Err(e) = signal(pid, "CONT") {
+    // 2. The successor, on a new machine, takes over and completes a
+    // checkpoint of its own.
+    let mut successor = match harness.spawn_successor() {
+        Ok(child) => child,
+        Err(e) => {
+            sigkill(zombie);
+            return Err(format!("cannot start the zombie's successor: {e}"));
+        }
+    };
+    let successor_pid = successor.id();
+    let deadline = Instant::now() + BOUND;
+    let taken_over = loop {
+        if let Some(status) = wait(&mut successor, Duration::from_millis(50)) {
+            sigkill(zombie);
+            return Err(format!(
+                "the zombie's successor (pid {successor_pid}) exited with {status} before completing a checkpoint"
+            ));
+        }
+        if let Some(id) = harness.latest_id().filter(|id| Some(*id) > frozen) {
+            break id;
+        }
+        if Instant::now() >= deadline {
             sigkill(zombie);
             sigkill(&mut successor);
-            return Err(e);
+            return Err(format!(
+                "the zombie's successor (pid {successor_pid}) completed no checkpoint within {BOUND:?}"
+            ));
         }
-        let woke = Instant::now();
-        let fence = match wait(zombie, BOUND) {
-            None => {
-                sigkill(zombie);
-                Err(format!(
-                    "the zombie (pid {pid}) did not stop within {BOUND:?} of SIGCONT and was SIGKILLed: a process \
-                     that lost the storage's claim must stop by itself; its stderr ends:{}",
-                    tail(&read(stderr), 10)
-                ))
-            }
-            Some(status) => judge(status, &read(stderr), successor_pid, freeze),
-        };
-        let took = woke.elapsed();
-        let text = read(stderr);
-        let error = child_error(&text).unwrap_or("(no error)");
-        let summary = match &fence {
-            Ok(Fence::Storage) => format!(
-                "{} (pid {pid}) stopped {took:.1?} after SIGCONT, fenced by the storage",
-                freeze.name()
-            ),
-            Ok(Fence::Kafka) => format!(
-                "{} (pid {pid}) stopped {took:.1?} after SIGCONT, fenced by Kafka",
-                freeze.name()
-            ),
-            Err(_) => format!("{} (pid {pid}): FAILED", freeze.name()),
-        };
-        println!("crash-harness: zombie: {summary}: {error}");
-        if let Err(problem) = &fence {
-            println!("crash-harness: zombie: {problem}");
-        }
+    };
+    println!(
+        "crash-harness: zombie: the successor (pid {successor_pid}) took the storage over and completed checkpoint {taken_over}; SIGCONT to the zombie"
+    );
 
-        // 4. The successor goes on: another checkpoint, then its kill.
-        let after = self.latest_id();
-        let successor = self.kill_after_own_checkpoint(&mut successor, after, SUCCESSOR_KILL)?;
-        Ok(ZombieEnd {
-            fence,
-            successor,
-            summary,
-        })
+    // 3. The zombie wakes up and must stop by itself, fenced.
+    if let Err(e) = signal(pid, "CONT") {
+        sigkill(zombie);
+        sigkill(&mut successor);
+        return Err(e);
     }
+    let woke = Instant::now();
+    let fence = match wait(zombie, BOUND) {
+        None => {
+            sigkill(zombie);
+            Err(format!(
+                "the zombie (pid {pid}) did not stop within {BOUND:?} of SIGCONT and was SIGKILLed: a process \
+                 that lost the storage's claim must stop by itself; its stderr ends:{}",
+                tail(&read(stderr), 10)
+            ))
+        }
+        Some(status) => judge(status, &read(stderr), successor_pid, freeze),
+    };
+    let took = woke.elapsed();
+    let text = read(stderr);
+    let error = child_error(&text).unwrap_or("(no error)");
+    let summary = match &fence {
+        Ok(Fence::Storage) => format!(
+            "{} (pid {pid}) stopped {took:.1?} after SIGCONT, fenced by the storage",
+            freeze.name()
+        ),
+        Ok(Fence::Kafka) => format!(
+            "{} (pid {pid}) stopped {took:.1?} after SIGCONT, fenced by Kafka",
+            freeze.name()
+        ),
+        Err(_) => format!("{} (pid {pid}): FAILED", freeze.name()),
+    };
+    println!("crash-harness: zombie: {summary}: {error}");
+    if let Err(problem) = &fence {
+        println!("crash-harness: zombie: {problem}");
+    }
+
+    // 4. The successor goes on: another checkpoint, then its kill.
+    let after = harness.latest_id();
+    let successor = harness.kill_after_own_checkpoint(&mut successor, after, SUCCESSOR_KILL)?;
+    Ok(ZombieEnd {
+        fence,
+        successor,
+        summary,
+    })
 }
 
 #[cfg(test)]
