@@ -20,6 +20,12 @@
 //! worker threads; a checkpoint every `BENCH_CHECKPOINT_MS` (default 1000).
 //! `BENCH_ROUNDS` sets the number of rounds (default 5).
 //!
+//! With `BENCH_HOT_KEYS` below `BENCH_KEYS`, the source first counts every
+//! key once, then moves through the keys in blocks: `BENCH_HOT_KEYS` keys,
+//! each `BENCH_REPEATS` times (default 30), then the next ones; so each
+//! incremental checkpoint writes about the keys of the blocks since the
+//! previous one. BENCHMARKS.md runs it with 10 M keys, 100 000 hot.
+//!
 //! Without the S3 environment (`AWS_ENDPOINT_URL` unset), the bench says
 //! how to start the local server and fails.
 
@@ -51,14 +57,15 @@ fn setting(name: &str, default: u64) -> u64 {
 
 /// Runs the job once with its checkpoints at `location`; returns records
 /// per second and the checkpoints it completed.
-fn run(location: &str, records: u64, keys: u64, interval: Duration) -> (f64, u64) {
+fn run(location: &str, workload: &[u64], interval: Duration) -> (f64, u64) {
+    let records = workload.len() as u64;
     let config = JobConfig::new()
         .checkpoint_interval(interval)
         .checkpoint_dir(location)
         .worker_threads(2);
     let job = Job::new("checkpoint-storage-bench", config);
-    job.source(VecSource::new((0..records).collect::<Vec<u64>>()))
-        .key_by(move |n: &u64| n % keys)
+    job.source(VecSource::new(workload.to_vec()))
+        .key_by(|key: &u64| *key)
         .operator(count)
         .sink(DiscardSink::new());
     let started = Instant::now();
@@ -72,6 +79,20 @@ fn run(location: &str, records: u64, keys: u64, interval: Duration) -> (f64, u64
         .unwrap_or_else(|e| panic!("the job with checkpoints at {location} failed: {e}"));
     let elapsed = started.elapsed().as_secs_f64();
     (records as f64 / elapsed, metrics.checkpoints_completed)
+}
+
+/// The records' keys: with `hot == keys`, record `i` has key `i % keys`
+/// (every key changes in every interval); with fewer hot keys, every key
+/// once, then blocks of `hot * repeats` records that each touch the next
+/// `hot` keys `repeats` times.
+fn workload(records: u64, keys: u64, hot: u64, repeats: u64) -> Vec<u64> {
+    if hot >= keys {
+        return (0..records).map(|i| i % keys).collect();
+    }
+    let block = hot * repeats;
+    (0..keys)
+        .chain((0..records).map(|i| ((i / block) * hot + i % hot) % keys))
+        .collect()
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -92,14 +113,18 @@ fn main() {
     let keys = setting("BENCH_KEYS", 1_000_000);
     let interval = Duration::from_millis(setting("BENCH_CHECKPOINT_MS", 1000));
     let rounds = setting("BENCH_ROUNDS", 5);
+    let hot = setting("BENCH_HOT_KEYS", keys);
+    let repeats = setting("BENCH_REPEATS", 30);
+    let workload = workload(records, keys, hot, repeats);
     let s3 = std::env::var("BENCH_S3_URL").unwrap_or_else(|_| "s3://exactly-tests/bench".into());
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let unique = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     println!(
-        "checkpoint storage: {records} records, {keys} keys, a checkpoint every {interval:?}, {rounds} rounds; \
-         S3 under {s3}/{unique}-*"
+        "checkpoint storage: {} records, {keys} keys ({hot} hot at a time), a checkpoint every {interval:?}, \
+         {rounds} rounds; S3 under {s3}/{unique}-*",
+        workload.len()
     );
     let mut ratios = Vec::new();
     for round in 0..rounds {
@@ -112,11 +137,11 @@ fn main() {
         let (local_first, s3_first) = (round % 2 == 0, round % 2 == 1);
         let mut local_run = None;
         if local_first {
-            local_run = Some(run(&local, records, keys, interval));
+            local_run = Some(run(&local, &workload, interval));
         }
-        let s3_run = run(&remote, records, keys, interval);
+        let s3_run = run(&remote, &workload, interval);
         if s3_first {
-            local_run = Some(run(&local, records, keys, interval));
+            local_run = Some(run(&local, &workload, interval));
         }
         let (local_rate, local_checkpoints) = local_run.expect("ran");
         let (s3_rate, s3_checkpoints) = s3_run;

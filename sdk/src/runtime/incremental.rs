@@ -49,6 +49,9 @@ use crate::key::Key;
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{CheckpointStorage, StorageError, shared};
 
+/// How many snapshots not yet known complete are remembered.
+const MAX_PENDING: usize = 16;
+
 /// A compaction failed; the chain stays as it is and a later checkpoint
 /// tries again.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,11 @@ impl<K: Key, S: Serialize + DeserializeOwned + Send + 'static> IncrementalState<
                 frame::encode(PayloadKind::KeyedSegment, codec, &bytes),
             ));
             keyed::clear_changed(&mut self.states);
+        }
+        if self.pending.len() == MAX_PENDING {
+            // Checkpoints that never complete (they expire) must not pile
+            // up here; an old one completing late only skips a compaction.
+            self.pending.pop_front();
         }
         self.pending.push_back((checkpoint_id, self.chain.clone()));
         snapshot.put_segments(&self.id, self.chain.clone(), written);

@@ -13,7 +13,7 @@
 //! the metadata request below needs no permission beyond Describe.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use exactly_kafka::client::ClientSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -67,16 +67,33 @@ fn coordinator_partition(transactional_id: &str, partitions: usize) -> i32 {
     (java_hash(transactional_id) & 0x7fff_ffff) % partitions
 }
 
+/// How long a Metadata request is retried while the cluster recovers from
+/// the previous fault.
+const METADATA_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The leader's node id of each partition of `topic`, by partition, from
-/// one Metadata request.
+/// one Metadata request; a failed request (a broker just restarted, or
+/// still loading) is retried for [`METADATA_PATIENCE`].
 fn leaders(settings: &ClientSettings, topic: &str) -> Result<Vec<(i32, i32)>, String> {
     let consumer: BaseConsumer = settings
         .rdkafka_config()
         .create()
         .map_err(|e| format!("cannot create a metadata client: {e}"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .map_err(|e| format!("metadata of `{topic}`: {e}"))?;
+    let deadline = Instant::now() + METADATA_PATIENCE;
+    let metadata = loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(15)) {
+            Ok(metadata) => break metadata,
+            Err(e) if Instant::now() < deadline => {
+                println!("crash-harness: metadata of `{topic}`: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "metadata of `{topic}`: {e} (still after {METADATA_PATIENCE:?})"
+                ));
+            }
+        }
+    };
     let mut leaders: Vec<(i32, i32)> = metadata
         .topics()
         .first()

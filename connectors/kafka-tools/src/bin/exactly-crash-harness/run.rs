@@ -356,16 +356,19 @@ impl Harness {
             running
         };
         let first_id = format!("{}-0-0", self.child.prefix);
-        let node = victim_node(&self.settings, victim, &self.child.output, &first_id)?;
+        let node = or_kill(
+            running,
+            victim_node(&self.settings, victim, &self.child.output, &first_id),
+        )?;
         let visible = self.visible().unwrap_or(0);
         println!("crash-harness: SIGKILL broker {node} ({how})");
-        run_for_node(&args.kill_broker, node)?;
+        or_kill(running, run_for_node(&args.kill_broker, node))?;
         let down = Duration::from_millis(500 + self.rng.below(2500));
         if let Some(status) = wait(running, down) {
             run_for_node(&args.start_broker, node)?;
             return Ok(death(status, how, how));
         }
-        run_for_node(&args.start_broker, node)?;
+        or_kill(running, run_for_node(&args.start_broker, node))?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = wait(running, Duration::from_millis(500)) {
@@ -911,6 +914,15 @@ pub(crate) fn run(args: &RunArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `result`, after SIGKILLing `running` if it is an error: a run that
+/// fails leaves no child behind.
+fn or_kill<T>(running: &mut Child, result: Result<T, String>) -> Result<T, String> {
+    if result.is_err() {
+        sigkill(running);
+    }
+    result
 }
 
 impl zombies::Children for Harness {
