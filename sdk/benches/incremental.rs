@@ -135,7 +135,7 @@ fn report(store: &str, root: &Location, s: &Settings) {
     println!("{store}:");
     println!(
         "  bytes per checkpoint: full {full_bytes}, incremental median {delta_bytes} ({:.2} % of full), \
-         largest {most} (a compacted base)",
+         largest {most}",
         100.0 * delta_bytes as f64 / full_bytes as f64
     );
     println!(

@@ -59,7 +59,7 @@ impl<K: Hash + Eq, S> KeyedStateMap<K, S> {
     }
 }
 
-impl<K: Serialize, S: Serialize> KeyedStateMap<K, S> {
+impl<K: Hash + Eq + Serialize, S: Serialize> KeyedStateMap<K, S> {
     /// The framed task-state file that a subtask whose only state is this
     /// map, under element id `id`, writes at a checkpoint.
     ///
@@ -244,9 +244,7 @@ impl IncrementalCounts {
     /// Adds one to the count of each key, as records of those keys would.
     pub fn update(&mut self, keys: impl IntoIterator<Item = u64>) {
         for key in keys {
-            let slot = self.state.states.entry(key).or_default();
-            slot.changed = true;
-            slot.state.0 += 1;
+            self.state.slot(key).0 += 1;
         }
     }
 

@@ -109,9 +109,8 @@ impl<O: Operator, K: Key> OperatorPipe<O, K> {
                 .drain(..)
                 .try_for_each(|record| self.op.process(record, state, out)),
             Scope::Keyed { key, state } => batch.drain(..).try_for_each(|record| {
-                let slot = state.states.entry(key(&record)).or_default();
-                slot.changed = true;
-                self.op.process(record, &mut slot.state, out)
+                let slot = state.slot(key(&record));
+                self.op.process(record, slot, out)
             }),
         };
         result.map_err(|e| {

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -131,12 +132,12 @@ impl SnapshotWriter {
     }
 
     /// Adds the keyed state of the element `id`, whole and inline.
-    pub(crate) fn put_keyed<K: Serialize, S: Serialize>(
+    pub(crate) fn put_keyed<K: Hash + Eq + Serialize, S: Serialize>(
         &mut self,
         id: &str,
         states: &KeyedState<K, S>,
     ) -> Result<(), CodecError> {
-        let bytes = keyed::encode(states, keyed::Segment::Base, self.codec, id)?;
+        let bytes = keyed::encode(states, keyed::Selection::All, self.codec, id)?;
         self.entries
             .push((id.to_owned(), StateEntry::Value(Bytes(bytes))));
         Ok(())

@@ -15,8 +15,12 @@
 //! changes since it). `docs/checkpointing.md` ("Incremental keyed state")
 //! gives the rules and the measurements. In short:
 //!
-//! - A record marks its key changed ([`super::keyed::Slot`]): one store per
-//!   record, no second hash lookup.
+//! - A record marks its key changed in the current epoch (one epoch per
+//!   snapshot, [`super::keyed::Slot`]), and the first record of a key in an
+//!   epoch also notes the key in a list: no second hash lookup, and no
+//!   pass over the map to clear flags. A delta looks the listed keys up
+//!   when fewer than a [`LOOKUP_SHARE`]th of the keys changed, and takes
+//!   one pass over the map otherwise.
 //! - At a barrier, the first snapshot of an attempt writes a base with
 //!   every key: after a restore, the chain starts over, so that no
 //!   checkpoint of this run depends on objects of the one restored from
@@ -35,6 +39,7 @@
 //!   safe.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -43,11 +48,15 @@ use tokio::sync::oneshot;
 
 use super::blocking::BlockingCalls;
 use super::element::SnapshotWriter;
-use super::keyed::{self, KeyedState, Owner, Segment, StoredMap};
+use super::keyed::{self, KeyedState, Owner, Selection, Slot, StoredMap};
 use crate::codec::{Codec, CodecError};
 use crate::key::Key;
 use crate::storage::frame::{self, PayloadKind};
 use crate::storage::{CheckpointStorage, StorageError, shared};
+
+/// A delta is encoded by looking the changed keys up while fewer than one
+/// key in this many changed; above that, one pass over the map is faster.
+const LOOKUP_SHARE: usize = 8;
 
 /// How many snapshots not yet known complete are remembered.
 const MAX_PENDING: usize = 16;
@@ -90,8 +99,12 @@ pub(crate) struct SegmentStore {
 
 /// One keyed operator's state in one subtask, with its chain of segments.
 pub(crate) struct IncrementalState<K, S> {
-    /// The state per key; records mark the keys they touch as changed.
-    pub(crate) states: KeyedState<K, S>,
+    /// The state per key, with the epoch each last changed in.
+    states: KeyedState<K, S>,
+    /// The current epoch: one more than the number of snapshots taken.
+    epoch: u64,
+    /// The keys changed in the current epoch, each once.
+    changed: Vec<K>,
     /// The element id, which names the state in snapshots and errors.
     id: String,
     store: SegmentStore,
@@ -102,12 +115,36 @@ pub(crate) struct IncrementalState<K, S> {
     compaction: Option<Compaction>,
 }
 
-impl<K: Key, S: Serialize + DeserializeOwned + Send + 'static> IncrementalState<K, S> {
+impl<K: Key, S: Serialize + DeserializeOwned + Default + Send + 'static> IncrementalState<K, S> {
+    /// The state of `key`, created if new, marked changed in this epoch.
+    pub(crate) fn slot(&mut self, key: K) -> &mut S {
+        let epoch = self.epoch;
+        match self.states.entry(key) {
+            Entry::Occupied(mut entry) => {
+                if entry.get().changed_in != epoch {
+                    self.changed.push(entry.key().clone());
+                    entry.get_mut().changed_in = epoch;
+                }
+                &mut entry.into_mut().state
+            }
+            Entry::Vacant(entry) => {
+                self.changed.push(entry.key().clone());
+                let slot = Slot {
+                    state: S::default(),
+                    changed_in: epoch,
+                };
+                &mut entry.insert(slot).state
+            }
+        }
+    }
+
     /// `states` (restored, or empty), with no chain yet: the first
     /// snapshot writes a base.
     pub(crate) fn new(states: KeyedState<K, S>, id: String, store: SegmentStore) -> Self {
         IncrementalState {
             states,
+            epoch: 1,
+            changed: Vec::new(),
             id,
             store,
             chain: Vec::new(),
@@ -136,21 +173,25 @@ impl<K: Key, S: Serialize + DeserializeOwned + Send + 'static> IncrementalState<
         if !self.store.incremental {
             self.chain.clear();
         }
-        let segment = if self.chain.is_empty() {
-            Segment::Base
+        let base = self.chain.is_empty();
+        let selection = if base {
+            Selection::All
+        } else if self.changed.len() * LOOKUP_SHARE < self.states.len() {
+            Selection::Keys(&self.changed)
         } else {
-            Segment::Delta
+            Selection::ChangedIn(self.epoch)
         };
-        let bytes = keyed::encode(&self.states, segment, codec, &self.id)?;
-        if segment == Segment::Base || keyed::entry_count(&bytes) != Some(0) {
+        if base || !self.changed.is_empty() {
+            let bytes = keyed::encode(&self.states, selection, codec, &self.id)?;
             let name = shared::object_name(checkpoint_id, stage, subtask);
             self.chain.push(name.clone());
             written.push((
                 name,
                 frame::encode(PayloadKind::KeyedSegment, codec, &bytes),
             ));
-            keyed::clear_changed(&mut self.states);
         }
+        self.epoch += 1;
+        self.changed.clear();
         if self.pending.len() == MAX_PENDING {
             // Checkpoints that never complete (they expire) must not pile
             // up here; an old one completing late only skips a compaction.
@@ -247,7 +288,7 @@ fn compact<K: Key, S: Serialize + DeserializeOwned>(
         route: |_: &K| 0,
     };
     let merged: KeyedState<K, S> = keyed::restore(&stored, 1, &whole)?;
-    let bytes = keyed::encode(&merged, Segment::Base, codec, id)?;
+    let bytes = keyed::encode(&merged, Selection::All, codec, id)?;
     Ok(frame::encode(PayloadKind::KeyedSegment, codec, &bytes))
 }
 
@@ -255,7 +296,6 @@ fn compact<K: Key, S: Serialize + DeserializeOwned>(
 mod tests {
     use super::*;
     use crate::runtime::element::{StateEntry, StoredEntry};
-    use crate::runtime::keyed::Slot;
     use crate::storage::LocalStorage;
 
     type Counts = IncrementalState<u64, (u64,)>;
@@ -279,9 +319,7 @@ mod tests {
 
     fn touch(state: &mut Counts, keys: impl IntoIterator<Item = u64>) {
         for key in keys {
-            let slot = state.states.entry(key).or_default();
-            slot.changed = true;
-            slot.state.0 += 1;
+            state.slot(key).0 += 1;
         }
     }
 
@@ -360,7 +398,17 @@ mod tests {
         assert!(written.is_empty());
         let restored = restore(&storage, &chain);
         assert_eq!(values(&restored), values(&state.states));
-        assert!(restored.values().all(|slot: &Slot<(u64,)>| !slot.changed));
+        // Half the keys changed: the delta comes from a pass over the map
+        // instead of lookups, with the same result.
+        touch(&mut state, (0..10_000).step_by(2));
+        let (chain, _) = checkpoint(&mut state, &storage, 4);
+        assert_eq!(chain.len(), 3);
+        assert_eq!(values(&restore(&storage, &chain)), values(&state.states));
+        assert!(
+            restored
+                .values()
+                .all(|slot: &Slot<(u64,)>| slot.changed_in == 0)
+        );
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! snapshot, and its restore.
 //!
 //! Owns: [`KeyedState`] (one state value per key, hashed with
-//! [`StateHasher`], with a flag per key that says whether it changed since
-//! the last snapshot), [`encode`] (of every key, a base, or of the changed
-//! ones, a delta) and [`restore`] (of a base and the deltas after it). Does not own where the map
+//! [`StateHasher`], with the snapshot epoch in which each key last
+//! changed), [`encode`] (of every key, a base, or of the changed ones, a
+//! delta) and [`restore`] (of a base and the deltas after it). Does not own where the map
 //! lives and how records reach it ([`super::chain`]), the codec
 //! ([`crate::codec`]) or the file frame ([`crate::storage::frame`]).
 //!
@@ -45,14 +45,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::state_hasher::StateHasher;
 use crate::codec::{Codec, CodecError};
 
-/// One key's state, and whether it changed since the last snapshot.
+/// One key's state, and the snapshot epoch in which it last changed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Slot<S> {
     /// The operator's `#[state]`.
     pub(crate) state: S,
-    /// Set when a record of the key was processed, cleared when a snapshot
-    /// wrote the key ([`clear_changed`]).
-    pub(crate) changed: bool,
+    /// The epoch (`runtime::incremental`) in which a record of the key was
+    /// last processed; 0 for a key restored and not changed since.
+    pub(crate) changed_in: u64,
 }
 
 impl<S> Slot<S> {
@@ -60,7 +60,7 @@ impl<S> Slot<S> {
     pub(crate) fn restored(state: S) -> Self {
         Slot {
             state,
-            changed: false,
+            changed_in: 0,
         }
     }
 }
@@ -68,13 +68,16 @@ impl<S> Slot<S> {
 /// One state value per key.
 pub(crate) type KeyedState<K, S> = HashMap<K, Slot<S>, StateHasher>;
 
-/// Which entries a segment holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Segment {
+/// Which entries of a map a segment holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Selection<'a, K> {
     /// Every key: a full snapshot, or the base of an incremental chain.
-    Base,
-    /// The keys changed since the previous snapshot.
-    Delta,
+    All,
+    /// The keys changed in this epoch, found by a pass over the map.
+    ChangedIn(u64),
+    /// These keys, each in the map: the changed keys, found by lookups,
+    /// which beats a pass over the map when few changed.
+    Keys(&'a [K]),
 }
 
 /// Size of the header in front of a map's entries (format version 2).
@@ -84,12 +87,11 @@ const HEADER_LEN: usize = 24;
 /// routing before the rest is trusted.
 pub(crate) const ROUTING_SAMPLE: usize = 64;
 
-/// Encodes the entries of `states` that `segment` selects in the version 2
-/// layout; `id` names it in errors. Change flags are left as they are
-/// ([`clear_changed`]).
-pub(crate) fn encode<K: Serialize, S: Serialize>(
+/// Encodes the entries of `states` that `selection` selects in the version
+/// 2 layout; `id` names it in errors.
+pub(crate) fn encode<K: Hash + Eq + Serialize, S: Serialize>(
     states: &KeyedState<K, S>,
-    segment: Segment,
+    selection: Selection<'_, K>,
     codec: Codec,
     id: &str,
 ) -> Result<Vec<u8>, CodecError> {
@@ -98,9 +100,9 @@ pub(crate) fn encode<K: Serialize, S: Serialize>(
     out.extend_from_slice(&k0.to_le_bytes());
     out.extend_from_slice(&k1.to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
-    let entries = InIterationOrder {
+    let entries = Selected {
         states,
-        only_changed: segment == Segment::Delta,
+        selection,
         written: Cell::new(0),
     };
     codec.encode_append(&entries, &mut out, id)?;
@@ -108,37 +110,41 @@ pub(crate) fn encode<K: Serialize, S: Serialize>(
     Ok(out)
 }
 
-/// Marks every key unchanged, after a snapshot wrote the changed ones.
-pub(crate) fn clear_changed<K, S>(states: &mut KeyedState<K, S>) {
-    states.values_mut().for_each(|slot| slot.changed = false);
-}
-
-/// The number of entries the segment `bytes` (version 2 layout) holds, or
-/// `None` when it is shorter than its header.
-pub(crate) fn entry_count(bytes: &[u8]) -> Option<u64> {
-    let header = bytes.first_chunk::<HEADER_LEN>()?;
-    Some(u64::from_le_bytes(header[16..].try_into().ok()?))
-}
-
-/// A map's entries in iteration order (all, or the changed ones),
-/// serialized as a tuple: for both codecs, the entries one after another
-/// with no count in front. Counts what it wrote, for the header.
-struct InIterationOrder<'a, K, S> {
+/// The selected entries of a map (all in iteration order, the changed
+/// ones in iteration order, or listed keys in list order), serialized as a
+/// tuple: for both codecs, the entries one after another with no count in
+/// front. Counts what it wrote, for the header.
+struct Selected<'a, K, S> {
     states: &'a KeyedState<K, S>,
-    only_changed: bool,
+    selection: Selection<'a, K>,
     written: Cell<u64>,
 }
 
-impl<K: Serialize, S: Serialize> Serialize for InIterationOrder<'_, K, S> {
+impl<K: Hash + Eq + Serialize, S: Serialize> Serialize for Selected<'_, K, S> {
     fn serialize<Z: Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
         // Neither codec writes a tuple's length, so the hint may exceed
         // what is written.
         let mut tuple = serializer.serialize_tuple(self.states.len())?;
         let mut written = 0;
-        for (key, slot) in self.states {
-            if !self.only_changed || slot.changed {
-                tuple.serialize_element(&(key, &slot.state))?;
-                written += 1;
+        match self.selection {
+            Selection::All | Selection::ChangedIn(_) => {
+                for (key, slot) in self.states {
+                    if let Selection::ChangedIn(epoch) = self.selection
+                        && slot.changed_in != epoch
+                    {
+                        continue;
+                    }
+                    tuple.serialize_element(&(key, &slot.state))?;
+                    written += 1;
+                }
+            }
+            Selection::Keys(keys) => {
+                for key in keys {
+                    if let Some((key, slot)) = self.states.get_key_value(key) {
+                        tuple.serialize_element(&(key, &slot.state))?;
+                        written += 1;
+                    }
+                }
             }
         }
         self.written.set(written);
@@ -415,6 +421,11 @@ where
 mod tests {
     use super::*;
 
+    /// The number of entries the segment `bytes` holds.
+    fn entry_count(bytes: &[u8]) -> u64 {
+        u64::from_le_bytes(bytes[16..HEADER_LEN].try_into().unwrap())
+    }
+
     fn map(keys: std::ops::Range<u64>) -> KeyedState<u64, (String,)> {
         keys.map(|k| (k, Slot::restored((format!("v{k}"),))))
             .collect()
@@ -442,7 +453,7 @@ mod tests {
     fn a_map_round_trips_with_its_hasher_keys() {
         for codec in [Codec::Bincode, Codec::Postcard] {
             let original = map(0..5000);
-            let bytes = encode(&original, Segment::Base, codec, "1:count").unwrap();
+            let bytes = encode(&original, Selection::All, codec, "1:count").unwrap();
             let back: KeyedState<u64, (String,)> =
                 restore(&[stored(0, codec, 2, &bytes)], 1, &owner(1, 0)).unwrap();
             assert_eq!(back, original, "{codec:?}");
@@ -464,7 +475,7 @@ mod tests {
             let states = back.into_iter().map(|(k, slot)| (k, slot.state));
             assert_eq!(states.collect::<HashMap<_, _>>(), original);
 
-            let base = encode(&map(0..3000), Segment::Base, codec, "x").unwrap();
+            let base = encode(&map(0..3000), Selection::All, codec, "x").unwrap();
             let rewritten = as_format_1(&[&base], codec, "x");
             let through_serde: HashMap<u64, (String,)> =
                 codec.decode(&rewritten.unwrap(), "x").unwrap();
@@ -479,7 +490,7 @@ mod tests {
             .map(|s| {
                 encode(
                     &map(0..90).into_iter().filter(|(k, _)| k % 3 == s).collect(),
-                    Segment::Base,
+                    Selection::All,
                     codec,
                     "x",
                 )
@@ -511,14 +522,25 @@ mod tests {
                     .into_iter()
                     .filter(|(k, _)| k % 2 == s)
                     .collect();
-                let base = encode(&states, Segment::Base, codec, "x").unwrap();
+                let base = encode(&states, Selection::All, codec, "x").unwrap();
                 for k in (0..300).filter(|k| k % 2 == s && (*k >= 200 || k % 10 == s)) {
                     let slot = states.entry(k).or_default();
                     slot.state.0 = format!("new{k}");
-                    slot.changed = true;
+                    slot.changed_in = 1;
                 }
-                let delta = encode(&states, Segment::Delta, codec, "x").unwrap();
-                assert!(entry_count(&delta).unwrap() < 100);
+                // Subtask 0 finds the changed keys by a pass over the map,
+                // subtask 1 by looking listed keys up.
+                let listed: Vec<u64> = states
+                    .iter()
+                    .filter(|(_, slot)| slot.changed_in == 1)
+                    .map(|(k, _)| *k)
+                    .collect();
+                let selection = match s {
+                    0 => Selection::ChangedIn(1),
+                    _ => Selection::Keys(&listed),
+                };
+                let delta = encode(&states, selection, codec, "x").unwrap();
+                assert!(entry_count(&delta) < 100);
                 vec![base, delta]
             })
             .collect();
@@ -557,7 +579,7 @@ mod tests {
                 .into_iter()
                 .filter(|(k, _)| k % 2 == 1)
                 .collect(),
-            Segment::Base,
+            Selection::All,
             codec,
             "x",
         )
@@ -575,7 +597,7 @@ mod tests {
                 .into_iter()
                 .filter(|(k, _)| k % 2 == 0)
                 .collect(),
-            Segment::Base,
+            Selection::All,
             codec,
             "x",
         )
@@ -594,7 +616,7 @@ mod tests {
     #[test]
     fn corrupt_maps_are_errors_not_panics() {
         for codec in [Codec::Bincode, Codec::Postcard] {
-            let good = encode(&map(0..100), Segment::Base, codec, "x").unwrap();
+            let good = encode(&map(0..100), Selection::All, codec, "x").unwrap();
             let mut cases: Vec<Vec<u8>> = (0..good.len()).map(|cut| good[..cut].to_vec()).collect();
             let mut huge = good.clone();
             huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -12,7 +12,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{CheckpointStorage, CompletedCheckpoint, LocalStorage, ObjectStorage, StorageError};
+#[cfg(feature = "s3")]
+use super::ObjectStorage;
+use super::{CheckpointStorage, CompletedCheckpoint, LocalStorage, StorageError};
 
 /// A local directory, or a prefix in an S3 bucket (`s3://bucket/prefix`).
 ///
@@ -150,7 +152,10 @@ impl Location {
     pub fn open_storage(&self) -> Result<Arc<dyn CheckpointStorage>, StorageError> {
         Ok(match self {
             Location::Local(path) => Arc::new(LocalStorage::new(path)),
+            #[cfg(feature = "s3")]
             Location::S3 { .. } => Arc::new(ObjectStorage::open(self)?),
+            #[cfg(not(feature = "s3"))]
+            Location::S3 { .. } => return Err(self.without_s3()),
         })
     }
 
@@ -169,10 +174,25 @@ impl Location {
                 LocalStorage::open_checkpoint(path)?,
                 Arc::new(LocalStorage::new(path)),
             )),
+            #[cfg(feature = "s3")]
             Location::S3 { .. } => {
                 let storage = ObjectStorage::open(self)?;
                 Ok((storage.open_checkpoint(self)?, Arc::new(storage)))
             }
+            #[cfg(not(feature = "s3"))]
+            Location::S3 { .. } => Err(self.without_s3()),
+        }
+    }
+
+    /// The error for an `s3://` location in a build without the `s3`
+    /// feature.
+    #[cfg(not(feature = "s3"))]
+    pub(crate) fn without_s3(&self) -> StorageError {
+        StorageError::Location {
+            given: self.to_string(),
+            reason: "this build of exactly has no S3 support: enable the `s3` feature of the `exactly` crate \
+                     (on by default)"
+                .into(),
         }
     }
 }

@@ -18,6 +18,7 @@
 pub mod frame;
 mod local;
 mod location;
+#[cfg(feature = "s3")]
 mod object;
 pub(crate) mod savepoint;
 pub(crate) mod shared;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use local::LocalStorage;
 pub(crate) use local::{METADATA_FILE, io, sync_dir};
 pub use location::Location;
+#[cfg(feature = "s3")]
 pub use object::ObjectStorage;
 
 /// Reading or writing checkpoint storage failed.
@@ -63,6 +65,7 @@ pub enum StorageError {
         reason: String,
     },
     /// The object-store client could not be configured.
+    #[cfg(feature = "s3")]
     #[error(
         "checkpoint storage {location}: cannot configure the S3 client from the AWS environment \
          (AWS_REGION, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY): {source}"
@@ -75,6 +78,7 @@ pub enum StorageError {
         source: Box<object_store::Error>,
     },
     /// An object-store request failed, after the client's retries.
+    #[cfg(feature = "s3")]
     #[error(
         "checkpoint storage: cannot {action} {location}: {source}; check the S3 settings (AWS_ENDPOINT_URL, \
          AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an instance role), that the bucket exists, and that \

@@ -8,9 +8,7 @@
 //! [`ObjectStorage`]).
 
 use super::shared::SHARED_DIR;
-use super::{
-    CheckpointStorage, CompletedCheckpoint, LocalStorage, Location, ObjectStorage, StorageError,
-};
+use super::{CheckpointStorage, CompletedCheckpoint, LocalStorage, Location, StorageError};
 
 /// Copies `checkpoint`, whose task states `source` reads, to `target`
 /// (which must not hold a savepoint yet), ending with `metadata` (its
@@ -39,8 +37,11 @@ pub(crate) fn export(
     let files = task_states.chain(shared_objects);
     match target {
         Location::Local(path) => LocalStorage::write_savepoint(path, files, metadata),
+        #[cfg(feature = "s3")]
         Location::S3 { .. } => {
-            ObjectStorage::open(target)?.write_savepoint(target, files, metadata)
+            super::ObjectStorage::open(target)?.write_savepoint(target, files, metadata)
         }
+        #[cfg(not(feature = "s3"))]
+        Location::S3 { .. } => Err(target.without_s3()),
     }
 }

@@ -5,7 +5,7 @@
 //! compile with exactly the errors in the `.stderr` beside it, which pins the
 //! wording and the span of every error the macros report. To regenerate the
 //! snapshots after a deliberate change, run
-//! `TRYBUILD=overwrite cargo test -p exactly-tests --test ui` and review the
+//! `TRYBUILD=overwrite cargo test -p exactly-macros --test ui` and review the
 //! diff.
 
 #[test]
