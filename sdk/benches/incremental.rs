@@ -14,9 +14,11 @@
 //! (`exactly::__bench::IncrementalCounts`). `BENCH_KEYS` keys (default 10
 //! million) are counted once and checkpointed; then, `BENCH_CHECKPOINTS`
 //! times (default 100), `BENCH_UPDATED_PERMILLE` per mille of the keys
-//! (default 10, 1 %), drawn at random, are counted again and checkpointed.
-//! Compactions run in the background as in a job (default
-//! `max_state_deltas`, 8). The same is done with full snapshots for the
+//! (default 10, 1 %), drawn at random, are counted again and checkpointed,
+//! one checkpoint every `BENCH_CHECKPOINT_MS` (default 1000) as in a job.
+//! Compactions run in the background as in a job, beyond
+//! `BENCH_MAX_DELTAS` deltas (default 4, `JobConfig::max_state_deltas`'s
+//! default). The same is done with full snapshots for the
 //! comparison (`BENCH_FULL_CHECKPOINTS`, default 5). Then each is restored
 //! three times. Printed per store: bytes per checkpoint, checkpoint time
 //! (encode, then write and complete), restore time, and the ratios to the
@@ -60,6 +62,8 @@ impl Keys {
 }
 
 struct Settings {
+    interval: Duration,
+    max_deltas: usize,
     keys: u64,
     updated: u64,
     checkpoints: u64,
@@ -74,7 +78,7 @@ fn checkpoints(location: &Location, incremental: bool, s: &Settings) -> Vec<Chec
         move |e| panic!("checkpoints at {location}: {e}")
     }
     let mut counts =
-        IncrementalCounts::new(location, incremental, 8).unwrap_or_else(fail(location));
+        IncrementalCounts::new(location, incremental, s.max_deltas).unwrap_or_else(fail(location));
     counts.update(0..s.keys);
     counts.checkpoint(1).unwrap_or_else(fail(location));
     let mut random = Keys(0x9e37_79b9_7f4a_7c15);
@@ -83,12 +87,19 @@ fn checkpoints(location: &Location, incremental: bool, s: &Settings) -> Vec<Chec
     } else {
         s.full_checkpoints
     };
-    (2..=rounds + 1)
+    let written = (2..=rounds + 1)
         .map(|id| {
+            let started = Instant::now();
             counts.update((0..s.updated).map(|_| random.next(s.keys)));
-            counts.checkpoint(id).unwrap_or_else(fail(location))
+            let written = counts.checkpoint(id).unwrap_or_else(fail(location));
+            // As in a job, the next checkpoint comes an interval later; a
+            // compaction runs meanwhile.
+            std::thread::sleep(s.interval.saturating_sub(started.elapsed()));
+            written
         })
-        .collect()
+        .collect();
+    counts.wait_for_compaction();
+    written
 }
 
 /// Restores the newest checkpoint at `location` three times; the median
@@ -125,6 +136,11 @@ fn report(store: &str, root: &Location, s: &Settings) {
         median(&w.iter().map(f).collect::<Vec<_>>())
     };
     let (full_bytes, delta_bytes) = (bytes(&full), bytes(&incremental));
+    let total: u64 = incremental
+        .iter()
+        .map(|c| c.segment_bytes + c.task_state_bytes)
+        .sum();
+    let average = total / incremental.len().max(1) as u64;
     let most = incremental
         .iter()
         .map(|c| c.segment_bytes + c.task_state_bytes)
@@ -135,8 +151,9 @@ fn report(store: &str, root: &Location, s: &Settings) {
     println!("{store}:");
     println!(
         "  bytes per checkpoint: full {full_bytes}, incremental median {delta_bytes} ({:.2} % of full), \
-         largest {most}",
-        100.0 * delta_bytes as f64 / full_bytes as f64
+         mean {average} with the compacted bases ({:.2} %), largest {most}",
+        100.0 * delta_bytes as f64 / full_bytes as f64,
+        100.0 * average as f64 / full_bytes as f64
     );
     println!(
         "  checkpoint time, median: full encode {:.1} ms + write {:.1} ms; incremental encode {:.1} ms + write {:.1} ms",
@@ -146,25 +163,34 @@ fn report(store: &str, root: &Location, s: &Settings) {
         ms(time(&incremental, |c| c.write)),
     );
     println!(
-        "  restore: full {:.0} ms; after {} incremental checkpoints {:.0} ms ({:.2}x full; chains of at most {longest_chain} segments)",
+        "  restore: full {:.0} ms; after {} incremental checkpoints {:.0} ms ({:.2}x full; a chain of {} segments, \
+         at most {longest_chain} during the run)",
         ms(full_restore),
         s.checkpoints,
         ms(incremental_restore),
-        incremental_restore.as_secs_f64() / full_restore.as_secs_f64()
+        incremental_restore.as_secs_f64() / full_restore.as_secs_f64(),
+        incremental.last().map_or(0, |c| c.chain),
     );
 }
 
 fn main() {
     let keys = setting("BENCH_KEYS", 10_000_000);
     let settings = Settings {
+        interval: Duration::from_millis(setting("BENCH_CHECKPOINT_MS", 1000)),
+        max_deltas: setting("BENCH_MAX_DELTAS", 4) as usize,
         keys,
         updated: keys * setting("BENCH_UPDATED_PERMILLE", 10) / 1000,
         checkpoints: setting("BENCH_CHECKPOINTS", 100),
         full_checkpoints: setting("BENCH_FULL_CHECKPOINTS", 5),
     };
     println!(
-        "incremental checkpoints: {} keys, {} updated per checkpoint, {} incremental and {} full checkpoints",
-        settings.keys, settings.updated, settings.checkpoints, settings.full_checkpoints
+        "incremental checkpoints: {} keys, {} updated per checkpoint, {} incremental and {} full checkpoints, \
+         one every {:?}",
+        settings.keys,
+        settings.updated,
+        settings.checkpoints,
+        settings.full_checkpoints,
+        settings.interval
     );
     // Compactions run on the runtime's blocking pool, as in a job.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -298,6 +298,16 @@ impl IncrementalCounts {
     }
 }
 
+impl IncrementalCounts {
+    /// Waits until no compaction runs in the background, so that what is
+    /// measured next does not share the machine with it.
+    pub fn wait_for_compaction(&self) {
+        while self.state.compacting() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Restores the counts of the newest checkpoint at `location`, as an
 /// attempt does before its first record (reads the metadata, the task
 /// state and every segment it names, and rebuilds the map); returns the

@@ -97,7 +97,7 @@ impl SubtaskEnv {
             stage: 0,
             codec: Codec::Bincode,
             batch_size: 16,
-            max_state_deltas: 8,
+            max_state_deltas: 4,
             incremental: true,
             restored,
             gates: Arc::new(GateRegistry::default()),

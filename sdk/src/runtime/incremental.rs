@@ -234,6 +234,13 @@ impl<K: Key, S: Serialize + DeserializeOwned + Default + Send + 'static> Increme
         });
     }
 
+    /// Whether a compaction runs in the background.
+    pub(crate) fn compacting(&self) -> bool {
+        self.compaction
+            .as_ref()
+            .is_some_and(|c| c.base.is_empty() && !c.base.is_terminated())
+    }
+
     /// The finished compaction's base and how many segments it replaces,
     /// if one finished; a failed one is logged and dropped.
     fn take_compacted(&mut self) -> Option<(usize, Vec<u8>)> {
