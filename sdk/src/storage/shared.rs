@@ -69,11 +69,15 @@ pub(crate) fn garbage<'a>(
 
 impl CompletedCheckpoint {
     /// Where the shared objects this checkpoint references live: the
-    /// `shared/` folder beside its `chk-<id>` folder, or inside it for a
-    /// savepoint (any other name).
+    /// `shared/` folder beside its `chk-<digits>` folder, or inside it for
+    /// a savepoint (any other name).
     pub fn shared_location(&self) -> Location {
+        let in_checkpoint_dir = |name: &str| {
+            name.strip_prefix("chk-")
+                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        };
         match self.location.split_last() {
-            Some((parent, name)) if name.starts_with("chk-") => parent.join(SHARED_DIR),
+            Some((parent, name)) if in_checkpoint_dir(&name) => parent.join(SHARED_DIR),
             _ => self.location.join(SHARED_DIR),
         }
     }
@@ -146,6 +150,11 @@ mod tests {
         assert_eq!(
             savepoint.shared_location().to_string(),
             "s3://b/savepoints/sp-1/shared"
+        );
+        let named_like_one = checkpoint("/data/savepoints/chk-final", 6, &[]);
+        assert_eq!(
+            named_like_one.shared_location().to_string(),
+            "/data/savepoints/chk-final/shared"
         );
     }
 }

@@ -119,12 +119,30 @@ fn run_until(job: Job, broker: &str, output: &str, updates: u64, stop_early: boo
         let _context = runtime.enter();
         job.spawn().unwrap()
     };
+    // Far beyond the ten seconds the whole test takes; a run that gets
+    // here fails with what it saw instead of waiting forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         if stop_early && handle.metrics().checkpoints_completed >= 1 {
             break;
         }
         if !stop_early && visible_updates(broker, output) >= updates {
             break;
+        }
+        if handle.is_finished() {
+            let ended = runtime.block_on(handle.join());
+            panic!("the job ended before its output was complete: {ended:?}");
+        }
+        if std::time::Instant::now() >= deadline {
+            let metrics = handle.metrics();
+            panic!(
+                "after 120 s, {} of {updates} updates are visible in `{output}` under read_committed, with {} \
+                 checkpoints completed and {} records read; `exactly-audit --bootstrap {broker} --topic {output}` \
+                 shows the transactions that hold the rest",
+                visible_updates(broker, output),
+                metrics.checkpoints_completed,
+                metrics.records_in
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
