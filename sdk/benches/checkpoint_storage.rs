@@ -29,9 +29,13 @@
 //! Without the S3 environment (`AWS_ENDPOINT_URL` unset), the bench says
 //! how to start the local server and fails.
 
+#[path = "shared/settings.rs"]
+mod settings;
+
 use std::time::{Duration, Instant};
 
 use exactly::prelude::*;
+use settings::{median, setting};
 
 #[state]
 #[derive(Default)]
@@ -43,16 +47,6 @@ struct Count {
 fn count(n: u64, #[state] seen: &mut Count) -> u64 {
     seen.n += 1;
     n
-}
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
 }
 
 /// Runs the job once with its checkpoints at `location`; returns records
@@ -93,11 +87,6 @@ fn workload(records: u64, keys: u64, hot: u64, repeats: u64) -> Vec<u64> {
     (0..keys)
         .chain((0..records).map(|i| ((i / block) * hot + i % hot) % keys))
         .collect()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -158,6 +147,6 @@ fn main() {
         .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!(
         "S3/local throughput: median {:.3} (min {min:.3}, max {max:.3})",
-        median(&mut ratios)
+        median(&ratios)
     );
 }

@@ -28,26 +28,14 @@
 //! `s3://exactly-tests/bench`); otherwise the bench says how to start the
 //! local server and measures local disk only.
 
+#[path = "shared/settings.rs"]
+mod settings;
+
 use std::time::{Duration, Instant};
 
 use exactly::__bench::{CheckpointWritten, IncrementalCounts, restore_incremental_counts};
 use exactly::storage::Location;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-        })
-        .unwrap_or(default)
-}
-
-fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
-    sorted[sorted.len() / 2]
-}
+use settings::{median, setting};
 
 /// A xorshift generator: the bench's random keys, reproducible.
 struct Keys(u64);
