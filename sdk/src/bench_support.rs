@@ -69,8 +69,7 @@ impl<K: Hash + Eq + Serialize, S: Serialize> KeyedStateMap<K, S> {
     pub fn task_state_file(&self, codec: Codec, id: &str) -> Result<Vec<u8>> {
         let mut snapshot = SnapshotWriter::new(codec);
         snapshot.put_keyed(id, &self.0)?;
-        let payload = codec.encode(&snapshot.entries, "task state")?;
-        Ok(frame::encode(PayloadKind::TaskState, codec, &payload))
+        Ok(snapshot.finish()?.task_state)
     }
 }
 
@@ -260,20 +259,14 @@ impl IncrementalCounts {
         let started = Instant::now();
         let mut snapshot = SnapshotWriter::new(self.codec);
         self.state.snapshot(id, &mut snapshot)?;
-        let references = snapshot.references();
-        let payload = self.codec.encode(&snapshot.entries, "task state")?;
-        let framed = frame::encode(PayloadKind::TaskState, self.codec, &payload);
+        let snapshot = snapshot.finish()?;
+        let task_state_bytes = snapshot.task_state.len() as u64;
+        let segment_bytes = snapshot.shared.iter().map(|(_, b)| b.len() as u64).sum();
         let encode = started.elapsed();
 
         let started = Instant::now();
         self.storage.begin_checkpoint(id)?;
-        let mut segment_bytes = 0;
-        for (name, bytes) in &snapshot.shared {
-            self.storage.write_shared(name, bytes)?;
-            segment_bytes += bytes.len() as u64;
-        }
-        let mut handle = self.storage.write_task_state(id, 0, 0, &framed)?;
-        handle.shared = references;
+        let handle = snapshot.write(self.storage.as_ref(), id, 0, 0)?;
         let chain = handle.shared.len();
         let metadata = CheckpointMetadata {
             job: "incremental-bench".into(),
@@ -290,7 +283,7 @@ impl IncrementalCounts {
         self.storage.retain(1)?;
         Ok(CheckpointWritten {
             segment_bytes,
-            task_state_bytes: framed.len() as u64,
+            task_state_bytes,
             chain,
             encode,
             write: started.elapsed(),

@@ -28,6 +28,8 @@ use super::message::Barrier;
 use crate::codec::{Bytes, Codec, CodecError};
 use crate::error::Result;
 use crate::key::{Key, key_subtask};
+use crate::storage::frame::{self, PayloadKind};
+use crate::storage::{CheckpointStorage, StorageError, TaskStateHandle};
 
 /// A boxed, sendable future: what [`Pipe`] methods return so that pipes can
 /// be chained as trait objects.
@@ -157,16 +159,55 @@ impl SnapshotWriter {
             .push((id.to_owned(), StateEntry::Segments(segments)));
     }
 
-    /// Every shared object the entries reference.
-    pub(crate) fn references(&self) -> Vec<String> {
-        self.entries
+    /// The snapshot as it is made durable: the framed task state, the new
+    /// shared objects, and every shared object the entries reference.
+    pub(crate) fn finish(self) -> Result<FinishedSnapshot, CodecError> {
+        let references = self
+            .entries
             .iter()
             .filter_map(|(_, entry)| match entry {
                 StateEntry::Segments(names) => Some(names.iter().cloned()),
                 StateEntry::Value(_) => None,
             })
             .flatten()
-            .collect()
+            .collect();
+        let payload = self.codec.encode(&self.entries, "task state")?;
+        Ok(FinishedSnapshot {
+            task_state: frame::encode(PayloadKind::TaskState, self.codec, &payload),
+            shared: self.shared,
+            references,
+        })
+    }
+}
+
+/// A task's snapshot, encoded and framed, ready to be written.
+#[derive(Debug)]
+pub(crate) struct FinishedSnapshot {
+    /// The framed task-state file.
+    pub(crate) task_state: Vec<u8>,
+    /// New shared objects: name and framed bytes.
+    pub(crate) shared: Vec<(String, Vec<u8>)>,
+    /// Every shared object the task state references.
+    references: Vec<String>,
+}
+
+impl FinishedSnapshot {
+    /// Writes the shared objects, then the task state that names them, as
+    /// subtask `subtask` of stage `stage` in checkpoint `checkpoint`.
+    /// Blocks on storage I/O.
+    pub(crate) fn write(
+        self,
+        storage: &dyn CheckpointStorage,
+        checkpoint: u64,
+        stage: usize,
+        subtask: usize,
+    ) -> Result<TaskStateHandle, StorageError> {
+        for (name, bytes) in &self.shared {
+            storage.write_shared(name, bytes)?;
+        }
+        let mut handle = storage.write_task_state(checkpoint, stage, subtask, &self.task_state)?;
+        handle.shared = self.references;
+        Ok(handle)
     }
 }
 

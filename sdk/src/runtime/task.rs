@@ -27,7 +27,6 @@ use crate::fault::FaultPoint;
 use crate::metrics::JobMetrics;
 use crate::source::{Source, SourcePoll};
 use crate::storage::StorageError;
-use crate::storage::frame::{self, PayloadKind};
 
 /// How long an idle source waits before polling again, unless a command
 /// arrives first.
@@ -69,10 +68,7 @@ fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> 
         Some(storage) if !snapshot.entries.is_empty() => Arc::clone(storage),
         _ => return events.send(ack(None)).map_err(|_| coordinator_gone(env)),
     };
-    let references = snapshot.references();
-    let payload = env.codec.encode(&snapshot.entries, "task state")?;
-    let framed = frame::encode(PayloadKind::TaskState, env.codec, &payload);
-    let shared = snapshot.shared;
+    let snapshot = snapshot.finish()?;
     let (task, blocking) = (env.task_name(), env.blocking.clone());
     let (done, this_upload) = oneshot::channel::<()>();
     let previous = env
@@ -87,12 +83,7 @@ fn acknowledge(env: &SubtaskEnv, barrier: Barrier, snapshot: SnapshotWriter) -> 
         }
         let written = blocking
             .run("write task state", move || {
-                for (name, bytes) in &shared {
-                    storage.write_shared(name, bytes)?;
-                }
-                let mut handle = storage.write_task_state(checkpoint, stage, subtask, &framed)?;
-                handle.shared = references;
-                Ok(handle)
+                snapshot.write(storage.as_ref(), checkpoint, stage, subtask)
             })
             .await;
         drop(done);
